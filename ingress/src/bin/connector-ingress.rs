@@ -1,0 +1,50 @@
+//! `connector-ingress --config ingress.toml`: serves the callback routes until SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use connector_ingress::config::Settings;
+use connector_ingress::startup::{Application, shutdown_signal};
+use connector_ingress::telemetry;
+
+/// The connector's HTTP ingress.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file; `CONNECTOR_*` environment variables override it.
+    #[arg(long, env = "CONNECTOR_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("connector-ingress: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log);
+    let application = match Application::build(settings).await {
+        Ok(application) => application,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "cannot start");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(
+        listen = %application.public_addr(),
+        ops_listen = %application.ops_addr(),
+        "ingress listening"
+    );
+    match application.run_until_stopped(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}

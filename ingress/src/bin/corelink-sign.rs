@@ -1,0 +1,184 @@
+//! `corelink-sign`: the integrator's tool for the Corelink signature (DESIGN.md §3.1).
+//!
+//! `corelink-sign keygen` makes a key pair; `corelink-sign request` prints the headers, or a
+//! complete curl command, of a correctly signed request for a body file.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use josekit::jwk::Jwk;
+use time::OffsetDateTime;
+
+use connector_ingress::keys::JwsAlgorithm;
+use connector_ingress::signing::{RequestSigner, generate_key_pair, random_nonce};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Sign Corelink callbacks the way the connector verifies them"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a signing key pair as JWK files (the private one readable by its owner only).
+    Keygen {
+        #[arg(long, default_value = "ES256")]
+        alg: String,
+        #[arg(long)]
+        kid: String,
+        #[arg(long)]
+        private_out: PathBuf,
+        #[arg(long)]
+        public_out: PathBuf,
+    },
+    /// Print the signed headers (or a curl command) for POSTing a body file.
+    Request {
+        /// Private JWK with `kid` and `alg`.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        client_id: String,
+        /// Request target as it will be sent (path, plus `?query` if any).
+        #[arg(long, default_value = "/callbacks/orders/status")]
+        path: String,
+        /// The body, sent byte for byte as signed.
+        #[arg(long)]
+        body: PathBuf,
+        /// Defaults to the body's `batch_id`, else its `reference`.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Defaults to 128 random bits.
+        #[arg(long)]
+        nonce: Option<String>,
+        /// Base URL for the curl command.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, value_enum, default_value_t = Format::Curl)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    /// One `Name: value` line per header.
+    Headers,
+    /// A ready-to-paste curl command.
+    Curl,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(output) => {
+            use std::io::Write as _;
+            match std::io::stdout().write_all(output.as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
+        Err(error) => {
+            eprintln!("corelink-sign: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<String> {
+    match cli.command {
+        Command::Keygen {
+            alg,
+            kid,
+            private_out,
+            public_out,
+        } => {
+            let alg = JwsAlgorithm::from_name(&alg)
+                .context("--alg must be ES256, PS256, RS256 or EdDSA")?;
+            let (private, public) = generate_key_pair(alg, &kid)?;
+            write_private(&private_out, private.to_string().as_bytes())?;
+            std::fs::write(&public_out, public.to_string())
+                .with_context(|| format!("writing {}", public_out.display()))?;
+            Ok(format!(
+                "wrote {} (keep it secret) and {} (give it to the connector)\n",
+                private_out.display(),
+                public_out.display()
+            ))
+        }
+        Command::Request {
+            key,
+            client_id,
+            path,
+            body,
+            idempotency_key,
+            nonce,
+            url,
+            format,
+        } => {
+            let jwk_bytes =
+                std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
+            let jwk = Jwk::from_bytes(&jwk_bytes)
+                .with_context(|| format!("{} is not a JWK", key.display()))?;
+            let signer = RequestSigner::from_private_jwk(&client_id, &jwk)?;
+            let body_bytes =
+                std::fs::read(&body).with_context(|| format!("reading {}", body.display()))?;
+            let idempotency_key = match idempotency_key {
+                Some(key) => key,
+                None => default_idempotency_key(&body_bytes)?,
+            };
+            let nonce = nonce.unwrap_or_else(random_nonce);
+            let headers = signer.sign(
+                &path,
+                &body_bytes,
+                &idempotency_key,
+                OffsetDateTime::now_utc(),
+                &nonce,
+            )?;
+            Ok(match format {
+                Format::Headers => headers
+                    .pairs()
+                    .iter()
+                    .map(|(name, value)| format!("{name}: {value}\n"))
+                    .collect(),
+                Format::Curl => {
+                    let mut command = format!(
+                        "curl -sS -i -X POST '{}{}'",
+                        url.trim_end_matches('/'),
+                        path
+                    );
+                    for (name, value) in headers.pairs() {
+                        command.push_str(&format!(" \\\n  -H '{name}: {value}'"));
+                    }
+                    command.push_str(&format!(" \\\n  --data-binary @'{}'\n", body.display()));
+                    command
+                }
+            })
+        }
+    }
+}
+
+fn default_idempotency_key(body: &[u8]) -> anyhow::Result<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).context("the body is not JSON")?;
+    for member in ["batch_id", "reference"] {
+        if let Some(key) = value.get(member).and_then(|v| v.as_str()) {
+            return Ok(key.to_owned());
+        }
+    }
+    bail!("the body has neither batch_id nor reference: pass --idempotency-key")
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(bytes)?;
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! Typed, layered configuration: built-in defaults, then a TOML file, then `CONNECTOR_*`
+//! environment variables (`CONNECTOR_BROKER__URL` overrides `broker.url`).
+//!
+//! Everything is validated at start-up; an error names the offending key so an operator can
+//! fix the file without reading code. `config/ingress.example.toml` documents every option.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::magic::RelativePathBuf;
+use serde::{Deserialize, Serialize};
+
+use connector_schema::corelink::DEFAULT_MAX_BATCH_ORDERS;
+use connector_schema::topology::{QueueOptions, Topology};
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration key `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub broker: BrokerSettings,
+    pub corelink: CorelinkSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Where banks and providers connect.
+    pub listen: SocketAddr,
+    /// Where Prometheus and the orchestrator connect (`/metrics`, `/healthz`, `/readyz`); kept
+    /// off the public listener so the outside world never sees them.
+    pub ops_listen: SocketAddr,
+    /// Larger bodies get 413 before they are read.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish once shutdown starts.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ops_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSettings {
+    /// AMQP URI; `heartbeat=10` makes a silently dead broker noticed within ~20 s.
+    pub url: String,
+    /// Prefix of every exchange and queue name (`connector` → `connector.intake`).
+    pub topology_prefix: String,
+    /// Channels in confirm mode that requests publish on, round-robin.
+    pub publish_channels: usize,
+    /// A confirm slower than this is answered 503 (the sender retries).
+    pub confirm_timeout_ms: u64,
+    /// The `Retry-After` given with 503.
+    pub retry_after_secs: u64,
+    /// First and largest delay between reconnection attempts (exponential, with jitter).
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// `x-delivery-limit` of the intake queue.
+    pub intake_delivery_limit: u32,
+    /// `x-max-length` of the intake queue; unset means unbounded.
+    pub intake_max_length: Option<u32>,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10".into(),
+            topology_prefix: Topology::DEFAULT_PREFIX.into(),
+            publish_channels: 4,
+            confirm_timeout_ms: 5_000,
+            retry_after_secs: 5,
+            reconnect_initial_ms: 100,
+            reconnect_max_ms: 10_000,
+            intake_delivery_limit: QueueOptions::default().delivery_limit,
+            intake_max_length: None,
+        }
+    }
+}
+
+impl BrokerSettings {
+    pub fn topology(&self) -> Topology {
+        Topology::with_prefix(
+            &self.topology_prefix,
+            QueueOptions {
+                delivery_limit: self.intake_delivery_limit,
+                intake_max_length: self.intake_max_length,
+                expires: None,
+            },
+        )
+    }
+
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.confirm_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorelinkSettings {
+    /// Accepted distance between `X-Timestamp` and our clock, either way.
+    pub timestamp_tolerance_secs: u64,
+    /// Nonces remembered by this instance to answer 409 to a replay (bounded memory; the
+    /// workers neutralise any replay this cache misses).
+    pub nonce_cache_capacity: u64,
+    pub max_batch_orders: usize,
+    /// Prepended to the received path before comparing it with the signed `path`, for a
+    /// reverse proxy that strips a prefix (e.g. `/connector`).
+    pub external_path_prefix: String,
+    pub clients: Vec<ClientSettings>,
+}
+
+impl Default for CorelinkSettings {
+    fn default() -> Self {
+        Self {
+            timestamp_tolerance_secs: 300,
+            nonce_cache_capacity: 1_000_000,
+            max_batch_orders: DEFAULT_MAX_BATCH_ORDERS,
+            external_path_prefix: String::new(),
+            clients: Vec::new(),
+        }
+    }
+}
+
+impl CorelinkSettings {
+    pub fn timestamp_tolerance(&self) -> Duration {
+        Duration::from_secs(self.timestamp_tolerance_secs)
+    }
+}
+
+/// One bank allowed to push callbacks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    /// The `X-Client-Id` the bank sends.
+    pub id: String,
+    /// Its signature keys; several at once while a bank rotates.
+    pub keys: Vec<KeySettings>,
+}
+
+/// One public key of a bank: exactly one of `jwk_file` or `pem_file`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    pub kid: String,
+    /// The only algorithm this key may sign with: ES256, PS256, RS256 or EdDSA.
+    pub alg: String,
+    /// Relative paths are resolved against the configuration file's directory.
+    pub jwk_file: Option<RelativePathBuf>,
+    pub pem_file: Option<RelativePathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `json` in production (one object a line), `pretty` for a terminal.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info,connector_ingress=debug`; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl Settings {
+    /// Defaults, then the TOML file at `path` (if given), then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = path {
+            // Absolute, so key files named relative to it resolve wherever we were started.
+            let path = path.canonicalize().map_err(|e| {
+                ConfigError::new("(file)", format!("cannot open {}: {e}", path.display()))
+            })?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("CONNECTOR_").split("__"));
+        let settings: Settings = figment.extract().map_err(|e| {
+            let key = e.path.join(".");
+            ConfigError::new(
+                if key.is_empty() { "(root)".into() } else { key },
+                e.kind.to_string(),
+            )
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what the types cannot express. Keys themselves are loaded (and checked) by
+    /// [`crate::keys::ClientRegistry::from_settings`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("http.max_body_bytes", self.http.max_body_bytes as u64),
+            (
+                "broker.publish_channels",
+                self.broker.publish_channels as u64,
+            ),
+            ("broker.confirm_timeout_ms", self.broker.confirm_timeout_ms),
+            ("broker.retry_after_secs", self.broker.retry_after_secs),
+            (
+                "broker.reconnect_initial_ms",
+                self.broker.reconnect_initial_ms,
+            ),
+            (
+                "broker.intake_delivery_limit",
+                u64::from(self.broker.intake_delivery_limit),
+            ),
+            (
+                "corelink.timestamp_tolerance_secs",
+                self.corelink.timestamp_tolerance_secs,
+            ),
+            (
+                "corelink.nonce_cache_capacity",
+                self.corelink.nonce_cache_capacity,
+            ),
+            (
+                "corelink.max_batch_orders",
+                self.corelink.max_batch_orders as u64,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be greater than 0"));
+            }
+        }
+        if self.broker.publish_channels > 64 {
+            return Err(ConfigError::new(
+                "broker.publish_channels",
+                "must be at most 64",
+            ));
+        }
+        if self.broker.reconnect_max_ms < self.broker.reconnect_initial_ms {
+            return Err(ConfigError::new(
+                "broker.reconnect_max_ms",
+                "must be at least broker.reconnect_initial_ms",
+            ));
+        }
+        if self.http.listen == self.http.ops_listen && self.http.listen.port() != 0 {
+            return Err(ConfigError::new(
+                "http.ops_listen",
+                "must differ from http.listen",
+            ));
+        }
+        if self.broker.topology_prefix.is_empty() || self.broker.topology_prefix.len() > 200 {
+            return Err(ConfigError::new(
+                "broker.topology_prefix",
+                "must be 1..200 characters",
+            ));
+        }
+        self.broker
+            .url
+            .parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| ConfigError::new("broker.url", format!("not an AMQP URI: {e}")))?;
+        let prefix = &self.corelink.external_path_prefix;
+        if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
+            return Err(ConfigError::new(
+                "corelink.external_path_prefix",
+                "must start with `/` and not end with one (e.g. `/connector`), or be empty",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Settings::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut settings = Settings::default();
+        settings.broker.publish_channels = 0;
+        let err = settings.validate().unwrap_err();
+        assert_eq!(err.key, "broker.publish_channels");
+
+        let mut settings = Settings::default();
+        settings.broker.url = "http://nope".into();
+        assert_eq!(settings.validate().unwrap_err().key, "broker.url");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API, not ours
+    fn file_then_environment_with_typed_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "ingress.toml",
+                r#"
+                [http]
+                max_body_bytes = 2048
+                [[corelink.clients]]
+                id = "BANK_X"
+                keys = [{ kid = "k1", alg = "ES256", jwk_file = "keys/k1.jwk" }]
+                "#,
+            )?;
+            jail.set_env("CONNECTOR_BROKER__CONFIRM_TIMEOUT_MS", "750");
+            let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
+            assert_eq!(settings.http.max_body_bytes, 2048);
+            assert_eq!(settings.broker.confirm_timeout_ms, 750);
+            let key = &settings.corelink.clients[0].keys[0];
+            let resolved = key.jwk_file.as_ref().expect("jwk_file").relative();
+            assert!(resolved.ends_with("keys/k1.jwk") && resolved.is_absolute());
+
+            jail.set_env("CONNECTOR_HTTP__MAX_BODY_BYTES", "lots");
+            let err = Settings::load(Some(Path::new("ingress.toml"))).unwrap_err();
+            assert_eq!(err.key, "http.max_body_bytes");
+
+            jail.clear_env();
+            jail.create_file("typo.toml", "[http]\nlisten_addr = \"127.0.0.1:1\"\n")?;
+            let err = Settings::load(Some(Path::new("typo.toml"))).unwrap_err();
+            assert!(err.to_string().contains("listen_addr"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,369 @@
+//! The Corelink callback routes (DESIGN.md §3): headers, authentication, body rules, then the
+//! durable enqueue. Checks run cheapest first, and the body is only judged once the bank's
+//! signature over it is proven, so an unauthenticated caller learns nothing about our rules.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_LENGTH;
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tracing::{Instrument, field};
+use uuid::Uuid;
+
+use connector_schema::corelink::{self, SignedRequestClaims, headers as names};
+use connector_schema::envelope::rfc3339;
+use connector_schema::{IntakeEnvelope, IntakeKind};
+
+use crate::error::ApiError;
+use crate::jws::verify_request_signature;
+use crate::keys::ClientRegistry;
+use crate::metrics::{self, InFlight};
+use crate::state::AppState;
+
+/// A unit or a batch callback: what the route implies about the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callback {
+    Unit,
+    Batch,
+}
+
+impl Callback {
+    pub fn kind(self) -> IntakeKind {
+        match self {
+            Self::Unit => IntakeKind::CorelinkStatus,
+            Self::Batch => IntakeKind::CorelinkStatusBatch,
+        }
+    }
+
+    /// The `route` label of the metrics: aliases count with their canonical route.
+    pub fn route_name(self) -> &'static str {
+        match self {
+            Self::Unit => "corelink_status",
+            Self::Batch => "corelink_status_batch",
+        }
+    }
+}
+
+/// Every Corelink route with its alias (§3). The router is built from this table, and the
+/// OpenAPI test checks the description against the router built from it.
+pub const ROUTES: [(&str, Callback); 4] = [
+    ("/callbacks/orders/status", Callback::Unit),
+    ("/callbacks/payment-status", Callback::Unit),
+    ("/callbacks/orders/status/batch", Callback::Batch),
+    ("/callbacks/batch-status", Callback::Batch),
+];
+
+/// Longest accepted `X-Signature`: an RSA-4096 JWS with a generous payload is under 2 KiB.
+const MAX_SIGNATURE_LEN: usize = 16 * 1024;
+
+/// The 200 body.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub status: &'static str,
+    pub idempotency_key: String,
+    pub orders: usize,
+    pub received_at: String,
+}
+
+/// The contract's request headers, checked for presence, uniqueness and form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorelinkHeaders {
+    pub client_id: String,
+    /// As sent: the signature covers the text, not the parsed instant.
+    pub timestamp: String,
+    pub timestamp_at: OffsetDateTime,
+    pub nonce: String,
+    pub idempotency_key: String,
+    pub content_type: String,
+    pub signature: String,
+}
+
+impl CorelinkHeaders {
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let client_id = token(headers, "X-Client-Id")?;
+        let timestamp = required(headers, "X-Timestamp")?;
+        let timestamp_at = OffsetDateTime::parse(timestamp, &Rfc3339)
+            .ok()
+            .filter(|t| t.offset().is_utc())
+            .ok_or(ApiError::InvalidHeader {
+                header: "X-Timestamp",
+                reason: "must be an RFC 3339 UTC date-time such as 2025-11-19T07:15:00Z".into(),
+            })?;
+        let nonce = token(headers, "X-Nonce")?;
+        let idempotency_key = token(headers, "X-Idempotency-Key")?;
+        let content_type = required(headers, "Content-Type")?;
+        let signature = match single(headers, "X-Signature")? {
+            None | Some("") => return Err(ApiError::SignatureMissing),
+            Some(s) if s.len() > MAX_SIGNATURE_LEN => {
+                return Err(ApiError::InvalidHeader {
+                    header: "X-Signature",
+                    reason: format!("must be at most {MAX_SIGNATURE_LEN} characters"),
+                });
+            }
+            Some(s) => s,
+        };
+        Ok(Self {
+            client_id: client_id.to_owned(),
+            timestamp: timestamp.to_owned(),
+            timestamp_at,
+            nonce: nonce.to_owned(),
+            idempotency_key: idempotency_key.to_owned(),
+            content_type: content_type.to_owned(),
+            signature: signature.to_owned(),
+        })
+    }
+
+    /// The headers as the envelope records them, for audit and re-verification.
+    fn recorded(&self) -> Vec<(String, String)> {
+        [
+            (names::CONTENT_TYPE, &self.content_type),
+            (names::CLIENT_ID, &self.client_id),
+            (names::TIMESTAMP, &self.timestamp),
+            (names::NONCE, &self.nonce),
+            (names::IDEMPOTENCY_KEY, &self.idempotency_key),
+            (names::SIGNATURE, &self.signature),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.clone()))
+        .collect()
+    }
+}
+
+/// 1..=`max` characters, each visible ASCII (0x21..=0x7E), as §3 requires of ids and nonces.
+pub fn is_visible_ascii(s: &str, max: usize) -> bool {
+    (1..=max).contains(&s.len()) && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+fn single<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidHeader {
+            header: name,
+            reason: "must appear once".into(),
+        });
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| ApiError::InvalidHeader {
+            header: name,
+            reason: "must be visible ASCII".into(),
+        })
+}
+
+fn required<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, ApiError> {
+    match single(headers, name)? {
+        None => Err(ApiError::MissingHeader(name)),
+        Some("") => Err(ApiError::InvalidHeader {
+            header: name,
+            reason: "must not be empty".into(),
+        }),
+        Some(value) => Ok(value),
+    }
+}
+
+fn token<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, ApiError> {
+    let value = required(headers, name)?;
+    if is_visible_ascii(value, 128) {
+        Ok(value)
+    } else {
+        Err(ApiError::InvalidHeader {
+            header: name,
+            reason: "must be 1..128 visible ASCII characters".into(),
+        })
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    media_type.eq_ignore_ascii_case("application/json")
+}
+
+/// Authenticates a request as of `now`: known client, timestamp within `tolerance`, and a
+/// signature by one of that client's keys over exactly this request. Returns the `kid`.
+/// Pure (the clock is an argument), so the interoperability vectors can drive it.
+pub fn authenticate(
+    clients: &ClientRegistry,
+    headers: &CorelinkHeaders,
+    method: &str,
+    signed_path: &str,
+    body: &[u8],
+    now: OffsetDateTime,
+    tolerance: std::time::Duration,
+) -> Result<String, ApiError> {
+    let client = clients
+        .client(&headers.client_id)
+        .ok_or(ApiError::UnknownClient)?;
+    let skew = (now - headers.timestamp_at).whole_seconds();
+    if skew.unsigned_abs() > tolerance.as_secs() {
+        return Err(ApiError::TimestampOutOfWindow {
+            skew_secs: skew,
+            tolerance_secs: tolerance.as_secs(),
+        });
+    }
+    let claims = SignedRequestClaims {
+        method: method.to_owned(),
+        path: signed_path.to_owned(),
+        client_id: headers.client_id.clone(),
+        timestamp: headers.timestamp.clone(),
+        nonce: headers.nonce.clone(),
+        idempotency_key: headers.idempotency_key.clone(),
+        content_type: headers.content_type.clone(),
+        body_sha256: corelink::body_sha256(body),
+    };
+    Ok(verify_request_signature(
+        client,
+        &claims,
+        &headers.signature,
+    )?)
+}
+
+/// The handler of every Corelink route: runs [`accept`], then records the outcome.
+pub async fn handle(state: AppState, callback: Callback, request: Request) -> Response {
+    let started = Instant::now();
+    let _in_flight = InFlight::start();
+    let span = tracing::info_span!(
+        "corelink_callback",
+        route = callback.route_name(),
+        client_id = field::Empty,
+        idempotency_key = field::Empty,
+        message_id = field::Empty,
+    );
+    let result = accept(&state, callback, request)
+        .instrument(span.clone())
+        .await;
+    let code = match &result {
+        Ok(_) => "ACCEPTED",
+        Err(error) => error.code(),
+    };
+    metrics::record_request(callback.route_name(), code, started.elapsed());
+    span.in_scope(|| match &result {
+        Ok(accepted) => tracing::info!(orders = accepted.orders, "accepted"),
+        Err(error) if error.status().is_server_error() => {
+            tracing::warn!(code, %error, "not accepted")
+        }
+        Err(error) => tracing::info!(code, %error, "rejected"),
+    });
+    match result {
+        Ok(accepted) => Json(accepted).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn accept(
+    state: &AppState,
+    callback: Callback,
+    request: Request,
+) -> Result<Accepted, ApiError> {
+    let received_at = state.clock.now();
+    let limit = state.max_body_bytes;
+    let (parts, body) = request.into_parts();
+    let declared_length = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+
+    let headers = CorelinkHeaders::from_headers(&parts.headers)?;
+    let span = tracing::Span::current();
+    span.record("client_id", headers.client_id.as_str());
+    span.record("idempotency_key", headers.idempotency_key.as_str());
+    if !is_json(&headers.content_type) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+
+    let body = read_body(body, limit).await?;
+    let received_path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let signed_path = format!("{}{received_path}", state.corelink.external_path_prefix);
+    authenticate(
+        &state.clients,
+        &headers,
+        parts.method.as_str(),
+        &signed_path,
+        &body,
+        received_at,
+        state.corelink.timestamp_tolerance(),
+    )?;
+
+    if !state.replay.first_use(&headers.client_id, &headers.nonce) {
+        return Err(ApiError::NonceReplayed);
+    }
+    let result =
+        validate_and_enqueue(state, callback, &headers, received_path, body, received_at).await;
+    if result.is_err() {
+        // Not accepted: the same request may come again as is.
+        state.replay.forget(&headers.client_id, &headers.nonce);
+    }
+    result
+}
+
+async fn validate_and_enqueue(
+    state: &AppState,
+    callback: Callback,
+    headers: &CorelinkHeaders,
+    received_path: String,
+    body: bytes::Bytes,
+    received_at: OffsetDateTime,
+) -> Result<Accepted, ApiError> {
+    let orders = match callback {
+        Callback::Unit => corelink::parse_unit(&body).map(|_| 1)?,
+        Callback::Batch => corelink::parse_batch(
+            &body,
+            &headers.idempotency_key,
+            state.corelink.max_batch_orders,
+        )
+        .map(|batch| batch.orders.len())?,
+    };
+
+    let envelope = IntakeEnvelope {
+        message_id: Uuid::now_v7(),
+        kind: callback.kind(),
+        received_at,
+        client_id: Some(headers.client_id.clone()),
+        request_path: Some(received_path),
+        headers: headers.recorded(),
+        body,
+    };
+    tracing::Span::current().record("message_id", field::display(envelope.message_id));
+    state.publisher.publish(&envelope).await.map_err(|error| {
+        tracing::warn!(%error, "durable enqueue failed");
+        ApiError::EnqueueUnavailable {
+            retry_after_secs: state.retry_after_secs,
+        }
+    })?;
+    Ok(Accepted {
+        status: "ACCEPTED",
+        idempotency_key: headers.idempotency_key.clone(),
+        orders,
+        received_at: rfc3339(received_at),
+    })
+}
+
+/// Reads at most `limit` bytes; more is 413 whatever `Content-Length` claimed.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Err(error) => Err(ApiError::MalformedJson(format!(
+            "the body could not be read: {error}"
+        ))),
+    }
+}

@@ -1,0 +1,124 @@
+//! Every way a request can be refused, with its HTTP status and the contract's machine-readable
+//! code (DESIGN.md §3.3), rendered as `{"error":{"code","message","details"}}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use connector_schema::validation::{BodyError, FieldError};
+
+use crate::jws::SignatureError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the body does not satisfy the contract")]
+    ValidationFailed(Vec<FieldError>),
+    #[error("header {0} is required")]
+    MissingHeader(&'static str),
+    #[error("header {header} is invalid: {reason}")]
+    InvalidHeader {
+        header: &'static str,
+        reason: String,
+    },
+    #[error("header X-Signature is required")]
+    SignatureMissing,
+    #[error("{0}")]
+    SignatureInvalid(#[from] SignatureError),
+    #[error(
+        "X-Timestamp is {skew_secs} s away from the connector's clock; at most {tolerance_secs} s is accepted"
+    )]
+    TimestampOutOfWindow { skew_secs: i64, tolerance_secs: u64 },
+    #[error("X-Client-Id names no configured client")]
+    UnknownClient,
+    #[error(
+        "this nonce was already used by this client; a retry needs a fresh nonce, timestamp and signature"
+    )]
+    NonceReplayed,
+    #[error("the body exceeds {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error(
+        "the request could not be durably enqueued; retry later with the same X-Idempotency-Key"
+    )]
+    EnqueueUnavailable { retry_after_secs: u64 },
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_)
+            | Self::ValidationFailed(_)
+            | Self::MissingHeader(_)
+            | Self::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
+            Self::SignatureMissing
+            | Self::SignatureInvalid(_)
+            | Self::TimestampOutOfWindow { .. }
+            | Self::UnknownClient => StatusCode::UNAUTHORIZED,
+            Self::NonceReplayed => StatusCode::CONFLICT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::EnqueueUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The contract's error code; also the `code` label of the request metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "MALFORMED_JSON",
+            Self::ValidationFailed(_) => "VALIDATION_FAILED",
+            Self::MissingHeader(_) => "MISSING_HEADER",
+            Self::InvalidHeader { .. } => "INVALID_HEADER",
+            Self::SignatureMissing => "SIGNATURE_MISSING",
+            Self::SignatureInvalid(_) => "SIGNATURE_INVALID",
+            Self::TimestampOutOfWindow { .. } => "TIMESTAMP_OUT_OF_WINDOW",
+            Self::UnknownClient => "UNKNOWN_CLIENT",
+            Self::NonceReplayed => "NONCE_REPLAYED",
+            Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::EnqueueUnavailable { .. } => "ENQUEUE_UNAVAILABLE",
+        }
+    }
+
+    fn details(&self) -> Vec<FieldError> {
+        match self {
+            Self::ValidationFailed(errors) => errors.clone(),
+            Self::MissingHeader(name) => vec![FieldError::new(*name, "is required")],
+            Self::InvalidHeader { header, reason } => {
+                vec![FieldError::new(*header, reason.clone())]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(error: BodyError) -> Self {
+        match error {
+            BodyError::Malformed(reason) => Self::MalformedJson(reason),
+            BodyError::Invalid(errors) => Self::ValidationFailed(errors),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": {
+                "code": self.code(),
+                "message": self.to_string(),
+                "details": self.details(),
+            }
+        });
+        let mut response = (self.status(), Json(body)).into_response();
+        if let Self::EnqueueUnavailable { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}

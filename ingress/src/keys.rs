@@ -1,0 +1,239 @@
+//! The banks allowed to push callbacks and their public signature keys, loaded once from
+//! configuration and looked up by `X-Client-Id`, then by the JWS `kid`.
+//!
+//! Each key is pinned to one algorithm: a signature is accepted only with the algorithm the
+//! bank registered for that key, which closes algorithm-confusion attacks (RFC 8725 §3.1).
+
+use std::collections::HashMap;
+use std::fmt;
+
+use josekit::jwk::Jwk;
+use josekit::jws::{ES256, EdDSA, JwsVerifier, PS256, RS256};
+
+use crate::config::{ClientSettings, ConfigError};
+
+/// The asymmetric algorithms §3.1 allows. HMAC and `none` are deliberately absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwsAlgorithm {
+    Es256,
+    Ps256,
+    Rs256,
+    EdDsa,
+}
+
+impl JwsAlgorithm {
+    pub const ALL: [JwsAlgorithm; 4] = [Self::Es256, Self::Ps256, Self::Rs256, Self::EdDsa];
+
+    /// The JOSE name, as in the `alg` header.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Es256 => "ES256",
+            Self::Ps256 => "PS256",
+            Self::Rs256 => "RS256",
+            Self::EdDsa => "EdDSA",
+        }
+    }
+
+    /// Exact, case-sensitive match on the JOSE name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|alg| alg.name() == name)
+    }
+
+    fn verifier_from_jwk(self, jwk: &Jwk) -> Result<Box<dyn JwsVerifier>, josekit::JoseError> {
+        Ok(match self {
+            Self::Es256 => Box::new(ES256.verifier_from_jwk(jwk)?),
+            Self::Ps256 => Box::new(PS256.verifier_from_jwk(jwk)?),
+            Self::Rs256 => Box::new(RS256.verifier_from_jwk(jwk)?),
+            Self::EdDsa => Box::new(EdDSA.verifier_from_jwk(jwk)?),
+        })
+    }
+
+    fn verifier_from_pem(self, pem: &[u8]) -> Result<Box<dyn JwsVerifier>, josekit::JoseError> {
+        Ok(match self {
+            Self::Es256 => Box::new(ES256.verifier_from_pem(pem)?),
+            Self::Ps256 => Box::new(PS256.verifier_from_pem(pem)?),
+            Self::Rs256 => Box::new(RS256.verifier_from_pem(pem)?),
+            Self::EdDsa => Box::new(EdDSA.verifier_from_pem(pem)?),
+        })
+    }
+}
+
+impl fmt::Display for JwsAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One public key of a bank.
+pub struct VerifyingKey {
+    pub kid: String,
+    pub alg: JwsAlgorithm,
+    verifier: Box<dyn JwsVerifier>,
+}
+
+impl fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyingKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifyingKey {
+    /// A key from a public JWK. The JWK's own `kid` and `alg`, when present, must agree.
+    pub fn from_jwk(kid: &str, alg: JwsAlgorithm, jwk: &Jwk) -> Result<Self, String> {
+        if jwk.parameter("d").is_some() {
+            return Err("is a private key; configure the public key only".into());
+        }
+        if let Some(own) = jwk.key_id()
+            && own != kid
+        {
+            return Err(format!("has kid `{own}`, configured as `{kid}`"));
+        }
+        let verifier = alg.verifier_from_jwk(jwk).map_err(|e| e.to_string())?;
+        Ok(Self {
+            kid: kid.to_owned(),
+            alg,
+            verifier,
+        })
+    }
+
+    pub fn from_pem(kid: &str, alg: JwsAlgorithm, pem: &[u8]) -> Result<Self, String> {
+        let verifier = alg.verifier_from_pem(pem).map_err(|e| e.to_string())?;
+        Ok(Self {
+            kid: kid.to_owned(),
+            alg,
+            verifier,
+        })
+    }
+
+    /// Checks `signature` over the JWS signing input (`header.payload`, ASCII).
+    pub fn verify(&self, signing_input: &[u8], signature: &[u8]) -> bool {
+        self.verifier.verify(signing_input, signature).is_ok()
+    }
+}
+
+/// A bank allowed to push callbacks.
+#[derive(Debug)]
+pub struct BankClient {
+    pub id: String,
+    keys: HashMap<String, VerifyingKey>,
+}
+
+impl BankClient {
+    pub fn new(id: impl Into<String>, keys: impl IntoIterator<Item = VerifyingKey>) -> Self {
+        Self {
+            id: id.into(),
+            keys: keys.into_iter().map(|k| (k.kid.clone(), k)).collect(),
+        }
+    }
+
+    pub fn key(&self, kid: &str) -> Option<&VerifyingKey> {
+        self.keys.get(kid)
+    }
+}
+
+/// Every configured bank, by client id.
+#[derive(Debug, Default)]
+pub struct ClientRegistry {
+    clients: HashMap<String, BankClient>,
+}
+
+impl ClientRegistry {
+    pub fn new(clients: impl IntoIterator<Item = BankClient>) -> Self {
+        Self {
+            clients: clients.into_iter().map(|c| (c.id.clone(), c)).collect(),
+        }
+    }
+
+    pub fn client(&self, id: &str) -> Option<&BankClient> {
+        self.clients.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// Loads every key file; any problem is an error naming the configuration key.
+    pub fn from_settings(settings: &[ClientSettings]) -> Result<Self, ConfigError> {
+        let mut clients = Vec::with_capacity(settings.len());
+        let mut seen_ids = std::collections::HashSet::new();
+        for (i, client) in settings.iter().enumerate() {
+            let at = format!("corelink.clients[{i}]");
+            if !crate::corelink::is_visible_ascii(&client.id, 128) {
+                return Err(ConfigError::new(
+                    format!("{at}.id"),
+                    "must be 1..128 visible ASCII characters",
+                ));
+            }
+            if !seen_ids.insert(client.id.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.id"),
+                    format!("`{}` is configured twice", client.id),
+                ));
+            }
+            if client.keys.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{at}.keys"),
+                    "needs at least one key",
+                ));
+            }
+            let mut keys = Vec::with_capacity(client.keys.len());
+            let mut seen_kids = std::collections::HashSet::new();
+            for (j, key) in client.keys.iter().enumerate() {
+                let at = format!("{at}.keys[{j}]");
+                if key.kid.is_empty() || !seen_kids.insert(key.kid.as_str()) {
+                    return Err(ConfigError::new(
+                        format!("{at}.kid"),
+                        "must be non-empty and unique within the client",
+                    ));
+                }
+                let alg = JwsAlgorithm::from_name(&key.alg).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{at}.alg"),
+                        format!("`{}` is not one of ES256, PS256, RS256, EdDSA", key.alg),
+                    )
+                })?;
+                let loaded = match (&key.jwk_file, &key.pem_file) {
+                    (Some(path), None) => {
+                        let path = path.relative();
+                        let at = format!("{at}.jwk_file");
+                        let bytes = std::fs::read(&path).map_err(|e| {
+                            ConfigError::new(&at, format!("cannot read {}: {e}", path.display()))
+                        })?;
+                        let jwk = Jwk::from_bytes(&bytes).map_err(|e| {
+                            ConfigError::new(&at, format!("{} is not a JWK: {e}", path.display()))
+                        })?;
+                        VerifyingKey::from_jwk(&key.kid, alg, &jwk).map_err(|e| {
+                            ConfigError::new(&at, format!("{}: {e}", path.display()))
+                        })?
+                    }
+                    (None, Some(path)) => {
+                        let path = path.relative();
+                        let at = format!("{at}.pem_file");
+                        let bytes = std::fs::read(&path).map_err(|e| {
+                            ConfigError::new(&at, format!("cannot read {}: {e}", path.display()))
+                        })?;
+                        VerifyingKey::from_pem(&key.kid, alg, &bytes).map_err(|e| {
+                            ConfigError::new(&at, format!("{}: {e}", path.display()))
+                        })?
+                    }
+                    _ => {
+                        return Err(ConfigError::new(
+                            at,
+                            "set exactly one of jwk_file or pem_file",
+                        ));
+                    }
+                };
+                keys.push(loaded);
+            }
+            clients.push(BankClient::new(client.id.clone(), keys));
+        }
+        Ok(Self::new(clients))
+    }
+}

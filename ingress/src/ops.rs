@@ -1,0 +1,52 @@
+//! The operations listener: `/metrics` for Prometheus, `/healthz` (the process is alive) and
+//! `/readyz` (it can accept work: broker connected). Separate from the public listener so
+//! banks never reach it.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+use crate::publisher::IntakePublisher;
+
+#[derive(Debug, Clone)]
+struct OpsState {
+    publisher: IntakePublisher,
+    metrics: PrometheusHandle,
+}
+
+pub fn router(publisher: IntakePublisher, metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(OpsState { publisher, metrics })
+}
+
+async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
+    if state.publisher.is_connected() {
+        (
+            StatusCode::OK,
+            axum::Json(json!({"status": "ready", "broker": "connected"})),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not_ready", "broker": "disconnected"})),
+        )
+    }
+}
+
+async fn render_metrics(State(state): State<OpsState>) -> impl IntoResponse {
+    state.metrics.run_upkeep();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,159 @@
+//! The bank side of §3.1: signs a request the way the ingress verifies it. Used by the
+//! `corelink-sign` tool that integrators run, by the local demo and by the tests. Signing goes
+//! through josekit's own serializer, so the tests cross-check our hand-written verifier
+//! against an independent encoder (as the interoperability vectors do against jwcrypto).
+
+use anyhow::{Context as _, bail};
+use josekit::jwk::{Jwk, KeyPair as _};
+use josekit::jws::{ES256, EdDSA, JwsHeader, JwsSigner, PS256, RS256};
+use rand::RngCore as _;
+use time::OffsetDateTime;
+
+use connector_schema::corelink::{SignedRequestClaims, body_sha256};
+use connector_schema::envelope::rfc3339;
+
+use crate::keys::JwsAlgorithm;
+
+/// The content type every Corelink request carries.
+pub const JSON: &str = "application/json";
+
+/// A bank's signing key, bound to its client id.
+pub struct RequestSigner {
+    client_id: String,
+    signer: Box<dyn JwsSigner>,
+}
+
+impl std::fmt::Debug for RequestSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key material.
+        f.debug_struct("RequestSigner")
+            .field("client_id", &self.client_id)
+            .field("kid", &self.signer.key_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The six headers of a signed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedHeaders {
+    pub client_id: String,
+    pub timestamp: String,
+    pub nonce: String,
+    pub idempotency_key: String,
+    pub content_type: String,
+    pub signature: String,
+}
+
+impl SignedHeaders {
+    pub fn pairs(&self) -> [(&'static str, &str); 6] {
+        [
+            ("Content-Type", &self.content_type),
+            ("X-Client-Id", &self.client_id),
+            ("X-Timestamp", &self.timestamp),
+            ("X-Nonce", &self.nonce),
+            ("X-Idempotency-Key", &self.idempotency_key),
+            ("X-Signature", &self.signature),
+        ]
+    }
+}
+
+impl RequestSigner {
+    /// From a private JWK that names its `kid` and `alg`.
+    pub fn from_private_jwk(client_id: &str, jwk: &Jwk) -> anyhow::Result<Self> {
+        if jwk.key_id().is_none() {
+            bail!("the private JWK has no `kid`");
+        }
+        let alg = jwk
+            .algorithm()
+            .and_then(JwsAlgorithm::from_name)
+            .context("the private JWK has no `alg` among ES256, PS256, RS256, EdDSA")?;
+        let signer: Box<dyn JwsSigner> = match alg {
+            JwsAlgorithm::Es256 => Box::new(ES256.signer_from_jwk(jwk)?),
+            JwsAlgorithm::Ps256 => Box::new(PS256.signer_from_jwk(jwk)?),
+            JwsAlgorithm::Rs256 => Box::new(RS256.signer_from_jwk(jwk)?),
+            JwsAlgorithm::EdDsa => Box::new(EdDSA.signer_from_jwk(jwk)?),
+        };
+        Ok(Self {
+            client_id: client_id.to_owned(),
+            signer,
+        })
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The compact JWS over `claims`.
+    pub fn sign_claims(&self, claims: &SignedRequestClaims) -> anyhow::Result<String> {
+        let payload = serde_json::to_vec(claims)?;
+        Ok(josekit::jws::serialize_compact(
+            &payload,
+            &JwsHeader::new(),
+            self.signer.as_ref(),
+        )?)
+    }
+
+    /// Signs a POST of `body` to `path` (the request target as it will be sent).
+    pub fn sign(
+        &self,
+        path: &str,
+        body: &[u8],
+        idempotency_key: &str,
+        at: OffsetDateTime,
+        nonce: &str,
+    ) -> anyhow::Result<SignedHeaders> {
+        let claims = SignedRequestClaims {
+            method: "POST".into(),
+            path: path.into(),
+            client_id: self.client_id.clone(),
+            timestamp: rfc3339(at.replace_nanosecond(0).unwrap_or(at)),
+            nonce: nonce.into(),
+            idempotency_key: idempotency_key.into(),
+            content_type: JSON.into(),
+            body_sha256: body_sha256(body),
+        };
+        let signature = self.sign_claims(&claims)?;
+        Ok(SignedHeaders {
+            client_id: claims.client_id,
+            timestamp: claims.timestamp,
+            nonce: claims.nonce,
+            idempotency_key: claims.idempotency_key,
+            content_type: claims.content_type,
+            signature,
+        })
+    }
+}
+
+/// 128 random bits, hex: a nonce that never repeats in practice.
+pub fn random_nonce() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new key pair for `alg`, both halves carrying `kid` and `alg`: (private, public).
+pub fn generate_key_pair(alg: JwsAlgorithm, kid: &str) -> anyhow::Result<(Jwk, Jwk)> {
+    let (mut private, mut public) = match alg {
+        JwsAlgorithm::Es256 => {
+            let pair = ES256.generate_key_pair()?;
+            (pair.to_jwk_private_key(), pair.to_jwk_public_key())
+        }
+        JwsAlgorithm::Ps256 => {
+            let pair = PS256.generate_key_pair(2048)?;
+            (pair.to_jwk_private_key(), pair.to_jwk_public_key())
+        }
+        JwsAlgorithm::Rs256 => {
+            let pair = RS256.generate_key_pair(2048)?;
+            (pair.to_jwk_private_key(), pair.to_jwk_public_key())
+        }
+        JwsAlgorithm::EdDsa => {
+            let pair = EdDSA.generate_key_pair(josekit::jwk::alg::ed::EdCurve::Ed25519)?;
+            (pair.to_jwk_private_key(), pair.to_jwk_public_key())
+        }
+    };
+    for jwk in [&mut private, &mut public] {
+        jwk.set_key_id(kid);
+        jwk.set_algorithm(alg.name());
+    }
+    Ok((private, public))
+}

@@ -1,0 +1,180 @@
+//! Assembly of the ingress: [`Application::build`] binds the listeners and starts the broker
+//! supervisor; [`Application::run_until_stopped`] serves until the injected shutdown future
+//! resolves, lets in-flight requests finish, then closes the broker connection.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::routing::post;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Settings;
+use crate::corelink;
+use crate::keys::ClientRegistry;
+use crate::publisher::IntakePublisher;
+use crate::replay::ReplayCache;
+use crate::state::{AppState, SharedState};
+use crate::{metrics, ops};
+
+#[derive(Debug)]
+pub struct Application {
+    public_listener: TcpListener,
+    ops_listener: TcpListener,
+    state: AppState,
+    metrics: PrometheusHandle,
+    publisher_task: JoinHandle<()>,
+    /// Cancelled only after the HTTP servers have drained, so in-flight requests can still
+    /// publish while the process shuts down.
+    publisher_shutdown: CancellationToken,
+    grace: Duration,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        let clients = ClientRegistry::from_settings(&settings.corelink.clients)?;
+        if clients.is_empty() {
+            tracing::warn!(
+                "no Corelink client is configured: every callback will get 401 UNKNOWN_CLIENT"
+            );
+        }
+        let public_listener = TcpListener::bind(settings.http.listen)
+            .await
+            .with_context(|| format!("binding http.listen {}", settings.http.listen))?;
+        let ops_listener = TcpListener::bind(settings.http.ops_listen)
+            .await
+            .with_context(|| format!("binding http.ops_listen {}", settings.http.ops_listen))?;
+
+        let publisher_shutdown = CancellationToken::new();
+        let (publisher, publisher_task) =
+            IntakePublisher::spawn(&settings.broker, publisher_shutdown.clone());
+        let state = AppState::new(SharedState {
+            clients,
+            replay: ReplayCache::new(
+                settings.corelink.nonce_cache_capacity,
+                settings.corelink.timestamp_tolerance(),
+            ),
+            publisher,
+            clock,
+            corelink: settings.corelink.clone(),
+            max_body_bytes: settings.http.max_body_bytes,
+            retry_after_secs: settings.broker.retry_after_secs,
+        });
+        Ok(Self {
+            public_listener,
+            ops_listener,
+            state,
+            metrics: metrics::install(),
+            publisher_task,
+            publisher_shutdown,
+            grace: Duration::from_secs(settings.http.shutdown_grace_secs),
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn publisher(&self) -> IntakePublisher {
+        self.state.publisher.clone()
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: no new connections; finishing in-flight requests");
+            trigger.cancel();
+        });
+
+        let public = axum::serve(self.public_listener, public_router(self.state.clone()))
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let ops = axum::serve(
+            self.ops_listener,
+            ops::router(self.state.publisher.clone(), self.metrics),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let servers = async { tokio::try_join!(public.into_future(), ops.into_future()) };
+        tokio::pin!(servers);
+
+        let served = tokio::select! {
+            served = &mut servers => served,
+            () = stop.cancelled() => match tokio::time::timeout(self.grace, &mut servers).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::warn!(grace = ?self.grace, "in-flight requests still running after the grace period; stopping anyway");
+                    Ok(((), ()))
+                }
+            },
+        };
+        self.publisher_shutdown.cancel();
+        let _ = self.publisher_task.await;
+        served.context("serving HTTP")?;
+        tracing::info!("ingress stopped");
+        Ok(())
+    }
+}
+
+/// The public routes. Exposed for tests that drive it with `tower::ServiceExt::oneshot`.
+pub fn public_router(state: AppState) -> Router {
+    corelink::ROUTES
+        .into_iter()
+        .fold(Router::new(), |router, (path, callback)| {
+            router.route(
+                path,
+                post(move |State(state): State<AppState>, request: Request| {
+                    corelink::handle(state, callback, request)
+                }),
+            )
+        })
+        .with_state(state)
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (orchestrators).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

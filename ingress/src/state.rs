@@ -1,0 +1,41 @@
+//! What every request handler shares. Immutable after start-up except the replay cache and
+//! the publisher, which are concurrent by construction.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::CorelinkSettings;
+use crate::keys::ClientRegistry;
+use crate::publisher::IntakePublisher;
+use crate::replay::ReplayCache;
+
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<SharedState>);
+
+#[derive(Debug)]
+pub struct SharedState {
+    pub clients: ClientRegistry,
+    pub replay: ReplayCache,
+    pub publisher: IntakePublisher,
+    pub clock: Arc<dyn Clock>,
+    /// Tolerance, path prefix and batch size (the client list lives in `clients`).
+    pub corelink: CorelinkSettings,
+    pub max_body_bytes: usize,
+    /// `Retry-After` on 503.
+    pub retry_after_secs: u64,
+}
+
+impl AppState {
+    pub fn new(shared: SharedState) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}

@@ -1,0 +1,13 @@
+//! Every data shape the connector exchanges with the outside world and between its own processes.
+//!
+//! The ingress and the workers both depend on this crate and never on each other: the ingress
+//! validates a body with the same code the workers later use to parse it, so what was accepted
+//! at the edge is exactly what gets applied.
+
+pub mod corelink;
+pub mod envelope;
+pub mod topology;
+pub mod validation;
+
+pub use envelope::{IntakeEnvelope, IntakeKind};
+pub use topology::Topology;

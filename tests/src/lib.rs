@@ -1,0 +1,3 @@
+//! Helpers shared by the end-to-end tests in `tests/tests/`.
+
+pub mod proxy;
