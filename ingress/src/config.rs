@@ -87,6 +87,8 @@ pub struct BrokerSettings {
     pub intake_delivery_limit: u32,
     /// `x-max-length` of the intake queue; unset means unbounded.
     pub intake_max_length: Option<u32>,
+    /// `x-expires` of every queue: only for throw-away environments (tests, previews).
+    pub queue_expires_secs: Option<u64>,
 }
 
 impl Default for BrokerSettings {
@@ -101,6 +103,7 @@ impl Default for BrokerSettings {
             reconnect_max_ms: 10_000,
             intake_delivery_limit: QueueOptions::default().delivery_limit,
             intake_max_length: None,
+            queue_expires_secs: None,
         }
     }
 }
@@ -112,7 +115,7 @@ impl BrokerSettings {
             QueueOptions {
                 delivery_limit: self.intake_delivery_limit,
                 intake_max_length: self.intake_max_length,
-                expires: None,
+                expires: self.queue_expires_secs.map(Duration::from_secs),
             },
         )
     }

@@ -1,3 +1,309 @@
-//! Helpers shared by the end-to-end tests in `tests/tests/`.
+//! Helpers shared by the end-to-end tests in `tests/tests/`: a real ingress on loopback ports
+//! against the real RabbitMQ, with its own exchanges and queues per test so that tests run in
+//! parallel and never collide, plus a signing bank and a broker-side inspector.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod proxy;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use josekit::jwk::Jwk;
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, message::Delivery};
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use connector_ingress::clock::SystemClock;
+use connector_ingress::config::{ClientSettings, KeySettings, LogFormat, Settings};
+use connector_ingress::keys::JwsAlgorithm;
+use connector_ingress::signing::{RequestSigner, SignedHeaders, generate_key_pair, random_nonce};
+use connector_ingress::startup::Application;
+use connector_schema::Topology;
+
+/// The broker the tests use; `CONNECTOR_TEST_AMQP_URL` points them elsewhere.
+pub fn amqp_url() -> String {
+    std::env::var("CONNECTOR_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The broker's address, for a [`proxy::FaultProxy`] in front of it.
+pub fn amqp_addr() -> SocketAddr {
+    let uri: lapin::uri::AMQPUri = amqp_url().parse().expect("AMQP URL");
+    let host = if uri.authority.host == "localhost" {
+        "127.0.0.1".to_owned()
+    } else {
+        uri.authority.host
+    };
+    format!("{host}:{}", uri.authority.port)
+        .parse()
+        .expect("broker address")
+}
+
+/// A bank with a fresh ES256 key, registered with the ingress under test.
+#[derive(Debug)]
+pub struct TestBank {
+    pub signer: RequestSigner,
+    pub kid: String,
+    pub public_key_file: PathBuf,
+}
+
+impl TestBank {
+    pub fn new(client_id: &str, dir: &std::path::Path) -> Self {
+        let kid = format!("{client_id}-key-1");
+        let (private, public) = generate_key_pair(JwsAlgorithm::Es256, &kid).unwrap();
+        let public_key_file = dir.join(format!("{client_id}.public.jwk"));
+        std::fs::write(&public_key_file, public.to_string()).unwrap();
+        let signer = RequestSigner::from_private_jwk(
+            client_id,
+            &Jwk::from_bytes(private.to_string()).unwrap(),
+        )
+        .unwrap();
+        Self {
+            signer,
+            kid,
+            public_key_file,
+        }
+    }
+
+    pub fn client_settings(&self) -> ClientSettings {
+        ClientSettings {
+            id: self.signer.client_id().to_owned(),
+            keys: vec![KeySettings {
+                kid: self.kid.clone(),
+                alg: "ES256".into(),
+                jwk_file: Some(self.public_key_file.clone().into()),
+                pem_file: None,
+            }],
+        }
+    }
+
+    /// Headers of a correctly signed POST of `body` to `path`, now, with a fresh nonce.
+    pub fn sign(&self, path: &str, body: &[u8], idempotency_key: &str) -> SignedHeaders {
+        self.sign_at(path, body, idempotency_key, OffsetDateTime::now_utc())
+    }
+
+    pub fn sign_at(
+        &self,
+        path: &str,
+        body: &[u8],
+        idempotency_key: &str,
+        at: OffsetDateTime,
+    ) -> SignedHeaders {
+        self.signer
+            .sign(path, body, idempotency_key, at, &random_nonce())
+            .unwrap()
+    }
+}
+
+/// A running ingress and everything a test needs to talk to it and look behind it.
+#[derive(Debug)]
+pub struct TestApp {
+    pub base_url: String,
+    pub ops_url: String,
+    pub http: reqwest::Client,
+    pub bank: TestBank,
+    pub topology: Topology,
+    pub broker: BrokerInspector,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _key_dir: tempfile::TempDir,
+}
+
+/// Starts an ingress on ephemeral ports against the real broker, with `configure` applied to
+/// its settings (the broker URL can point at a [`proxy::FaultProxy`]). Waits until it is ready.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let key_dir = tempfile::tempdir().unwrap();
+    let bank = TestBank::new("BANK_X", key_dir.path());
+
+    let mut settings = Settings::default();
+    settings.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.http.ops_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.log.format = LogFormat::Pretty;
+    settings.broker.url = amqp_url();
+    settings.broker.topology_prefix = format!("test-{}", Uuid::new_v4());
+    settings.broker.queue_expires_secs = Some(600);
+    settings.broker.reconnect_initial_ms = 50;
+    settings.broker.reconnect_max_ms = 500;
+    settings.corelink.clients = vec![bank.client_settings()];
+    configure(&mut settings);
+    let topology = settings.broker.topology();
+
+    let application = Application::build_with_clock(settings, Arc::new(SystemClock))
+        .await
+        .expect("ingress builds");
+    let base_url = format!("http://{}", application.public_addr());
+    let ops_url = format!("http://{}", application.ops_addr());
+    let publisher = application.publisher();
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(application.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        publisher.wait_until_connected(),
+    )
+    .await
+    .expect("the ingress connects to the broker");
+
+    TestApp {
+        base_url,
+        ops_url,
+        http: reqwest::Client::new(),
+        bank,
+        broker: BrokerInspector::connect(topology.clone()).await,
+        topology,
+        shutdown: Some(shutdown),
+        task: Some(task),
+        _key_dir: key_dir,
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+impl TestApp {
+    /// POSTs `body` to `path` with exactly `headers`.
+    pub async fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("the ingress answers")
+    }
+
+    /// POSTs a correctly signed request.
+    pub async fn post_signed(
+        &self,
+        path: &str,
+        body: &str,
+        idempotency_key: &str,
+    ) -> reqwest::Response {
+        let signed = self.bank.sign(path, body.as_bytes(), idempotency_key);
+        self.post(path, &signed.pairs(), body.to_owned()).await
+    }
+
+    /// Asks the ingress to stop and waits for it, as SIGTERM would.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.task.take().expect("running").await?
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// The broker seen from the side: what is on a test's queues.
+#[derive(Debug)]
+pub struct BrokerInspector {
+    connection: Connection,
+    pub channel: lapin::Channel,
+    topology: Topology,
+}
+
+impl BrokerInspector {
+    pub async fn connect(topology: Topology) -> Self {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("the test broker is reachable");
+        let channel = connection.create_channel().await.unwrap();
+        Self {
+            connection,
+            channel,
+            topology,
+        }
+    }
+
+    /// Messages ready on the intake queue.
+    pub async fn intake_depth(&self) -> u32 {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.channel
+            .queue_declare(
+                self.topology.intake_queue.as_str().into(),
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .expect("the intake queue exists")
+            .message_count()
+    }
+
+    /// Takes the next intake message (acknowledged), if any.
+    pub async fn take_intake(&self) -> Option<Delivery> {
+        self.channel
+            .basic_get(
+                self.topology.intake_queue.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+            .map(|message| message.delivery)
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+}
+
+/// A unit body for `reference`.
+pub fn unit_body(reference: &str, status: &str) -> String {
+    let reason = if status == "FAILED" {
+        r#", "reasonCode": "BUS_INSUFFICIENT_FUNDS", "reasonMessage": "Insufficient balance""#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"reference": "{reference}", "bank_reference": "BNK-{reference}", "status": "{status}"{reason}, "processed_at": "2025-11-19T07:09:30Z"}}"#
+    )
+}
+
+/// A batch body of `references`, all SUCCESS, with `batch_id`.
+pub fn batch_body(batch_id: &str, references: &[&str]) -> String {
+    let orders: Vec<String> = references.iter().map(|r| unit_body(r, "SUCCESS")).collect();
+    format!(
+        "{{\n  \"batch_id\": \"{batch_id}\",\n  \"sent_at\": \"2025-11-19T07:15:00Z\",\n  \"orders\": [\n    {}\n  ]\n}}",
+        orders.join(",\n    ")
+    )
+}
+
+/// Polls `condition` every 50 ms until it holds or `within` elapses. For states that settle
+/// asynchronously (a reconnection); it asserts an outcome, never a speed.
+pub async fn eventually<F, Fut>(within: std::time::Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,418 @@
+//! The Corelink ingress end to end over HTTP, against the real RabbitMQ: 200 only once the
+//! whole request is durably on the intake queue; every refusal the contract names, with
+//! nothing enqueued.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use lapin::types::AMQPValue;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use connector_e2e_tests::{batch_body, spawn_app, spawn_app_with, unit_body};
+use connector_schema::IntakeEnvelope;
+
+const UNIT: &str = "/callbacks/orders/status";
+const BATCH: &str = "/callbacks/orders/status/batch";
+
+async fn error_code(response: reqwest::Response) -> (u16, String, Value) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("a JSON error body");
+    let code = body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_owned();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(body["error"]["details"].is_array(), "{body}");
+    (status, code, body)
+}
+
+#[tokio::test]
+async fn a_signed_unit_callback_is_enqueued_exactly_as_received() {
+    let app = spawn_app().await;
+    let body = unit_body("PAY-2025-0001", "SUCCESS");
+
+    let response = app.post_signed(UNIT, &body, "PAY-2025-0001").await;
+
+    assert_eq!(response.status(), 200);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["status"], "ACCEPTED");
+    assert_eq!(accepted["idempotency_key"], "PAY-2025-0001");
+    assert_eq!(accepted["orders"], 1);
+    assert!(accepted["received_at"].as_str().unwrap().ends_with('Z'));
+
+    let delivery = app
+        .broker
+        .take_intake()
+        .await
+        .expect("one message on the intake queue");
+    assert_eq!(
+        delivery.data,
+        body.as_bytes(),
+        "the raw body, byte for byte"
+    );
+    assert_eq!(delivery.routing_key.as_str(), "corelink.status");
+    assert_eq!(*delivery.properties.delivery_mode(), Some(2), "persistent");
+    let envelope = IntakeEnvelope::from_amqp(&delivery.properties, &delivery.data).unwrap();
+    assert_eq!(envelope.client_id.as_deref(), Some("BANK_X"));
+    assert_eq!(envelope.request_path.as_deref(), Some(UNIT));
+    assert_eq!(envelope.header("x-idempotency-key"), Some("PAY-2025-0001"));
+    assert!(
+        envelope
+            .header("x-signature")
+            .is_some_and(|s| s.split('.').count() == 3)
+    );
+    assert!(
+        app.broker.take_intake().await.is_none(),
+        "exactly one message"
+    );
+}
+
+#[tokio::test]
+async fn a_signed_batch_is_one_message_and_the_aliases_work() {
+    let app = spawn_app().await;
+    let body = batch_body("batch-20251119-001", &["PAY-1", "PAY-2", "PAY-3"]);
+
+    let response = app.post_signed(BATCH, &body, "batch-20251119-001").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["orders"], 3);
+
+    let alias_body = batch_body("batch-20251119-002", &["PAY-4"]);
+    let response = app
+        .post_signed("/callbacks/batch-status", &alias_body, "batch-20251119-002")
+        .await;
+    assert_eq!(response.status(), 200);
+    let unit = unit_body("PAY-5", "PENDING");
+    let response = app
+        .post_signed("/callbacks/payment-status", &unit, "PAY-5")
+        .await;
+    assert_eq!(response.status(), 200);
+
+    let first = app.broker.take_intake().await.unwrap();
+    assert_eq!(first.routing_key.as_str(), "corelink.status.batch");
+    assert_eq!(first.data, body.as_bytes());
+    let second = app.broker.take_intake().await.unwrap();
+    assert_eq!(second.routing_key.as_str(), "corelink.status.batch");
+    let third = app.broker.take_intake().await.unwrap();
+    assert_eq!(third.routing_key.as_str(), "corelink.status");
+    let path = match third
+        .properties
+        .headers()
+        .as_ref()
+        .unwrap()
+        .inner()
+        .get("connector-request-path")
+    {
+        Some(AMQPValue::LongString(path)) => String::from_utf8(path.as_bytes().to_vec()).unwrap(),
+        other => panic!("request path header: {other:?}"),
+    };
+    assert_eq!(path, "/callbacks/payment-status");
+}
+
+#[tokio::test]
+async fn every_refusal_has_its_contract_code_and_enqueues_nothing() {
+    let app = spawn_app_with(|settings| settings.http.max_body_bytes = 4096).await;
+    let body = unit_body("PAY-REFUSED", "SUCCESS");
+    let signed = app.bank.sign(UNIT, body.as_bytes(), "PAY-REFUSED");
+    let headers = signed.pairs();
+
+    // Headers with one replaced or removed.
+    let with = |name: &str, value: Option<&'static str>| -> Vec<(&str, String)> {
+        let mut out: Vec<(&str, String)> = headers
+            .iter()
+            .filter(|(n, _)| *n != name)
+            .map(|(n, v)| (*n, (*v).to_owned()))
+            .collect();
+        if let Some(value) = value {
+            out.push((
+                headers.iter().find(|(n, _)| *n == name).unwrap().0,
+                value.to_owned(),
+            ));
+        }
+        out
+    };
+
+    let mut cases: Vec<(&str, Vec<(&str, String)>, String, u16, &str)> = vec![
+        (
+            "no X-Nonce",
+            with("X-Nonce", None),
+            body.clone(),
+            400,
+            "MISSING_HEADER",
+        ),
+        (
+            "no X-Client-Id",
+            with("X-Client-Id", None),
+            body.clone(),
+            400,
+            "MISSING_HEADER",
+        ),
+        (
+            "no Content-Type",
+            with("Content-Type", None),
+            body.clone(),
+            400,
+            "MISSING_HEADER",
+        ),
+        (
+            "X-Timestamp not RFC 3339",
+            with("X-Timestamp", Some("19/11/2025 07:15")),
+            body.clone(),
+            400,
+            "INVALID_HEADER",
+        ),
+        (
+            "X-Timestamp not UTC",
+            with("X-Timestamp", Some("2025-11-19T08:15:00+01:00")),
+            body.clone(),
+            400,
+            "INVALID_HEADER",
+        ),
+        (
+            "empty X-Idempotency-Key",
+            with("X-Idempotency-Key", Some("")),
+            body.clone(),
+            400,
+            "INVALID_HEADER",
+        ),
+        (
+            "X-Nonce with a space",
+            with("X-Nonce", Some("a b")),
+            body.clone(),
+            400,
+            "INVALID_HEADER",
+        ),
+        (
+            "no X-Signature",
+            with("X-Signature", None),
+            body.clone(),
+            401,
+            "SIGNATURE_MISSING",
+        ),
+        (
+            "empty X-Signature",
+            with("X-Signature", Some("")),
+            body.clone(),
+            401,
+            "SIGNATURE_MISSING",
+        ),
+        (
+            "not a JWS",
+            with("X-Signature", Some("abc")),
+            body.clone(),
+            401,
+            "SIGNATURE_INVALID",
+        ),
+        (
+            "unknown client",
+            with("X-Client-Id", Some("BANK_Z")),
+            body.clone(),
+            401,
+            "UNKNOWN_CLIENT",
+        ),
+        (
+            "X-Nonce differs from the signed one",
+            with("X-Nonce", Some("other-nonce")),
+            body.clone(),
+            401,
+            "SIGNATURE_INVALID",
+        ),
+        (
+            "text/plain",
+            with("Content-Type", Some("text/plain")),
+            body.clone(),
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            "body changed by one byte",
+            with("", None),
+            body.replace("PAY-REFUSED", "PAY-REFUSEE"),
+            401,
+            "SIGNATURE_INVALID",
+        ),
+    ];
+    // Correctly signed, but the request itself is wrong.
+    let mut signed_case =
+        |name: &'static str, body: String, at: OffsetDateTime, status: u16, code: &'static str| {
+            let key = "PAY-SIGNED";
+            let signed = app.bank.sign_at(UNIT, body.as_bytes(), key, at);
+            let headers = signed
+                .pairs()
+                .iter()
+                .map(|(n, v)| (*n, (*v).to_owned()))
+                .collect();
+            cases.push((name, headers, body, status, code));
+        };
+    let now = OffsetDateTime::now_utc();
+    signed_case(
+        "not JSON",
+        "{\"reference\":".into(),
+        now,
+        400,
+        "MALFORMED_JSON",
+    );
+    signed_case(
+        "FAILED without reason",
+        unit_body("PAY-F", "FAILED").replace("reasonCode", "code"),
+        now,
+        400,
+        "VALIDATION_FAILED",
+    );
+    signed_case(
+        "timestamp 10 minutes old",
+        unit_body("PAY-OLD", "SUCCESS"),
+        now - Duration::from_secs(600),
+        401,
+        "TIMESTAMP_OUT_OF_WINDOW",
+    );
+    signed_case(
+        "timestamp 10 minutes ahead",
+        unit_body("PAY-NEW", "SUCCESS"),
+        now + Duration::from_secs(600),
+        401,
+        "TIMESTAMP_OUT_OF_WINDOW",
+    );
+    signed_case(
+        "5000-byte body over a 4096 limit",
+        format!("{{\"pad\":\"{}\"}}", "x".repeat(5000)),
+        now,
+        413,
+        "PAYLOAD_TOO_LARGE",
+    );
+
+    for (name, headers, body, expected_status, expected_code) in cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let (status, code, error) = error_code(app.post(UNIT, &headers, body).await).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (expected_status, expected_code),
+            "{name}: {error}"
+        );
+    }
+
+    // The validation error says which field, machine-readably.
+    let body = unit_body("PAY-F", "FAILED").replace("reasonCode", "code");
+    let signed = app.bank.sign(UNIT, body.as_bytes(), "PAY-F");
+    let (_, _, error) = error_code(app.post(UNIT, &signed.pairs(), body).await).await;
+    assert_eq!(error["error"]["details"][0]["field"], "reasonCode");
+
+    assert_eq!(app.broker.intake_depth().await, 0, "nothing was enqueued");
+}
+
+#[tokio::test]
+async fn a_duplicated_header_is_invalid() {
+    let app = spawn_app().await;
+    let body = unit_body("PAY-DUP", "SUCCESS");
+    let signed = app.bank.sign(UNIT, body.as_bytes(), "PAY-DUP");
+    let mut headers = signed.pairs().to_vec();
+    headers.push(("X-Nonce", "second-nonce"));
+    let (status, code, _) = error_code(app.post(UNIT, &headers, body).await).await;
+    assert_eq!((status, code.as_str()), (400, "INVALID_HEADER"));
+    assert_eq!(app.broker.intake_depth().await, 0);
+}
+
+#[tokio::test]
+async fn an_exact_replay_is_refused_and_enqueued_once() {
+    let app = spawn_app().await;
+    let body = unit_body("PAY-REPLAY", "SUCCESS");
+    let signed = app.bank.sign(UNIT, body.as_bytes(), "PAY-REPLAY");
+
+    let first = app.post(UNIT, &signed.pairs(), body.clone()).await;
+    assert_eq!(first.status(), 200);
+    let (status, code, _) = error_code(app.post(UNIT, &signed.pairs(), body.clone()).await).await;
+    assert_eq!((status, code.as_str()), (409, "NONCE_REPLAYED"));
+
+    // A retry as the contract wants it: fresh nonce, timestamp and signature, same key.
+    let retry = app.post_signed(UNIT, &body, "PAY-REPLAY").await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(app.broker.intake_depth().await, 2);
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_all_confirmed() {
+    let app = spawn_app().await;
+    let requests = (0..64).map(|i| {
+        let app = &app;
+        async move {
+            let reference = format!("PAY-CONC-{i}");
+            app.post_signed(UNIT, &unit_body(&reference, "SUCCESS"), &reference)
+                .await
+                .status()
+        }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(app.broker.intake_depth().await, 64);
+}
+
+#[tokio::test]
+async fn metrics_and_health_are_served_on_the_ops_listener() {
+    let app = spawn_app().await;
+    let response = app
+        .post_signed(UNIT, &unit_body("PAY-M", "SUCCESS"), "PAY-M")
+        .await;
+    assert_eq!(response.status(), 200);
+
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.ops_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.ops_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.ops_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "connector_ingress_requests_total{route=\"corelink_status\",code=\"ACCEPTED\"}",
+        "connector_ingress_request_duration_seconds_bucket",
+        "connector_ingress_publish_confirm_duration_seconds_bucket",
+        "connector_ingress_requests_in_flight",
+        "connector_ingress_broker_connected",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+    // The public listener does not expose them.
+    let hidden = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hidden.status(), 404);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_and_closes_the_listener() {
+    let app = spawn_app().await;
+    let base_url = app.base_url.clone();
+    let http = app.http.clone();
+    tokio::time::timeout(Duration::from_secs(20), app.stop())
+        .await
+        .expect("stops within the grace period")
+        .expect("stops cleanly");
+    assert!(
+        http.post(format!("{base_url}{UNIT}")).send().await.is_err(),
+        "no longer accepting"
+    );
+}
