@@ -2,6 +2,8 @@
 //! `tests/vectors/`, copied from the shared contract) must verify exactly as expected, with
 //! the verifier's clock set to each vector's `now`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};

@@ -16,6 +16,9 @@ use connector_schema::IntakeEnvelope;
 const UNIT: &str = "/callbacks/orders/status";
 const BATCH: &str = "/callbacks/orders/status/batch";
 
+/// (name, headers, body, expected status, expected code)
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, String, u16, &'a str);
+
 async fn error_code(response: reqwest::Response) -> (u16, String, Value) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.expect("a JSON error body");
@@ -138,7 +141,7 @@ async fn every_refusal_has_its_contract_code_and_enqueues_nothing() {
         out
     };
 
-    let mut cases: Vec<(&str, Vec<(&str, String)>, String, u16, &str)> = vec![
+    let mut cases: Vec<Case> = vec![
         (
             "no X-Nonce",
             with("X-Nonce", None),

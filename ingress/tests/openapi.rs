@@ -1,0 +1,130 @@
+//! `openapi.yaml` is what bank integrators code against: every operation it describes must
+//! exist in the real router, and every route the router serves must be described.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+use connector_ingress::clock::SystemClock;
+use connector_ingress::config::{BrokerSettings, CorelinkSettings};
+use connector_ingress::corelink::ROUTES;
+use connector_ingress::keys::ClientRegistry;
+use connector_ingress::publisher::IntakePublisher;
+use connector_ingress::replay::ReplayCache;
+use connector_ingress::startup::public_router;
+use connector_ingress::state::{AppState, SharedState};
+
+fn description() -> Value {
+    serde_yaml_ng::from_str(include_str!("../openapi.yaml")).unwrap()
+}
+
+/// The real router; its publisher points at a closed port, as no request here gets that far.
+fn router(shutdown: &CancellationToken) -> axum::Router {
+    let broker = BrokerSettings {
+        url: "amqp://127.0.0.1:1/%2f".into(),
+        ..BrokerSettings::default()
+    };
+    let (publisher, _) = IntakePublisher::spawn(&broker, shutdown.clone());
+    public_router(AppState::new(SharedState {
+        clients: ClientRegistry::default(),
+        replay: ReplayCache::new(10, std::time::Duration::from_secs(300)),
+        publisher,
+        clock: Arc::new(SystemClock),
+        corelink: CorelinkSettings::default(),
+        max_body_bytes: 1024,
+        retry_after_secs: 5,
+    }))
+}
+
+async fn status_of(router: &axum::Router, method: &str, path: &str) -> StatusCode {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Body::empty())
+        .unwrap();
+    router.clone().oneshot(request).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn the_description_and_the_router_agree() {
+    let spec = description();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
+    let described: BTreeSet<(String, String)> = spec["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| ["get", "put", "post", "delete", "patch"].contains(&k.as_str()))
+                .map(move |method| (path.clone(), method.to_uppercase()))
+        })
+        .collect();
+    let routed: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(path, _)| (path.to_string(), "POST".into()))
+        .collect();
+    assert_eq!(
+        described, routed,
+        "the description lists exactly the routed operations"
+    );
+
+    let shutdown = CancellationToken::new();
+    let router = router(&shutdown);
+    for (path, method) in &described {
+        let status = status_of(&router, method, path).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{method} {path} is served (and wants its headers)"
+        );
+        assert_eq!(
+            status_of(&router, "GET", path).await,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET {path}"
+        );
+    }
+    assert_eq!(
+        status_of(&router, "POST", "/callbacks/orders").await,
+        StatusCode::NOT_FOUND
+    );
+    shutdown.cancel();
+}
+
+#[test]
+fn every_error_code_the_ingress_produces_is_described() {
+    let spec = description();
+    let codes: BTreeSet<&str> = spec["components"]["schemas"]["ErrorCode"]["enum"]
+        .as_array()
+        .expect("ErrorCode is an enum")
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for code in [
+        "MALFORMED_JSON",
+        "VALIDATION_FAILED",
+        "MISSING_HEADER",
+        "INVALID_HEADER",
+        "SIGNATURE_MISSING",
+        "SIGNATURE_INVALID",
+        "TIMESTAMP_OUT_OF_WINDOW",
+        "UNKNOWN_CLIENT",
+        "CLIENT_CERT_REQUIRED",
+        "CLIENT_MISMATCH",
+        "NONCE_REPLAYED",
+        "PAYLOAD_TOO_LARGE",
+        "UNSUPPORTED_MEDIA_TYPE",
+        "RATE_LIMITED",
+        "ENQUEUE_UNAVAILABLE",
+    ] {
+        assert!(codes.contains(code), "{code} is not in the description");
+    }
+}
