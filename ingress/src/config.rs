@@ -14,7 +14,7 @@ use figment::value::magic::RelativePathBuf;
 use serde::{Deserialize, Serialize};
 
 use connector_schema::corelink::DEFAULT_MAX_BATCH_ORDERS;
-use connector_schema::topology::{QueueOptions, Topology};
+use connector_schema::topology::TopologySettings;
 
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,7 @@ impl ConfigError {
 pub struct Settings {
     pub http: HttpSettings,
     pub broker: BrokerSettings,
+    pub topology: TopologySettings,
     pub corelink: CorelinkSettings,
     pub log: LogSettings,
 }
@@ -72,8 +73,6 @@ impl Default for HttpSettings {
 pub struct BrokerSettings {
     /// AMQP URI; `heartbeat=10` makes a silently dead broker noticed within ~20 s.
     pub url: String,
-    /// Prefix of every exchange and queue name (`connector` → `connector.intake`).
-    pub topology_prefix: String,
     /// Channels in confirm mode that requests publish on, round-robin.
     pub publish_channels: usize,
     /// A confirm slower than this is answered 503 (the sender retries).
@@ -83,43 +82,22 @@ pub struct BrokerSettings {
     /// First and largest delay between reconnection attempts (exponential, with jitter).
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
-    /// `x-delivery-limit` of the intake queue.
-    pub intake_delivery_limit: u32,
-    /// `x-max-length` of the intake queue; unset means unbounded.
-    pub intake_max_length: Option<u32>,
-    /// `x-expires` of every queue: only for throw-away environments (tests, previews).
-    pub queue_expires_secs: Option<u64>,
 }
 
 impl Default for BrokerSettings {
     fn default() -> Self {
         Self {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10".into(),
-            topology_prefix: Topology::DEFAULT_PREFIX.into(),
             publish_channels: 4,
             confirm_timeout_ms: 5_000,
             retry_after_secs: 5,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 10_000,
-            intake_delivery_limit: QueueOptions::default().delivery_limit,
-            intake_max_length: None,
-            queue_expires_secs: None,
         }
     }
 }
 
 impl BrokerSettings {
-    pub fn topology(&self) -> Topology {
-        Topology::with_prefix(
-            &self.topology_prefix,
-            QueueOptions {
-                delivery_limit: self.intake_delivery_limit,
-                intake_max_length: self.intake_max_length,
-                expires: self.queue_expires_secs.map(Duration::from_secs),
-            },
-        )
-    }
-
     pub fn confirm_timeout(&self) -> Duration {
         Duration::from_millis(self.confirm_timeout_ms)
     }
@@ -244,10 +222,6 @@ impl Settings {
                 self.broker.reconnect_initial_ms,
             ),
             (
-                "broker.intake_delivery_limit",
-                u64::from(self.broker.intake_delivery_limit),
-            ),
-            (
                 "corelink.timestamp_tolerance_secs",
                 self.corelink.timestamp_tolerance_secs,
             ),
@@ -283,12 +257,9 @@ impl Settings {
                 "must differ from http.listen",
             ));
         }
-        if self.broker.topology_prefix.is_empty() || self.broker.topology_prefix.len() > 200 {
-            return Err(ConfigError::new(
-                "broker.topology_prefix",
-                "must be 1..200 characters",
-            ));
-        }
+        self.topology
+            .validate()
+            .map_err(|(key, message)| ConfigError::new(format!("topology.{key}"), message))?;
         self.broker
             .url
             .parse::<lapin::uri::AMQPUri>()

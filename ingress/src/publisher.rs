@@ -77,11 +77,15 @@ struct LiveConnection {
 impl IntakePublisher {
     /// Starts the supervisor. It runs until `shutdown` is cancelled, then closes the
     /// connection cleanly; await the handle to know it has.
-    pub fn spawn(settings: &BrokerSettings, shutdown: CancellationToken) -> (Self, JoinHandle<()>) {
+    pub fn spawn(
+        settings: &BrokerSettings,
+        topology: Topology,
+        shutdown: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
         let (live_tx, live_rx) = watch::channel(None);
         let inner = Arc::new(Inner {
             live: live_rx,
-            topology: settings.topology(),
+            topology,
             confirm_timeout: settings.confirm_timeout(),
             next_channel: AtomicUsize::new(0),
             generation: AtomicU64::new(0),

@@ -62,7 +62,11 @@ impl Application {
 
         let publisher_shutdown = CancellationToken::new();
         let (publisher, publisher_task) =
-            IntakePublisher::spawn(&settings.broker, publisher_shutdown.clone());
+            IntakePublisher::spawn(
+            &settings.broker,
+            settings.topology.topology(),
+            publisher_shutdown.clone(),
+        );
         let state = AppState::new(SharedState {
             clients,
             replay: ReplayCache::new(

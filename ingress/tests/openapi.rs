@@ -20,6 +20,7 @@ use connector_ingress::publisher::IntakePublisher;
 use connector_ingress::replay::ReplayCache;
 use connector_ingress::startup::public_router;
 use connector_ingress::state::{AppState, SharedState};
+use connector_schema::topology::TopologySettings;
 
 fn description() -> Value {
     serde_yaml_ng::from_str(include_str!("../openapi.yaml")).unwrap()
@@ -31,7 +32,7 @@ fn router(shutdown: &CancellationToken) -> axum::Router {
         url: "amqp://127.0.0.1:1/%2f".into(),
         ..BrokerSettings::default()
     };
-    let (publisher, _) = IntakePublisher::spawn(&broker, shutdown.clone());
+    let (publisher, _) = IntakePublisher::spawn(&broker, TopologySettings::default().topology(), shutdown.clone());
     public_router(AppState::new(SharedState {
         clients: ClientRegistry::default(),
         replay: ReplayCache::new(10, std::time::Duration::from_secs(300)),

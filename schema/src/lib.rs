@@ -6,8 +6,13 @@
 
 pub mod corelink;
 pub mod envelope;
+pub mod events;
 pub mod topology;
 pub mod validation;
+
+/// The PostgreSQL schema, applied by the workers (`connector-workers migrate`, and at start-up).
+#[cfg(feature = "sql")]
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub use envelope::{IntakeEnvelope, IntakeKind};
 pub use topology::Topology;

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use serde::{Deserialize, Serialize};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
@@ -32,10 +33,61 @@ pub struct QueueOptions {
 impl Default for QueueOptions {
     fn default() -> Self {
         Self {
-            delivery_limit: 5,
+            delivery_limit: 10,
             intake_max_length: None,
             expires: None,
         }
+    }
+}
+
+/// The `[topology]` configuration section. Every process declares the exchanges and queues it
+/// uses, and RabbitMQ refuses a declaration whose arguments differ from the existing queue's,
+/// so this section must be identical in the configuration of every process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopologySettings {
+    /// Prefix of every exchange and queue name (`connector` → `connector.intake`).
+    pub prefix: String,
+    /// `x-delivery-limit` of the intake queue.
+    pub intake_delivery_limit: u32,
+    /// `x-max-length` of the intake queue; unset means unbounded.
+    pub intake_max_length: Option<u32>,
+    /// `x-expires` of every queue: only for throw-away environments (tests, previews).
+    pub queue_expires_secs: Option<u64>,
+}
+
+impl Default for TopologySettings {
+    fn default() -> Self {
+        Self {
+            prefix: Topology::DEFAULT_PREFIX.into(),
+            intake_delivery_limit: QueueOptions::default().delivery_limit,
+            intake_max_length: None,
+            queue_expires_secs: None,
+        }
+    }
+}
+
+impl TopologySettings {
+    pub fn topology(&self) -> Topology {
+        Topology::with_prefix(
+            &self.prefix,
+            QueueOptions {
+                delivery_limit: self.intake_delivery_limit,
+                intake_max_length: self.intake_max_length,
+                expires: self.queue_expires_secs.map(Duration::from_secs),
+            },
+        )
+    }
+
+    /// The name of the first invalid key (relative to the section) and why.
+    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.prefix.is_empty() || self.prefix.len() > 200 {
+            return Err(("prefix", "must be 1..200 characters"));
+        }
+        if self.intake_delivery_limit == 0 {
+            return Err(("intake_delivery_limit", "must be greater than 0"));
+        }
+        Ok(())
     }
 }
 

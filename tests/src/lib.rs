@@ -125,13 +125,13 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.http.ops_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     settings.log.format = LogFormat::Pretty;
     settings.broker.url = amqp_url();
-    settings.broker.topology_prefix = format!("test-{}", Uuid::new_v4());
-    settings.broker.queue_expires_secs = Some(600);
+    settings.topology.prefix = format!("test-{}", Uuid::new_v4());
+    settings.topology.queue_expires_secs = Some(600);
     settings.broker.reconnect_initial_ms = 50;
     settings.broker.reconnect_max_ms = 500;
     settings.corelink.clients = vec![bank.client_settings()];
     configure(&mut settings);
-    let topology = settings.broker.topology();
+    let topology = settings.topology.topology();
 
     let application = Application::build_with_clock(settings, Arc::new(SystemClock))
         .await

@@ -148,7 +148,7 @@ async fn an_unroutable_publish_is_not_acknowledged() {
 async fn a_full_intake_queue_nacks_and_gives_503() {
     // Quorum queues apply `x-max-length` once the length is over the limit, so with a limit
     // of 1 the second message still fits and the third is refused.
-    let app = spawn_app_with(|settings| settings.broker.intake_max_length = Some(1)).await;
+    let app = spawn_app_with(|settings| settings.topology.intake_max_length = Some(1)).await;
     for reference in ["PAY-N1", "PAY-N2"] {
         assert_eq!(
             app.post_signed(UNIT, &unit_body(reference, "SUCCESS"), reference)

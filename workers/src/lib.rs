@@ -1,1 +1,24 @@
+//! The workers: background roles that turn durably enqueued notifications into database state
+//! and ledger events, exactly once (DESIGN.md §2.3, §2.4), plus the operators' admin commands.
+//! They depend on `connector-schema` only; any number run side by side.
 
+pub mod admin;
+pub mod apply;
+pub mod broker;
+pub mod config;
+pub mod corelink;
+pub mod db;
+pub mod metrics;
+pub mod nonces;
+pub mod ops;
+pub mod quarantine;
+pub mod relay;
+pub mod startup;
+pub mod telemetry;
+
+/// What one step of a steppable loop did, so tests drive the loops without sleeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Processed,
+    Idle,
+}

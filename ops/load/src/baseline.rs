@@ -1,0 +1,203 @@
+//! The raw broker baseline: the same bodies published straight to RabbitMQ the way the ingress
+//! publishes them (persistent, mandatory, one awaited confirm each, round-robin over confirm
+//! channels), so the ingress's own cost can be read off as a ratio.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+
+use connector_ingress::config::BrokerSettings;
+use connector_schema::Topology;
+use connector_schema::envelope::PERSISTENT;
+use connector_schema::topology::QueueOptions;
+
+use crate::prepare::Prepared;
+use crate::stats::{ACCEPTED, RunStats, WorkerStats};
+
+/// The throw-away queues expire on their own this long after the tool stops using them, in
+/// case it dies before deleting them.
+const QUEUE_EXPIRES: Duration = Duration::from_secs(120);
+
+/// Publishes every prepared body once to a throw-away intake topology, then deletes it.
+pub async fn run(
+    amqp_url: &str,
+    prepared: Arc<[Prepared]>,
+    concurrency: usize,
+) -> anyhow::Result<RunStats> {
+    let connection = Connection::connect(
+        amqp_url,
+        ConnectionProperties::default().with_connection_name("corelink-load-baseline".into()),
+    )
+    .await
+    .with_context(|| format!("connecting to the broker at {}", redact(amqp_url)))?;
+    let topology = Topology::with_prefix(
+        &format!("load-baseline-{}", uuid::Uuid::new_v4()),
+        QueueOptions {
+            expires: Some(QUEUE_EXPIRES),
+            ..QueueOptions::default()
+        },
+    );
+    let setup = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    let declared = topology
+        .declare_intake(&setup)
+        .await
+        .context("declaring the baseline topology");
+    let result = match declared {
+        Ok(()) => publish_all(&connection, &topology, prepared, concurrency).await,
+        Err(error) => Err(error),
+    };
+    let cleanup = delete_topology(&connection, &topology).await;
+    connection.close(200, "baseline done".into()).await.ok();
+    let stats = result?;
+    cleanup?;
+    Ok(stats)
+}
+
+/// The timed part: `concurrency` tasks, each publishing the next body and awaiting its confirm.
+async fn publish_all(
+    connection: &Connection,
+    topology: &Topology,
+    messages: Arc<[Prepared]>,
+    concurrency: usize,
+) -> anyhow::Result<RunStats> {
+    let concurrency = concurrency.max(1);
+    // As many confirm channels as the ingress opens by default.
+    let channel_count = BrokerSettings::default().publish_channels.max(1);
+    let mut channels = Vec::with_capacity(channel_count);
+    for _ in 0..channel_count {
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("enabling publisher confirms")?;
+        channels.push(channel);
+    }
+    let channels: Arc<[Channel]> = channels.into();
+    let exchange: Arc<str> = topology.intake_exchange.as_str().into();
+    let next = Arc::new(AtomicUsize::new(0));
+    let next_channel = Arc::new(AtomicUsize::new(0));
+
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let channels = channels.clone();
+        let messages = messages.clone();
+        let exchange = exchange.clone();
+        let next = next.clone();
+        let next_channel = next_channel.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stats = WorkerStats::new()?;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(message) = messages.get(index) else {
+                    break;
+                };
+                let channel =
+                    &channels[next_channel.fetch_add(1, Ordering::Relaxed) % channels.len()];
+                let sent = Instant::now();
+                match publish(channel, &exchange, message).await {
+                    Ok(outcome) => stats.record(sent.elapsed(), outcome, message.orders),
+                    Err(error) => {
+                        stats.record_transport_error(sent.elapsed(), "amqp", error.to_string())
+                    }
+                }
+            }
+            anyhow::Ok(stats)
+        }));
+    }
+    let mut workers = Vec::with_capacity(concurrency);
+    for task in tasks {
+        workers.push(task.await.context("a publishing task failed")??);
+    }
+    let elapsed = started.elapsed();
+    RunStats::from_workers(
+        "raw broker: publish -> confirm (same bodies)",
+        concurrency,
+        elapsed,
+        workers,
+    )
+}
+
+/// Publishes one body persistent and mandatory and awaits its confirm; the outcome is
+/// [`ACCEPTED`] for a plain ack.
+async fn publish(channel: &Channel, exchange: &str, message: &Prepared) -> lapin::Result<String> {
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            message.kind.routing_key().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &message.body,
+            BasicProperties::default().with_delivery_mode(PERSISTENT),
+        )
+        .await?;
+    Ok(match confirm.await? {
+        Confirmation::Ack(None) => ACCEPTED.to_owned(),
+        Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => "returned (unroutable)".into(),
+        Confirmation::Nack(None) => "nack".into(),
+        Confirmation::NotRequested => "no confirm".into(),
+    })
+}
+
+/// Deletes the baseline's queues and exchanges (and so the messages on them): nothing is left
+/// on the broker.
+async fn delete_topology(connection: &Connection, topology: &Topology) -> anyhow::Result<()> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel to clean up")?;
+    for queue in [&topology.intake_queue, &topology.intake_dead_letter_queue] {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .with_context(|| format!("deleting queue {queue}"))?;
+    }
+    for exchange in [&topology.intake_exchange, &topology.dead_letter_exchange] {
+        channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await
+            .with_context(|| format!("deleting exchange {exchange}"))?;
+    }
+    channel.close(200, "cleaned up".into()).await.ok();
+    Ok(())
+}
+
+/// The URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_the_password() {
+        assert_eq!(
+            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}

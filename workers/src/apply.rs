@@ -1,0 +1,241 @@
+//! The apply role: consumes the intake queue and settles each delivery only after its effects
+//! are committed (§2.3).
+//!
+//! - applied, duplicate or replay → ack;
+//! - valid but not applicable → quarantined in its own transaction, then ack;
+//! - unreadable → reject without requeue: straight to the dead-letter queue;
+//! - transient failure (database down, deadlock) → retried with backoff while the message stays
+//!   unacknowledged, so an outage neither burns its delivery attempts nor dead-letters it;
+//! - any other failure → requeued, and the queue's delivery limit dead-letters a message that
+//!   keeps failing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use backoff::backoff::Backoff;
+use futures_util::{StreamExt, TryStreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use lapin::Channel;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use connector_schema::{IntakeEnvelope, Topology};
+
+use crate::config::{ApplySettings, BrokerSettings};
+use crate::corelink::{self, ApplyError};
+use crate::{Step, broker, db, metrics, quarantine};
+
+/// What to tell the broker about a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done (applied, duplicate, replay or quarantined): the label says which.
+    Ack(&'static str),
+    /// Unreadable: dead-letter it now.
+    DeadLetter(String),
+    /// Failed for an unexpected reason: requeue, counting toward the delivery limit.
+    Requeue(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ApplyWorker {
+    pool: PgPool,
+    topology: Topology,
+    broker: BrokerSettings,
+    settings: ApplySettings,
+    /// Stops retry loops and consumption; in-flight messages finish or are requeued.
+    shutdown: CancellationToken,
+    /// Shared with `/readyz`.
+    connected: Arc<AtomicBool>,
+}
+
+impl ApplyWorker {
+    pub fn new(
+        pool: PgPool,
+        topology: Topology,
+        broker: BrokerSettings,
+        settings: ApplySettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            pool,
+            topology,
+            broker,
+            settings,
+            shutdown,
+            connected: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn connected_flag(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
+    }
+
+    /// Decides what `delivery` needs, applying it if it can. Never returns before the outcome
+    /// is durable (or the worker is shutting down).
+    pub async fn process(&self, delivery: &Delivery) -> Disposition {
+        let envelope = match IntakeEnvelope::from_amqp(&delivery.properties, &delivery.data) {
+            Ok(envelope) => envelope,
+            Err(error) => return Disposition::DeadLetter(error.to_string()),
+        };
+        let span = tracing::info_span!(
+            "apply",
+            message_id = %envelope.message_id,
+            kind = envelope.kind.routing_key(),
+            client_id = envelope.client_id.as_deref().unwrap_or_default(),
+            idempotency_key = envelope.header("x-idempotency-key").unwrap_or_default(),
+        );
+        self.apply_with_retries(&envelope).instrument(span).await
+    }
+
+    async fn apply_with_retries(&self, envelope: &IntakeEnvelope) -> Disposition {
+        let mut retries = broker::retry_schedule(&self.broker);
+        loop {
+            let error = match corelink::apply(&self.pool, envelope, self.settings.max_batch_orders).await {
+                Ok(outcome) => {
+                    tracing::info!(outcome = outcome.label(), "applied");
+                    return Disposition::Ack(outcome.label());
+                }
+                Err(ApplyError::Invalid(reason)) => return Disposition::DeadLetter(reason),
+                Err(ApplyError::Quarantine { reason, detail }) => {
+                    match quarantine::hold(&self.pool, envelope, reason, &detail).await {
+                        Ok(()) => {
+                            tracing::warn!(reason = reason.as_str(), %detail, "quarantined");
+                            metrics::quarantined(reason.as_str());
+                            return Disposition::Ack("quarantined");
+                        }
+                        Err(error) if db::is_transient(&error) => error.to_string(),
+                        Err(error) => return Disposition::Requeue(format!("quarantining: {error}")),
+                    }
+                }
+                Err(ApplyError::Contention) => "concurrent creation of an order".to_owned(),
+                Err(ApplyError::Database(error)) if db::is_transient(&error) => error.to_string(),
+                Err(ApplyError::Database(error)) => return Disposition::Requeue(error.to_string()),
+            };
+            metrics::transient_retry();
+            let delay = retries.next_backoff().unwrap_or_else(|| self.broker.retry_max());
+            tracing::warn!(%error, ?delay, "transient failure; retrying while holding the message");
+            tokio::select! {
+                () = self.shutdown.cancelled() => return Disposition::Requeue("shutting down during a retry".into()),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Processes `delivery` and settles it with the broker.
+    pub async fn handle(&self, delivery: Delivery) -> lapin::Result<Disposition> {
+        let started = Instant::now();
+        let disposition = self.process(&delivery).await;
+        let kind = kind_label(&delivery);
+        match &disposition {
+            Disposition::Ack(outcome) => {
+                delivery.ack(BasicAckOptions::default()).await?;
+                metrics::message(kind, outcome, started.elapsed());
+            }
+            Disposition::DeadLetter(reason) => {
+                tracing::error!(%reason, delivery_tag = delivery.delivery_tag, "unreadable message dead-lettered");
+                delivery.reject(BasicRejectOptions { requeue: false }).await?;
+                metrics::message(kind, "dead_lettered", started.elapsed());
+            }
+            Disposition::Requeue(reason) => {
+                tracing::error!(%reason, delivery_tag = delivery.delivery_tag, "message requeued");
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await?;
+                metrics::message(kind, "requeued", started.elapsed());
+            }
+        }
+        Ok(disposition)
+    }
+
+    /// Takes one message from the intake queue, if any, and handles it. For tests and tools
+    /// that step the worker instead of running it.
+    pub async fn run_once(&self, channel: &Channel) -> anyhow::Result<Step> {
+        let message = channel
+            .basic_get(self.topology.intake_queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?;
+        match message {
+            None => Ok(Step::Idle),
+            Some(message) => {
+                self.handle(message.delivery).await?;
+                Ok(Step::Processed)
+            }
+        }
+    }
+
+    /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes away.
+    pub async fn run(self) {
+        let mut reconnects = broker::retry_schedule(&self.broker);
+        while !self.shutdown.is_cancelled() {
+            match self.consume().await {
+                Ok(()) => break,
+                Err(error) => {
+                    self.set_connected(false);
+                    let delay = reconnects.next_backoff().unwrap_or_else(|| self.broker.retry_max());
+                    tracing::warn!(error = %format!("{error:#}"), ?delay, "apply consumer stopped; reconnecting");
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.set_connected(false);
+        tracing::info!("apply worker stopped");
+    }
+
+    /// One broker session: returns `Ok` on shutdown, `Err` when the connection is lost.
+    async fn consume(&self) -> anyhow::Result<()> {
+        let connection = broker::connect(&self.broker.url, "apply").await?;
+        let channel = connection.create_channel().await?;
+        self.topology.declare_intake(&channel).await?;
+        channel
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                self.topology.intake_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.set_connected(true);
+        tracing::info!(queue = %self.topology.intake_queue, "consuming");
+
+        // Stops taking deliveries at shutdown; those in flight still finish and are settled.
+        let result = consumer
+            .take_until(self.shutdown.cancelled())
+            .try_for_each_concurrent(self.settings.concurrency, |delivery| async move {
+                self.handle(delivery).await.map(drop)
+            })
+            .await;
+        self.set_connected(false);
+        if self.shutdown.is_cancelled() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(200, "shutdown".into())).await;
+            return Ok(());
+        }
+        result?;
+        anyhow::bail!("the broker ended the consumer")
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        metrics::broker_connected("apply", connected);
+    }
+}
+
+fn kind_label(delivery: &Delivery) -> &'static str {
+    delivery
+        .properties
+        .kind()
+        .as_ref()
+        .and_then(|kind| connector_schema::IntakeKind::from_routing_key(kind.as_str()))
+        .map_or("unknown", connector_schema::IntakeKind::routing_key)
+}

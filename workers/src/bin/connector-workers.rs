@@ -1,0 +1,167 @@
+//! `connector-workers`: the background roles and the operators' admin commands.
+//!
+//! `connector-workers run` (all roles) or `run --role apply --role relay`; `migrate`;
+//! `quarantine list|show|release|discard`; `dead-letters list|replay`; `order timeline REF`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use connector_workers::admin::{self, DeadLetterQueue};
+use connector_workers::config::Settings;
+use connector_workers::startup::{Role, Workers, shutdown_signal};
+use connector_workers::{db, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "The connector's workers and admin commands")]
+struct Cli {
+    /// TOML configuration file; `CONNECTOR_*` environment variables override it.
+    #[arg(long, env = "CONNECTOR_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run worker roles until SIGTERM (all of them unless some are named).
+    Run {
+        #[arg(long = "role", value_enum)]
+        roles: Vec<Role>,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Messages held because they could not be applied.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+    /// The dead-letter queues.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+    /// An order's history.
+    #[command(subcommand)]
+    Order(OrderCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineCommand {
+    /// Held messages (all, with --all).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// One message with its raw request.
+    Show { message_id: Uuid },
+    /// Send a held message back to the intake queue for another try.
+    Release {
+        message_id: Uuid,
+        #[arg(long, default_value = "released by an operator")]
+        note: String,
+    },
+    /// Close a held message without applying it (kept for audit).
+    Discard {
+        message_id: Uuid,
+        #[arg(long)]
+        note: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// Show messages without removing them.
+    List {
+        #[arg(value_enum, default_value = "intake")]
+        queue: DeadLetterQueue,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Move messages back to their exchange.
+    Replay {
+        #[arg(value_enum, default_value = "intake")]
+        queue: DeadLetterQueue,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OrderCommand {
+    /// Every notification, transition and ledger event of an order.
+    Timeline { reference: String },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("connector-workers: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log);
+    match execute(cli.command, settings).await {
+        Ok(output) => {
+            let _ = std::io::stdout().write_all(output.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("connector-workers: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command, settings: Settings) -> anyhow::Result<String> {
+    let topology = settings.topology.topology();
+    match command {
+        Command::Run { roles } => {
+            let roles = if roles.is_empty() {
+                vec![Role::Apply, Role::Relay, Role::Purge]
+            } else {
+                roles
+            };
+            let workers = Workers::build(settings, roles).await?;
+            tracing::info!(ops_listen = %workers.ops_addr(), "workers listening");
+            workers.run_until_stopped(shutdown_signal()).await?;
+            Ok(String::new())
+        }
+        Command::Migrate => {
+            let pool = db::pool(&settings.database)?;
+            db::migrate(&pool).await?;
+            Ok("migrations applied\n".into())
+        }
+        Command::Quarantine(command) => {
+            let pool = db::pool(&settings.database)?;
+            match command {
+                QuarantineCommand::List { all } => admin::quarantine_list(&pool, all).await,
+                QuarantineCommand::Show { message_id } => admin::quarantine_show(&pool, message_id).await,
+                QuarantineCommand::Release { message_id, note } => {
+                    let (_connection, channel) = admin::confirm_channel(&settings.broker.url).await?;
+                    admin::quarantine_release(&pool, &channel, &topology, message_id, &note).await
+                }
+                QuarantineCommand::Discard { message_id, note } => {
+                    admin::quarantine_discard(&pool, message_id, &note).await
+                }
+            }
+        }
+        Command::DeadLetters(command) => {
+            let connection = connector_workers::broker::connect(&settings.broker.url, "admin").await?;
+            match command {
+                DeadLetterCommand::List { queue, limit } => {
+                    admin::dead_letters_list(&connection, &topology, queue, limit).await
+                }
+                DeadLetterCommand::Replay { queue, limit } => {
+                    admin::dead_letters_replay(&connection, &topology, queue, limit).await
+                }
+            }
+        }
+        Command::Order(OrderCommand::Timeline { reference }) => {
+            let pool = db::pool(&settings.database)?;
+            admin::order_timeline(&pool, &reference).await
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! PostgreSQL access: the pool, the migrations, and which errors are worth retrying.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::config::DatabaseSettings;
+
+/// A pool that connects lazily, so a worker starts (and reports not-ready) while the
+/// database is down instead of crashing.
+pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = settings.url.parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .connect_lazy_with(options))
+}
+
+/// Applies pending migrations; safe to run from several processes at once (sqlx takes an
+/// advisory lock).
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    connector_schema::MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Whether `error` is a passing condition (database unreachable or restarting, deadlock,
+/// serialization failure, pool exhausted) rather than a fault of the message or the code.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            let code = code.as_ref();
+            // 08: connection exception; 40001 serialization failure; 40P01 deadlock;
+            // 55P03 lock not available; 57P0x operator intervention (shutdown, restart);
+            // 53300 too many connections.
+            code.starts_with("08")
+                || matches!(code, "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}

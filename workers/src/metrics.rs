@@ -1,0 +1,90 @@
+//! Prometheus metrics of the workers; the names the dashboards and alert rules use.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Intake messages by `kind` and `outcome` (applied, duplicate, replay, quarantined,
+/// dead_lettered, requeued).
+pub const MESSAGES_TOTAL: &str = "connector_worker_messages_total";
+/// Quarantined messages by `reason`.
+pub const QUARANTINED_TOTAL: &str = "connector_worker_quarantined_total";
+/// Time to apply one message (its transaction, retries included), by `kind`.
+pub const APPLY_DURATION_SECONDS: &str = "connector_worker_apply_duration_seconds";
+/// Transient failures retried while holding the message (database down, deadlock, ...).
+pub const TRANSIENT_RETRIES_TOTAL: &str = "connector_worker_transient_retries_total";
+/// 1 while the role holds a broker connection, by `role`.
+pub const BROKER_CONNECTED: &str = "connector_worker_broker_connected";
+/// Ledger events confirmed by the broker, by `event_type`.
+pub const RELAY_PUBLISHED_TOTAL: &str = "connector_relay_published_total";
+/// Ledger events not confirmed, by `reason` (nack, unroutable, timeout, channel).
+pub const RELAY_FAILURES_TOTAL: &str = "connector_relay_failures_total";
+/// Time from publish to confirm of one relay batch.
+pub const RELAY_PUBLISH_SECONDS: &str = "connector_relay_publish_duration_seconds";
+/// Outbox rows not yet published, and the age of the oldest.
+pub const OUTBOX_BACKLOG: &str = "connector_outbox_backlog";
+pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "connector_outbox_oldest_unpublished_age_seconds";
+/// Seen nonces removed by the retention purge.
+pub const NONCES_PURGED_TOTAL: &str = "connector_nonces_purged_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the process-wide recorder once; idempotent for tests.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .map(PrometheusBuilder::build_recorder)
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+pub fn message(kind: &'static str, outcome: &'static str, elapsed: Duration) {
+    counter!(MESSAGES_TOTAL, "kind" => kind, "outcome" => outcome).increment(1);
+    histogram!(APPLY_DURATION_SECONDS, "kind" => kind).record(elapsed.as_secs_f64());
+}
+
+pub fn quarantined(reason: &'static str) {
+    counter!(QUARANTINED_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn transient_retry() {
+    counter!(TRANSIENT_RETRIES_TOTAL).increment(1);
+}
+
+pub fn broker_connected(role: &'static str, connected: bool) {
+    gauge!(BROKER_CONNECTED, "role" => role).set(if connected { 1.0 } else { 0.0 });
+}
+
+pub fn relay_published(event_type: String) {
+    counter!(RELAY_PUBLISHED_TOTAL, "event_type" => event_type).increment(1);
+}
+
+pub fn relay_failure(reason: &'static str) {
+    counter!(RELAY_FAILURES_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn relay_batch(elapsed: Duration) {
+    histogram!(RELAY_PUBLISH_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub fn outbox(backlog: i64, oldest_age_secs: f64) {
+    gauge!(OUTBOX_BACKLOG).set(backlog as f64);
+    gauge!(OUTBOX_OLDEST_AGE_SECONDS).set(oldest_age_secs);
+}
+
+pub fn nonces_purged(count: u64) {
+    counter!(NONCES_PURGED_TOTAL).increment(count);
+}

@@ -1,0 +1,76 @@
+//! Quarantine: messages that are valid but cannot be applied (§2.6), held with their reason
+//! and the raw request until a human releases or discards them. Never silently dropped.
+
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+
+use connector_schema::IntakeEnvelope;
+
+/// Why a message was quarantined; the `reason` column and the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuarantineReason {
+    /// A unit key already bound to another reference, or a batch key already bound to other
+    /// content (§3.4).
+    IdempotencyKeyReused,
+    /// A final status contradicting an applied final status (§3.4).
+    FinalStatusConflict,
+    /// The nonce of an earlier, different request (§3.1).
+    NonceReused,
+    /// A notification for an order another bank reports: no bank may move another's order.
+    OrderOfAnotherClient,
+}
+
+impl QuarantineReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::FinalStatusConflict => "FINAL_STATUS_CONFLICT",
+            Self::NonceReused => "NONCE_REUSED",
+            Self::OrderOfAnotherClient => "ORDER_OF_ANOTHER_CLIENT",
+        }
+    }
+}
+
+/// The envelope's headers as a JSON object, for the `headers` columns.
+pub fn headers_json(envelope: &IntakeEnvelope) -> Value {
+    Value::Object(
+        envelope
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), Value::String(value.clone())))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+/// Holds `envelope` in quarantine, in its own transaction. Idempotent per message id: a
+/// redelivery changes nothing, and a released message that fails again is held again.
+pub async fn hold(
+    pool: &PgPool,
+    envelope: &IntakeEnvelope,
+    reason: QuarantineReason,
+    detail: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO quarantined_messages
+             (message_id, reason, detail, kind, client_id, idempotency_key, received_at,
+              request_path, headers, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (message_id) DO UPDATE
+             SET state = 'held', reason = EXCLUDED.reason, detail = EXCLUDED.detail,
+                 quarantined_at = now(), resolved_at = NULL, resolution_note = NULL
+             WHERE quarantined_messages.state = 'released'",
+    )
+    .bind(envelope.message_id)
+    .bind(reason.as_str())
+    .bind(detail)
+    .bind(envelope.kind.routing_key())
+    .bind(envelope.client_id.as_deref())
+    .bind(envelope.header("x-idempotency-key"))
+    .bind(envelope.received_at)
+    .bind(envelope.request_path.as_deref())
+    .bind(headers_json(envelope))
+    .bind(envelope.body.as_ref())
+    .execute(pool)
+    .await
+    .map(drop)
+}

@@ -1,0 +1,159 @@
+//! Assembly of a workers process: the roles it runs, the database pool, migrations and the
+//! operations listener. [`Workers::build`] binds; [`Workers::run_until_stopped`] runs until the
+//! injected shutdown future resolves, then lets in-flight messages finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use backoff::backoff::Backoff;
+use clap::ValueEnum;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::ApplyWorker;
+use crate::config::Settings;
+use crate::ops::{self, Readiness};
+use crate::relay::Relay;
+use crate::{broker, db, metrics, nonces};
+
+/// A job a workers process can do; a process runs any subset, so each scales on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Consume the intake queue and apply messages to PostgreSQL.
+    Apply,
+    /// Publish the ledger outbox.
+    Relay,
+    /// Purge expired nonces.
+    Purge,
+}
+
+#[derive(Debug)]
+pub struct Workers {
+    settings: Settings,
+    roles: Vec<Role>,
+    pool: PgPool,
+    ops_listener: TcpListener,
+}
+
+impl Workers {
+    pub async fn build(settings: Settings, roles: Vec<Role>) -> anyhow::Result<Self> {
+        let pool = db::pool(&settings.database)?;
+        let ops_listener = TcpListener::bind(settings.ops.listen)
+            .await
+            .with_context(|| format!("binding ops.listen {}", settings.ops.listen))?;
+        Ok(Self {
+            settings,
+            roles,
+            pool,
+            ops_listener,
+        })
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: finishing in-flight messages");
+            trigger.cancel();
+        });
+
+        // The roles need the schema; wait for the database rather than crash-looping.
+        let mut retries = broker::retry_schedule(&self.settings.broker);
+        loop {
+            match db::migrate(&self.pool).await {
+                Ok(()) => break,
+                Err(error) => {
+                    let delay = retries.next_backoff().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(error = %format!("{error:#}"), ?delay, "cannot migrate the database yet");
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+
+        let topology = self.settings.topology.topology();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut brokers = Vec::new();
+        for role in &self.roles {
+            match role {
+                Role::Apply => {
+                    let worker = ApplyWorker::new(
+                        self.pool.clone(),
+                        topology.clone(),
+                        self.settings.broker.clone(),
+                        self.settings.apply.clone(),
+                        stop.clone(),
+                    );
+                    brokers.push(("apply", worker.connected_flag()));
+                    tasks.spawn(worker.run());
+                }
+                Role::Relay => {
+                    let relay = Relay::new(
+                        self.pool.clone(),
+                        topology.clone(),
+                        self.settings.broker.clone(),
+                        self.settings.relay.clone(),
+                        stop.clone(),
+                    );
+                    brokers.push(("relay", relay.connected_flag()));
+                    tasks.spawn(relay.run());
+                }
+                Role::Purge => {
+                    tasks.spawn(nonces::run(
+                        self.pool.clone(),
+                        Duration::from_secs(self.settings.nonces.retention_hours * 3600),
+                        Duration::from_secs(self.settings.nonces.purge_interval_secs),
+                        stop.clone(),
+                    ));
+                }
+            }
+        }
+        tracing::info!(roles = ?self.roles, "workers running");
+
+        let readiness = Readiness {
+            pool: self.pool.clone(),
+            brokers,
+        };
+        let ops = axum::serve(self.ops_listener, ops::router(readiness, metrics::install()))
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let served = ops.await;
+        while tasks.join_next().await.is_some() {}
+        self.pool.close().await;
+        tracing::info!("workers stopped");
+        served.context("serving the ops listener")
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
