@@ -61,8 +61,7 @@ impl Application {
             .with_context(|| format!("binding http.ops_listen {}", settings.http.ops_listen))?;
 
         let publisher_shutdown = CancellationToken::new();
-        let (publisher, publisher_task) =
-            IntakePublisher::spawn(
+        let (publisher, publisher_task) = IntakePublisher::spawn(
             &settings.broker,
             settings.topology.topology(),
             publisher_shutdown.clone(),

@@ -32,7 +32,11 @@ fn router(shutdown: &CancellationToken) -> axum::Router {
         url: "amqp://127.0.0.1:1/%2f".into(),
         ..BrokerSettings::default()
     };
-    let (publisher, _) = IntakePublisher::spawn(&broker, TopologySettings::default().topology(), shutdown.clone());
+    let (publisher, _) = IntakePublisher::spawn(
+        &broker,
+        TopologySettings::default().topology(),
+        shutdown.clone(),
+    );
     public_router(AppState::new(SharedState {
         clients: ClientRegistry::default(),
         replay: ReplayCache::new(10, std::time::Duration::from_secs(300)),

@@ -135,7 +135,10 @@ mod tests {
                 b"urn:connector:corelink:PAY-2025-0001:order.succeeded"
             )
         );
-        assert_ne!(id, event_id(Source::Corelink, "PAY-2025-0001", EventType::OrderFailed));
+        assert_ne!(
+            id,
+            event_id(Source::Corelink, "PAY-2025-0001", EventType::OrderFailed)
+        );
     }
 
     #[test]
@@ -155,7 +158,16 @@ mod tests {
         members.sort();
         assert_eq!(
             members,
-            ["data", "event_id", "event_type", "occurred_at", "recorded_at", "reference", "source", "status"]
+            [
+                "data",
+                "event_id",
+                "event_type",
+                "occurred_at",
+                "recorded_at",
+                "reference",
+                "source",
+                "status"
+            ]
         );
         assert_eq!(value["source"], "corelink");
         assert_eq!(value["event_type"], "order.failed");

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use serde::{Deserialize, Serialize};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
+use serde::{Deserialize, Serialize};
 
 use crate::envelope::IntakeKind;
 

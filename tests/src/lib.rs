@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod pipeline;
 pub mod proxy;
 
 use std::net::SocketAddr;
@@ -107,6 +108,8 @@ pub struct TestApp {
     pub ops_url: String,
     pub http: reqwest::Client,
     pub bank: TestBank,
+    /// The settings it runs with, for a second instance or workers that must match them.
+    pub settings: Settings,
     pub topology: Topology,
     pub broker: BrokerInspector,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -133,7 +136,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     configure(&mut settings);
     let topology = settings.topology.topology();
 
-    let application = Application::build_with_clock(settings, Arc::new(SystemClock))
+    let application = Application::build_with_clock(settings.clone(), Arc::new(SystemClock))
         .await
         .expect("ingress builds");
     let base_url = format!("http://{}", application.public_addr());
@@ -155,6 +158,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         ops_url,
         http: reqwest::Client::new(),
         bank,
+        settings,
         broker: BrokerInspector::connect(topology.clone()).await,
         topology,
         shutdown: Some(shutdown),

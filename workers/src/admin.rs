@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 
 use anyhow::{Context as _, bail};
 use clap::ValueEnum;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use sqlx::PgPool;
@@ -43,7 +45,16 @@ impl DeadLetterQueue {
     }
 }
 
-type QuarantineRow = (Uuid, String, String, String, Option<String>, Option<String>, OffsetDateTime, String);
+type QuarantineRow = (
+    Uuid,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    OffsetDateTime,
+    String,
+);
 
 /// One quarantined message with its raw request.
 #[derive(Debug, sqlx::FromRow)]
@@ -81,7 +92,11 @@ pub async fn quarantine_list(pool: &PgPool, all: bool) -> anyhow::Result<String>
     .bind(all)
     .fetch_all(pool)
     .await?;
-    let mut out = format!("{} quarantined message(s){}\n", rows.len(), if all { "" } else { " held" });
+    let mut out = format!(
+        "{} quarantined message(s){}\n",
+        rows.len(),
+        if all { "" } else { " held" }
+    );
     for (id, reason, detail, kind, client, key, at, state) in rows {
         let _ = writeln!(
             out,
@@ -109,7 +124,12 @@ pub async fn quarantine_show(pool: &PgPool, message_id: Uuid) -> anyhow::Result<
     if let Some(note) = m.resolution_note {
         let _ = writeln!(out, "note      {note}");
     }
-    let _ = writeln!(out, "headers   {}\nbody\n{}", m.headers, String::from_utf8_lossy(&m.body));
+    let _ = writeln!(
+        out,
+        "headers   {}\nbody\n{}",
+        m.headers,
+        String::from_utf8_lossy(&m.body)
+    );
     Ok(out)
 }
 
@@ -126,7 +146,8 @@ pub async fn quarantine_release(
     if m.state != "held" {
         bail!("message {message_id} is {}, not held", m.state);
     }
-    let kind = IntakeKind::from_routing_key(&m.kind).with_context(|| format!("unknown kind {}", m.kind))?;
+    let kind = IntakeKind::from_routing_key(&m.kind)
+        .with_context(|| format!("unknown kind {}", m.kind))?;
     let headers = m
         .headers
         .as_object()
@@ -161,11 +182,18 @@ pub async fn quarantine_release(
     .bind(note)
     .execute(pool)
     .await?;
-    Ok(format!("released {message_id} to {}\n", topology.intake_exchange))
+    Ok(format!(
+        "released {message_id} to {}\n",
+        topology.intake_exchange
+    ))
 }
 
 /// Closes a held message without applying it; the row (and raw request) stays for audit.
-pub async fn quarantine_discard(pool: &PgPool, message_id: Uuid, note: &str) -> anyhow::Result<String> {
+pub async fn quarantine_discard(
+    pool: &PgPool,
+    message_id: Uuid,
+    note: &str,
+) -> anyhow::Result<String> {
     if note.trim().is_empty() {
         bail!("say why with --note: the discard is audited");
     }
@@ -196,11 +224,16 @@ pub async fn dead_letters_list(
     let queue = which.queue(topology);
     let mut lines = Vec::new();
     while lines.len() < limit {
-        let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await? else {
+        let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await?
+        else {
             break;
         };
         let properties = &message.delivery.properties;
-        let text = |v: &Option<lapin::types::ShortString>| v.as_ref().map(ToString::to_string).unwrap_or_default();
+        let text = |v: &Option<lapin::types::ShortString>| {
+            v.as_ref().map(ToString::to_string).unwrap_or_default()
+        };
         lines.push(format!(
             "{}  type={} reason={} bytes={}",
             text(properties.message_id()),
@@ -210,7 +243,12 @@ pub async fn dead_letters_list(
         ));
     }
     channel.close(200, "listed".into()).await?;
-    Ok(format!("{}: {} message(s) shown\n{}", queue, lines.len(), lines.iter().map(|l| format!("{l}\n")).collect::<String>()))
+    Ok(format!(
+        "{}: {} message(s) shown\n{}",
+        queue,
+        lines.len(),
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>()
+    ))
 }
 
 /// Moves up to `limit` messages from a dead-letter queue back to their exchange (each acked
@@ -222,19 +260,20 @@ pub async fn dead_letters_replay(
     limit: usize,
 ) -> anyhow::Result<String> {
     let channel = connection.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let queue = which.queue(topology);
     let mut replayed = 0;
     while replayed < limit {
-        let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await? else {
+        let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await?
+        else {
             break;
         };
         let delivery = message.delivery;
-        let routing_key = delivery
-            .properties
-            .kind()
-            .as_ref()
-            .map(ToString::to_string)
+        let routing_key = original_routing_key(&delivery.properties)
             .unwrap_or_else(|| delivery.routing_key.to_string());
         let published = publish_confirmed(
             &channel,
@@ -257,19 +296,48 @@ pub async fn dead_letters_replay(
         replayed += 1;
     }
     channel.close(200, "replayed".into()).await?;
-    Ok(format!("replayed {replayed} message(s) from {queue} to {}\n", which.exchange(topology)))
+    Ok(format!(
+        "replayed {replayed} message(s) from {queue} to {}\n",
+        which.exchange(topology)
+    ))
+}
+
+/// The most recent `x-death` record RabbitMQ added when it dead-lettered the message.
+fn last_death(properties: &BasicProperties) -> Option<&lapin::types::FieldTable> {
+    match properties.headers().as_ref()?.inner().get("x-death")? {
+        AMQPValue::FieldArray(deaths) => match deaths.as_slice().first()? {
+            AMQPValue::FieldTable(death) => Some(death),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn text_value(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
 }
 
 fn death_reason(properties: &BasicProperties) -> String {
-    let Some(AMQPValue::FieldArray(deaths)) = properties.headers().as_ref().and_then(|h| h.inner().get("x-death")) else {
-        return "-".into();
-    };
-    match deaths.as_slice().first() {
-        Some(AMQPValue::FieldTable(death)) => match death.inner().get("reason") {
-            Some(AMQPValue::LongString(reason)) => String::from_utf8_lossy(reason.as_bytes()).into_owned(),
-            _ => "-".into(),
-        },
-        _ => "-".into(),
+    last_death(properties)
+        .and_then(|death| death.inner().get("reason"))
+        .and_then(text_value)
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Where the message was going before it was dead-lettered: its `type` (our envelopes and
+/// events carry their routing key there), else the routing key `x-death` recorded. The
+/// delivery's own routing key is the dead-letter queue's, which is of no use.
+fn original_routing_key(properties: &BasicProperties) -> Option<String> {
+    if let Some(kind) = properties.kind() {
+        return Some(kind.to_string());
+    }
+    match last_death(properties)?.inner().get("routing-keys")? {
+        AMQPValue::FieldArray(keys) => keys.as_slice().first().and_then(text_value),
+        _ => None,
     }
 }
 
@@ -297,15 +365,46 @@ pub async fn publish_confirmed(
     match confirm {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-            bail!("unroutable: {} {}", returned.reply_code, returned.reply_text)
+            bail!(
+                "unroutable: {} {}",
+                returned.reply_code,
+                returned.reply_text
+            )
         }
-        Confirmation::Nack(None) | Confirmation::NotRequested => bail!("the broker refused the message"),
+        Confirmation::Nack(None) | Confirmation::NotRequested => {
+            bail!("the broker refused the message")
+        }
     }
 }
 
-type OrderRow = (String, String, Option<String>, Option<String>, Option<String>, OffsetDateTime, OffsetDateTime);
-type EventRow = (Uuid, String, OffsetDateTime, Option<OffsetDateTime>, i32, Option<String>);
-type HistoryRow = (OffsetDateTime, String, Option<String>, String, String, String, Option<String>, OffsetDateTime, Uuid);
+type OrderRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    OffsetDateTime,
+    OffsetDateTime,
+);
+type EventRow = (
+    Uuid,
+    String,
+    OffsetDateTime,
+    Option<OffsetDateTime>,
+    i32,
+    Option<String>,
+);
+type HistoryRow = (
+    OffsetDateTime,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    Option<String>,
+    OffsetDateTime,
+    Uuid,
+);
 
 /// Everything known about one order: its state, every notification, every event.
 pub async fn order_timeline(pool: &PgPool, reference: &str) -> anyhow::Result<String> {
@@ -316,7 +415,9 @@ pub async fn order_timeline(pool: &PgPool, reference: &str) -> anyhow::Result<St
     .bind(reference)
     .fetch_optional(pool)
     .await?;
-    let Some((client, status, bank_reference, reason_code, reason_message, created, updated)) = order else {
+    let Some((client, status, bank_reference, reason_code, reason_message, created, updated)) =
+        order
+    else {
         bail!("no order {reference}");
     };
     let mut out = format!(
@@ -361,8 +462,13 @@ pub async fn order_timeline(pool: &PgPool, reference: &str) -> anyhow::Result<St
             out,
             "  {}  {event_type} {id} {}{}",
             rfc3339(created),
-            published.map_or_else(|| format!("NOT YET PUBLISHED (attempts {attempts})"), |at| format!("published {}", rfc3339(at))),
-            error.map(|e| format!(" last error: {e}")).unwrap_or_default(),
+            published.map_or_else(
+                || format!("NOT YET PUBLISHED (attempts {attempts})"),
+                |at| format!("published {}", rfc3339(at))
+            ),
+            error
+                .map(|e| format!(" last error: {e}"))
+                .unwrap_or_default(),
         );
     }
     Ok(out)
@@ -372,6 +478,8 @@ pub async fn order_timeline(pool: &PgPool, reference: &str) -> anyhow::Result<St
 pub async fn confirm_channel(url: &str) -> anyhow::Result<(Connection, Channel)> {
     let connection = broker::connect(url, "admin").await?;
     let channel = connection.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     Ok((connection, channel))
 }

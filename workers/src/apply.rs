@@ -15,10 +15,13 @@ use std::time::{Duration, Instant};
 
 use backoff::backoff::Backoff;
 use futures_util::{StreamExt, TryStreamExt};
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
 use lapin::Channel;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::FieldTable;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -94,7 +97,9 @@ impl ApplyWorker {
     async fn apply_with_retries(&self, envelope: &IntakeEnvelope) -> Disposition {
         let mut retries = broker::retry_schedule(&self.broker);
         loop {
-            let error = match corelink::apply(&self.pool, envelope, self.settings.max_batch_orders).await {
+            let error = match corelink::apply(&self.pool, envelope, self.settings.max_batch_orders)
+                .await
+            {
                 Ok(outcome) => {
                     tracing::info!(outcome = outcome.label(), "applied");
                     return Disposition::Ack(outcome.label());
@@ -108,7 +113,9 @@ impl ApplyWorker {
                             return Disposition::Ack("quarantined");
                         }
                         Err(error) if db::is_transient(&error) => error.to_string(),
-                        Err(error) => return Disposition::Requeue(format!("quarantining: {error}")),
+                        Err(error) => {
+                            return Disposition::Requeue(format!("quarantining: {error}"));
+                        }
                     }
                 }
                 Err(ApplyError::Contention) => "concurrent creation of an order".to_owned(),
@@ -116,7 +123,9 @@ impl ApplyWorker {
                 Err(ApplyError::Database(error)) => return Disposition::Requeue(error.to_string()),
             };
             metrics::transient_retry();
-            let delay = retries.next_backoff().unwrap_or_else(|| self.broker.retry_max());
+            let delay = retries
+                .next_backoff()
+                .unwrap_or_else(|| self.broker.retry_max());
             tracing::warn!(%error, ?delay, "transient failure; retrying while holding the message");
             tokio::select! {
                 () = self.shutdown.cancelled() => return Disposition::Requeue("shutting down during a retry".into()),
@@ -137,7 +146,9 @@ impl ApplyWorker {
             }
             Disposition::DeadLetter(reason) => {
                 tracing::error!(%reason, delivery_tag = delivery.delivery_tag, "unreadable message dead-lettered");
-                delivery.reject(BasicRejectOptions { requeue: false }).await?;
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
                 metrics::message(kind, "dead_lettered", started.elapsed());
             }
             Disposition::Requeue(reason) => {
@@ -158,7 +169,10 @@ impl ApplyWorker {
     /// that step the worker instead of running it.
     pub async fn run_once(&self, channel: &Channel) -> anyhow::Result<Step> {
         let message = channel
-            .basic_get(self.topology.intake_queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .basic_get(
+                self.topology.intake_queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
             .await?;
         match message {
             None => Ok(Step::Idle),
@@ -177,7 +191,9 @@ impl ApplyWorker {
                 Ok(()) => break,
                 Err(error) => {
                     self.set_connected(false);
-                    let delay = reconnects.next_backoff().unwrap_or_else(|| self.broker.retry_max());
+                    let delay = reconnects
+                        .next_backoff()
+                        .unwrap_or_else(|| self.broker.retry_max());
                     tracing::warn!(error = %format!("{error:#}"), ?delay, "apply consumer stopped; reconnecting");
                     tokio::select! {
                         () = self.shutdown.cancelled() => break,
@@ -218,7 +234,11 @@ impl ApplyWorker {
             .await;
         self.set_connected(false);
         if self.shutdown.is_cancelled() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(200, "shutdown".into())).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                connection.close(200, "shutdown".into()),
+            )
+            .await;
             return Ok(());
         }
         result?;

@@ -13,7 +13,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects, naming the connection after the role so the broker's UI says who is who.
 pub async fn connect(url: &str, role: &str) -> anyhow::Result<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name(format!("connector-{role}").into());
+    let properties =
+        ConnectionProperties::default().with_connection_name(format!("connector-{role}").into());
     match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
         Ok(connection) => Ok(connection?),
         Err(_) => anyhow::bail!("connecting to the broker timed out after {CONNECT_TIMEOUT:?}"),

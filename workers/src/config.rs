@@ -200,7 +200,10 @@ impl Settings {
         figment = figment.merge(Env::prefixed("CONNECTOR_").split("__"));
         let settings: Settings = figment.extract().map_err(|e| {
             let key = e.path.join(".");
-            ConfigError::new(if key.is_empty() { "(root)".into() } else { key }, e.kind.to_string())
+            ConfigError::new(
+                if key.is_empty() { "(root)".into() } else { key },
+                e.kind.to_string(),
+            )
         })?;
         settings.validate()?;
         Ok(settings)
@@ -208,8 +211,14 @@ impl Settings {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
-            ("database.max_connections", u64::from(self.database.max_connections)),
-            ("database.acquire_timeout_ms", self.database.acquire_timeout_ms),
+            (
+                "database.max_connections",
+                u64::from(self.database.max_connections),
+            ),
+            (
+                "database.acquire_timeout_ms",
+                self.database.acquire_timeout_ms,
+            ),
             ("broker.retry_initial_ms", self.broker.retry_initial_ms),
             ("apply.concurrency", self.apply.concurrency as u64),
             ("apply.max_batch_orders", self.apply.max_batch_orders as u64),
@@ -217,7 +226,10 @@ impl Settings {
             ("relay.poll_interval_ms", self.relay.poll_interval_ms),
             ("relay.confirm_timeout_ms", self.relay.confirm_timeout_ms),
             ("nonces.retention_hours", self.nonces.retention_hours),
-            ("nonces.purge_interval_secs", self.nonces.purge_interval_secs),
+            (
+                "nonces.purge_interval_secs",
+                self.nonces.purge_interval_secs,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -225,7 +237,10 @@ impl Settings {
             }
         }
         if usize::from(self.apply.prefetch) < self.apply.concurrency {
-            return Err(ConfigError::new("apply.prefetch", "must be at least apply.concurrency"));
+            return Err(ConfigError::new(
+                "apply.prefetch",
+                "must be at least apply.concurrency",
+            ));
         }
         if self.broker.retry_max_ms < self.broker.retry_initial_ms {
             return Err(ConfigError::new(

@@ -108,16 +108,30 @@ fn decode(envelope: &IntakeEnvelope, max_batch_orders: usize) -> Result<Notifica
 
     let invalid = |e: connector_schema::validation::BodyError| ApplyError::Invalid(e.to_string());
     let (batch, orders) = match envelope.kind {
-        IntakeKind::CorelinkStatus => (None, vec![corelink::parse_unit(&envelope.body).map_err(invalid)?]),
+        IntakeKind::CorelinkStatus => (
+            None,
+            vec![corelink::parse_unit(&envelope.body).map_err(invalid)?],
+        ),
         IntakeKind::CorelinkStatusBatch => {
             let batch = corelink::parse_batch(&envelope.body, &idempotency_key, max_batch_orders)
                 .map_err(invalid)?;
             let mut orders = batch.orders;
             orders.sort_by(|a, b| a.reference.cmp(&b.reference));
             let digest = content_digest(batch.batch_id.as_deref(), &orders);
-            (Some(Batch { id: batch.batch_id, digest }), orders)
+            (
+                Some(Batch {
+                    id: batch.batch_id,
+                    digest,
+                }),
+                orders,
+            )
         }
-        other => return Err(ApplyError::Invalid(format!("{} is not a Corelink message", other.routing_key()))),
+        other => {
+            return Err(ApplyError::Invalid(format!(
+                "{} is not a Corelink message",
+                other.routing_key()
+            )));
+        }
     };
     Ok(Notification {
         client_id,
@@ -132,7 +146,10 @@ fn decode(envelope: &IntakeEnvelope, max_batch_orders: usize) -> Result<Notifica
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The batch's meaning: `batch_id` and its orders sorted by reference, with instants
@@ -245,7 +262,10 @@ async fn claim_nonce(
     } else {
         Err(ApplyError::Quarantine {
             reason: QuarantineReason::NonceReused,
-            detail: format!("nonce {} was first used by message {first} for another request", n.nonce),
+            detail: format!(
+                "nonce {} was first used by message {first} for another request",
+                n.nonce
+            ),
         })
     }
 }
@@ -277,14 +297,15 @@ async fn claim_idempotency_key(
     if claimed {
         return Ok(None);
     }
-    let (bound_scope, bound_reference, bound_digest): (String, Option<String>, Option<String>) = sqlx::query_as(
-        "SELECT scope, reference, content_digest FROM idempotency_keys
+    let (bound_scope, bound_reference, bound_digest): (String, Option<String>, Option<String>) =
+        sqlx::query_as(
+            "SELECT scope, reference, content_digest FROM idempotency_keys
          WHERE client_id = $1 AND idempotency_key = $2",
-    )
-    .bind(&n.client_id)
-    .bind(&n.idempotency_key)
-    .fetch_one(&mut **tx)
-    .await?;
+        )
+        .bind(&n.client_id)
+        .bind(&n.idempotency_key)
+        .fetch_one(&mut **tx)
+        .await?;
     let reused = |detail: String| ApplyError::Quarantine {
         reason: QuarantineReason::IdempotencyKeyReused,
         detail,
@@ -358,10 +379,16 @@ async fn apply_orders(
         });
     }
 
-    let created: Vec<&OrderStatusUpdate> =
-        effects.iter().filter(|(_, _, e)| *e == Effect::Created).map(|(o, _, _)| *o).collect();
-    let updated: Vec<&OrderStatusUpdate> =
-        effects.iter().filter(|(_, _, e)| *e == Effect::Applied).map(|(o, _, _)| *o).collect();
+    let created: Vec<&OrderStatusUpdate> = effects
+        .iter()
+        .filter(|(_, _, e)| *e == Effect::Created)
+        .map(|(o, _, _)| *o)
+        .collect();
+    let updated: Vec<&OrderStatusUpdate> = effects
+        .iter()
+        .filter(|(_, _, e)| *e == Effect::Applied)
+        .map(|(o, _, _)| *o)
+        .collect();
     insert_orders(tx, &n.client_id, &created).await?;
     update_orders(tx, &updated).await?;
     insert_history(tx, envelope, n, &effects).await?;
@@ -369,7 +396,9 @@ async fn apply_orders(
     let recorded_at = OffsetDateTime::now_utc();
     let events: Vec<LedgerEvent> = effects
         .iter()
-        .filter(|(order, _, effect)| matches!(effect, Effect::Created | Effect::Applied) && order.status.is_final())
+        .filter(|(order, _, effect)| {
+            matches!(effect, Effect::Created | Effect::Applied) && order.status.is_final()
+        })
         .map(|(order, _, _)| order_event(order, n, recorded_at))
         .collect();
     insert_events(tx, &events).await?;
@@ -450,7 +479,10 @@ async fn insert_orders(
     Ok(())
 }
 
-async fn update_orders(tx: &mut Transaction<'_, Postgres>, orders: &[&OrderStatusUpdate]) -> Result<(), ApplyError> {
+async fn update_orders(
+    tx: &mut Transaction<'_, Postgres>,
+    orders: &[&OrderStatusUpdate],
+) -> Result<(), ApplyError> {
     if orders.is_empty() {
         return Ok(());
     }
@@ -482,7 +514,10 @@ async fn insert_history(
     effects: &[(&OrderStatusUpdate, Option<OrderStatus>, Effect)],
 ) -> Result<(), ApplyError> {
     let c = OrderColumns::of(effects.iter().map(|(o, _, _)| *o));
-    let previous: Vec<Option<&str>> = effects.iter().map(|(_, p, _)| p.map(OrderStatus::as_str)).collect();
+    let previous: Vec<Option<&str>> = effects
+        .iter()
+        .map(|(_, p, _)| p.map(OrderStatus::as_str))
+        .collect();
     let effect: Vec<&str> = effects.iter().map(|(_, _, e)| e.as_str()).collect();
     sqlx::query(
         "INSERT INTO order_history (reference, status, bank_reference, reason_code, reason_message,
@@ -490,7 +525,9 @@ async fn insert_history(
                                     message_id, client_id, idempotency_key, batch_id, received_at)
          SELECT u.*, $9, $10, $11, $12, $13
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-                     $7::text[], $8::text[])",
+                     $7::text[], $8::text[])
+              AS u(reference, status, bank_reference, reason_code, reason_message, processed_at,
+                   previous_status, effect)",
     )
     .bind(&c.reference)
     .bind(&c.status)
@@ -510,7 +547,11 @@ async fn insert_history(
     Ok(())
 }
 
-fn order_event(order: &OrderStatusUpdate, n: &Notification, recorded_at: OffsetDateTime) -> LedgerEvent {
+fn order_event(
+    order: &OrderStatusUpdate,
+    n: &Notification,
+    recorded_at: OffsetDateTime,
+) -> LedgerEvent {
     let event_type = match order.status {
         OrderStatus::Failed => EventType::OrderFailed,
         _ => EventType::OrderSucceeded,
@@ -534,7 +575,10 @@ fn order_event(order: &OrderStatusUpdate, n: &Notification, recorded_at: OffsetD
 
 /// Writes events to the outbox; the unique `event_id` makes a second write of the same fact
 /// impossible even if the state machine above were ever wrong.
-pub(crate) async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[LedgerEvent]) -> Result<(), ApplyError> {
+pub(crate) async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[LedgerEvent],
+) -> Result<(), ApplyError> {
     if events.is_empty() {
         return Ok(());
     }
@@ -614,14 +658,26 @@ mod tests {
     fn the_batch_digest_ignores_order_and_offset_but_not_content() {
         let order = |reference: &str, at: &str| {
             corelink::parse_unit(
-                format!(r#"{{"reference":"{reference}","status":"PENDING","processed_at":"{at}"}}"#).as_bytes(),
+                format!(
+                    r#"{{"reference":"{reference}","status":"PENDING","processed_at":"{at}"}}"#
+                )
+                .as_bytes(),
             )
             .unwrap()
         };
-        let a = vec![order("A", "2025-11-19T07:00:00Z"), order("B", "2025-11-19T07:00:00Z")];
-        let b = vec![order("A", "2025-11-19T08:00:00+01:00"), order("B", "2025-11-19T07:00:00Z")];
+        let a = vec![
+            order("A", "2025-11-19T07:00:00Z"),
+            order("B", "2025-11-19T07:00:00Z"),
+        ];
+        let b = vec![
+            order("A", "2025-11-19T08:00:00+01:00"),
+            order("B", "2025-11-19T07:00:00Z"),
+        ];
         assert_eq!(content_digest(Some("K"), &a), content_digest(Some("K"), &b));
-        let c = vec![order("A", "2025-11-19T07:00:01Z"), order("B", "2025-11-19T07:00:00Z")];
+        let c = vec![
+            order("A", "2025-11-19T07:00:01Z"),
+            order("B", "2025-11-19T07:00:00Z"),
+        ];
         assert_ne!(content_digest(Some("K"), &a), content_digest(Some("K"), &c));
         assert_ne!(content_digest(Some("K"), &a), content_digest(None, &a));
     }

@@ -40,7 +40,10 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
             // 55P03 lock not available; 57P0x operator intervention (shutdown, restart);
             // 53300 too many connections.
             code.starts_with("08")
-                || matches!(code, "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300")
+                || matches!(
+                    code,
+                    "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300"
+                )
         }),
         _ => false,
     }

@@ -12,17 +12,23 @@ use crate::metrics;
 /// Deletes nonces seen longer than `retention` ago; returns how many.
 pub async fn purge_once(pool: &PgPool, retention: Duration) -> sqlx::Result<u64> {
     let seconds = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
-    let purged = sqlx::query("DELETE FROM seen_nonces WHERE seen_at < now() - make_interval(secs => $1)")
-        .bind(seconds as f64)
-        .execute(pool)
-        .await?
-        .rows_affected();
+    let purged =
+        sqlx::query("DELETE FROM seen_nonces WHERE seen_at < now() - make_interval(secs => $1)")
+            .bind(seconds as f64)
+            .execute(pool)
+            .await?
+            .rows_affected();
     metrics::nonces_purged(purged);
     Ok(purged)
 }
 
 /// Purges every `interval` until `shutdown`.
-pub async fn run(pool: PgPool, retention: Duration, interval: Duration, shutdown: CancellationToken) {
+pub async fn run(
+    pool: PgPool,
+    retention: Duration,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         match purge_once(&pool, retention).await {
             Ok(0) => {}

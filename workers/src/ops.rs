@@ -38,7 +38,11 @@ pub fn router(readiness: Readiness, metrics: PrometheusHandle) -> Router {
 
 async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
     let database = matches!(
-        tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&state.readiness.pool)).await,
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&state.readiness.pool)
+        )
+        .await,
         Ok(Ok(_))
     );
     let brokers: serde_json::Map<String, serde_json::Value> = state
@@ -48,14 +52,24 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
         .map(|(role, flag)| ((*role).to_owned(), json!(flag.load(Ordering::Relaxed))))
         .collect();
     let ready = database && brokers.values().all(|v| v == &json!(true));
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({"ready": ready, "database": database, "broker": brokers})))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"ready": ready, "database": database, "broker": brokers})),
+    )
 }
 
 async fn render_metrics(State(state): State<OpsState>) -> impl IntoResponse {
     state.metrics.run_upkeep();
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         state.metrics.render(),
     )
 }

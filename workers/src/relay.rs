@@ -73,7 +73,9 @@ impl Relay {
     /// A channel ready for [`Relay::run_once`]: ledger topology declared, confirms on.
     pub async fn prepare(&self, channel: &Channel) -> lapin::Result<()> {
         self.topology.declare_ledger(channel).await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
     }
 
     /// Claims up to `batch_size` unpublished rows, publishes them and records the outcome.
@@ -126,14 +128,19 @@ impl Relay {
                     published.push(id);
                     metrics::relay_published(event_type.clone());
                 }
-                Ok(Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)))) => failures.push(
-                    failure("unroutable", format!("returned {} {}", returned.reply_code, returned.reply_text)),
-                ),
+                Ok(Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)))) => {
+                    failures.push(failure(
+                        "unroutable",
+                        format!("returned {} {}", returned.reply_code, returned.reply_text),
+                    ))
+                }
                 Ok(Ok(Confirmation::Nack(None) | Confirmation::NotRequested)) => {
                     failures.push(failure("nack", "the broker refused the event".into()));
                 }
                 Ok(Err(error)) => failures.push(failure("channel", error.to_string())),
-                Err(_) => failures.push(failure("timeout", format!("no confirm within {timeout:?}"))),
+                Err(_) => {
+                    failures.push(failure("timeout", format!("no confirm within {timeout:?}")))
+                }
             }
         }
         metrics::relay_batch(started.elapsed());
@@ -144,7 +151,10 @@ impl Relay {
             .await?;
         if !failures.is_empty() {
             let ids: Vec<i64> = failures.iter().map(|f| f.id).collect();
-            let errors: Vec<String> = failures.iter().map(|f| format!("{}: {}", f.reason, f.detail)).collect();
+            let errors: Vec<String> = failures
+                .iter()
+                .map(|f| format!("{}: {}", f.reason, f.detail))
+                .collect();
             sqlx::query(
                 "UPDATE ledger_outbox o SET attempts = o.attempts + 1, last_error = u.error
                  FROM UNNEST($1::bigint[], $2::text[]) AS u(id, error) WHERE o.id = u.id",
@@ -191,7 +201,9 @@ impl Relay {
                 Ok(()) => break,
                 Err(error) => {
                     self.set_connected(false);
-                    let delay = retries.next_backoff().unwrap_or_else(|| self.broker.retry_max());
+                    let delay = retries
+                        .next_backoff()
+                        .unwrap_or_else(|| self.broker.retry_max());
                     tracing::warn!(error = %format!("{error:#}"), ?delay, "relay interrupted; retrying");
                     tokio::select! {
                         () = self.shutdown.cancelled() => break,

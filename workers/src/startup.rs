@@ -58,7 +58,10 @@ impl Workers {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let trigger = stop.clone();
         tokio::spawn(async move {
@@ -126,8 +129,11 @@ impl Workers {
             pool: self.pool.clone(),
             brokers,
         };
-        let ops = axum::serve(self.ops_listener, ops::router(readiness, metrics::install()))
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let ops = axum::serve(
+            self.ops_listener,
+            ops::router(readiness, metrics::install()),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
         let served = ops.await;
         while tasks.join_next().await.is_some() {}
         self.pool.close().await;

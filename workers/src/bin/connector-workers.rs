@@ -138,9 +138,12 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<String>
             let pool = db::pool(&settings.database)?;
             match command {
                 QuarantineCommand::List { all } => admin::quarantine_list(&pool, all).await,
-                QuarantineCommand::Show { message_id } => admin::quarantine_show(&pool, message_id).await,
+                QuarantineCommand::Show { message_id } => {
+                    admin::quarantine_show(&pool, message_id).await
+                }
                 QuarantineCommand::Release { message_id, note } => {
-                    let (_connection, channel) = admin::confirm_channel(&settings.broker.url).await?;
+                    let (_connection, channel) =
+                        admin::confirm_channel(&settings.broker.url).await?;
                     admin::quarantine_release(&pool, &channel, &topology, message_id, &note).await
                 }
                 QuarantineCommand::Discard { message_id, note } => {
@@ -149,7 +152,8 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<String>
             }
         }
         Command::DeadLetters(command) => {
-            let connection = connector_workers::broker::connect(&settings.broker.url, "admin").await?;
+            let connection =
+                connector_workers::broker::connect(&settings.broker.url, "admin").await?;
             match command {
                 DeadLetterCommand::List { queue, limit } => {
                     admin::dead_letters_list(&connection, &topology, queue, limit).await

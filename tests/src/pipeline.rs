@@ -1,0 +1,241 @@
+//! The whole pipeline for end-to-end tests: a real ingress, a per-test PostgreSQL database,
+//! and the apply worker and relay, stepped with `run_once` so tests decide when each runs.
+
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use connector_schema::events::LedgerEvent;
+use connector_workers::Step;
+use connector_workers::apply::ApplyWorker;
+use connector_workers::config::{self as workers_config, DatabaseSettings};
+use connector_workers::relay::Relay;
+
+use crate::{TestApp, amqp_url, spawn_app_with};
+
+/// The server the tests create their databases on; `CONNECTOR_TEST_DATABASE_URL` points them
+/// elsewhere (it names the maintenance database, `postgres`).
+pub fn database_admin_url() -> String {
+    std::env::var("CONNECTOR_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of its own, migrated, dropped by [`TestDatabase::drop_database`].
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let admin = PgPool::connect(&database_admin_url())
+            .await
+            .expect("the test PostgreSQL is reachable");
+        let name = format!("connector_test_{}", Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("CREATE DATABASE");
+        admin.close().await;
+        let url = Self::url_of(&name);
+        let pool = connector_workers::db::pool(&Self::settings_for(&url)).expect("pool");
+        connector_workers::db::migrate(&pool)
+            .await
+            .expect("migrations apply");
+        Self { name, url, pool }
+    }
+
+    /// The URL of database `name` on the test server.
+    pub fn url_of(name: &str) -> String {
+        let admin = database_admin_url();
+        let (server, _) = admin.rsplit_once('/').expect("a database URL");
+        format!("{server}/{name}")
+    }
+
+    pub fn settings_for(url: &str) -> DatabaseSettings {
+        DatabaseSettings {
+            url: url.to_owned(),
+            max_connections: 10,
+            acquire_timeout_ms: 2_000,
+        }
+    }
+
+    pub async fn drop_database(self) {
+        self.pool.close().await;
+        if let Ok(admin) = PgPool::connect(&database_admin_url()).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&admin)
+            .await;
+        }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count query")
+    }
+}
+
+/// Ingress + database + stepped apply worker and relay, all on one test topology.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub app: TestApp,
+    pub db: TestDatabase,
+    pub worker: ApplyWorker,
+    pub relay: Relay,
+    pub worker_channel: Channel,
+    pub relay_channel: Channel,
+    pub shutdown: CancellationToken,
+}
+
+pub async fn spawn_pipeline() -> Pipeline {
+    // Logs go to the test's captured output, shown when it fails.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info")
+        .try_init();
+    let app = spawn_app_with(|_| {}).await;
+    let db = TestDatabase::create().await;
+    let shutdown = CancellationToken::new();
+    let settings = worker_settings(&app, &db.url);
+    let worker = ApplyWorker::new(
+        db.pool.clone(),
+        app.topology.clone(),
+        settings.broker.clone(),
+        settings.apply.clone(),
+        shutdown.clone(),
+    );
+    let relay = Relay::new(
+        db.pool.clone(),
+        app.topology.clone(),
+        settings.broker.clone(),
+        settings.relay.clone(),
+        shutdown.clone(),
+    );
+    let worker_channel = app.broker.connection().create_channel().await.unwrap();
+    let relay_channel = app.broker.connection().create_channel().await.unwrap();
+    relay
+        .prepare(&relay_channel)
+        .await
+        .expect("ledger topology");
+    Pipeline {
+        app,
+        db,
+        worker,
+        relay,
+        worker_channel,
+        relay_channel,
+        shutdown,
+    }
+}
+
+/// Worker settings matching `app`'s broker and topology, on database `database_url`.
+pub fn worker_settings(app: &TestApp, database_url: &str) -> workers_config::Settings {
+    let mut settings = workers_config::Settings::default();
+    settings.database = TestDatabase::settings_for(database_url);
+    settings.broker.url = amqp_url();
+    settings.broker.retry_initial_ms = 20;
+    settings.broker.retry_max_ms = 200;
+    settings.topology = app.settings.topology.clone();
+    settings.relay.poll_interval_ms = 100;
+    settings.log.format = "pretty".into();
+    settings
+}
+
+impl Pipeline {
+    /// Applies every message on the intake queue; returns how many.
+    pub async fn apply_all(&self) -> usize {
+        let mut processed = 0;
+        while self
+            .worker
+            .run_once(&self.worker_channel)
+            .await
+            .expect("apply step")
+            == Step::Processed
+        {
+            processed += 1;
+        }
+        processed
+    }
+
+    /// Publishes the whole outbox.
+    pub async fn relay_all(&self) {
+        while self
+            .relay
+            .run_once(&self.relay_channel)
+            .await
+            .expect("relay step")
+            == Step::Processed
+        {}
+    }
+
+    /// Takes every event on the test's ledger queue.
+    pub async fn ledger_events(&self) -> Vec<(LedgerEvent, BasicProperties, String)> {
+        let mut events = Vec::new();
+        while let Some(message) = self
+            .app
+            .broker
+            .channel
+            .basic_get(
+                self.app.topology.ledger_queue.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+        {
+            let delivery = message.delivery;
+            let event = serde_json::from_slice(&delivery.data).expect("a ledger event body");
+            events.push((event, delivery.properties, delivery.routing_key.to_string()));
+        }
+        events
+    }
+
+    /// Messages waiting on a queue.
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.app
+            .broker
+            .channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .expect("queue exists")
+            .message_count()
+    }
+
+    /// (reason, message id) of every quarantined message.
+    pub async fn quarantined(&self) -> Vec<(String, Uuid)> {
+        sqlx::query_as(
+            "SELECT reason, message_id FROM quarantined_messages ORDER BY quarantined_at",
+        )
+        .fetch_all(&self.db.pool)
+        .await
+        .expect("quarantine query")
+    }
+
+    pub async fn order_status(&self, reference: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT status FROM orders WHERE reference = $1")
+            .bind(reference)
+            .fetch_optional(&self.db.pool)
+            .await
+            .expect("order query")
+    }
+
+    pub async fn teardown(self) {
+        self.shutdown.cancel();
+        let Pipeline { app, db, .. } = self;
+        drop(app);
+        db.drop_database().await;
+    }
+}
