@@ -311,3 +311,29 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// The `connector-workers` binary of this build, for tests that must kill a real process.
+/// Built on demand when the test run did not build it.
+pub fn workers_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/connector-workers
+    let binary = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target directory")
+        .join("connector-workers");
+    if !binary.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-p",
+                "connector-workers",
+                "--bin",
+                "connector-workers",
+            ])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building connector-workers");
+    }
+    binary
+}

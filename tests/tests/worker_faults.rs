@@ -1,0 +1,283 @@
+//! The workers under faults, against the real broker and database: a worker killed in the
+//! middle of a batch, the database unreachable while messages arrive, the ledger unroutable
+//! and the broker gone during relay. Nothing lost, nothing applied or emitted twice.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+
+use connector_e2e_tests::pipeline::{Pipeline, TestDatabase, spawn_pipeline, worker_settings};
+use connector_e2e_tests::proxy::FaultProxy;
+use connector_e2e_tests::{amqp_addr, amqp_url, batch_body, eventually, unit_body, workers_binary};
+use connector_workers::Step;
+use connector_workers::apply::ApplyWorker;
+use connector_workers::relay::Relay;
+
+const UNIT: &str = "/callbacks/orders/status";
+const BATCH: &str = "/callbacks/orders/status/batch";
+
+async fn post(p: &Pipeline, path: &str, body: &str, key: &str) {
+    assert_eq!(p.app.post_signed(path, body, key).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_worker_killed_before_commit_leaves_nothing_and_the_batch_is_applied_once_later() {
+    let p = spawn_pipeline().await;
+    post(&p, UNIT, &unit_body("PAY-K0", "PENDING"), "PAY-K0").await;
+    assert_eq!(p.apply_all().await, 1);
+    post(
+        &p,
+        BATCH,
+        &batch_body("B-KILL", &["PAY-K0", "PAY-K1", "PAY-K2"]),
+        "B-KILL",
+    )
+    .await;
+
+    // Hold PAY-K0's row so the worker's transaction stops half-way through the batch.
+    let mut blocker = p.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orders WHERE reference = 'PAY-K0' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+
+    let mut worker = tokio::process::Command::new(workers_binary())
+        .args(["run", "--role", "apply"])
+        .env("CONNECTOR_DATABASE__URL", &p.db.url)
+        .env("CONNECTOR_BROKER__URL", amqp_url())
+        .env(
+            "CONNECTOR_TOPOLOGY__PREFIX",
+            &p.app.settings.topology.prefix,
+        )
+        .env("CONNECTOR_TOPOLOGY__QUEUE_EXPIRES_SECS", "600")
+        .env("CONNECTOR_OPS__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let waiting = eventually(Duration::from_secs(30), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&p.db.pool)
+        .await
+        .unwrap();
+        waiting == 1
+    })
+    .await;
+    assert!(
+        waiting,
+        "the worker is inside its transaction, waiting for the row"
+    );
+
+    worker.kill().await.unwrap(); // SIGKILL: no cleanup, no rollback sent
+    blocker.rollback().await.unwrap();
+
+    assert_eq!(
+        p.order_status("PAY-K1").await,
+        None,
+        "nothing of the batch applied"
+    );
+    assert_eq!(p.order_status("PAY-K0").await.as_deref(), Some("PENDING"));
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM idempotency_keys WHERE idempotency_key = 'B-KILL'")
+            .await,
+        0
+    );
+
+    // The broker redelivers the unacknowledged message; another worker applies it once.
+    let redelivered = eventually(Duration::from_secs(30), || async {
+        p.worker.run_once(&p.worker_channel).await.unwrap() == Step::Processed
+    })
+    .await;
+    assert!(redelivered);
+    assert_eq!(p.apply_all().await, 0);
+    for reference in ["PAY-K0", "PAY-K1", "PAY-K2"] {
+        assert_eq!(
+            p.order_status(reference).await.as_deref(),
+            Some("SUCCESS"),
+            "{reference}"
+        );
+    }
+    p.relay_all().await;
+    assert_eq!(p.ledger_events().await.len(), 3);
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM received_messages").await,
+        2
+    );
+    p.teardown().await;
+}
+
+#[tokio::test]
+async fn the_database_unreachable_while_messages_arrive_loses_nothing() {
+    let p = spawn_pipeline().await;
+    let proxy = FaultProxy::start("127.0.0.1:5432".parse().unwrap())
+        .await
+        .unwrap();
+    let through_proxy =
+        TestDatabase::url_of(&p.db.name).replace("127.0.0.1:5432", &proxy.addr().to_string());
+    let settings = worker_settings(&p.app, &through_proxy);
+    let pool = connector_workers::db::pool(&settings.database).unwrap();
+    let stop = CancellationToken::new();
+    let worker = ApplyWorker::new(
+        pool,
+        p.app.topology.clone(),
+        settings.broker.clone(),
+        settings.apply.clone(),
+        stop.clone(),
+    );
+    let running = tokio::spawn(worker.run());
+
+    proxy.cut(); // the database goes away
+    for i in 0..5 {
+        let reference = format!("PAY-DB{i}");
+        post(&p, UNIT, &unit_body(&reference, "SUCCESS"), &reference).await;
+    }
+    post(
+        &p,
+        BATCH,
+        &batch_body("B-DB", &["PAY-DB5", "PAY-DB6"]),
+        "B-DB",
+    )
+    .await;
+
+    // The worker takes the messages and holds them while it retries.
+    let intake = p.app.topology.intake_queue.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            p.depth(&intake).await == 0
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(p.db.count("SELECT count(*) FROM orders").await, 0);
+
+    proxy.restore();
+    let applied = eventually(Duration::from_secs(30), || async {
+        p.db.count("SELECT count(*) FROM orders WHERE status = 'SUCCESS'")
+            .await
+            == 7
+    })
+    .await;
+    assert!(applied, "everything applied once the database is back");
+    stop.cancel();
+    running.await.unwrap();
+
+    assert_eq!(
+        p.depth(&p.app.topology.intake_dead_letter_queue).await,
+        0,
+        "nothing dead-lettered"
+    );
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM order_history").await,
+        7,
+        "each notification once"
+    );
+    assert!(p.quarantined().await.is_empty());
+    p.relay_all().await;
+    assert_eq!(p.ledger_events().await.len(), 7);
+    p.teardown().await;
+}
+
+#[tokio::test]
+async fn an_unroutable_ledger_keeps_events_in_the_outbox_until_it_is_routable() {
+    let p = spawn_pipeline().await;
+    post(&p, UNIT, &unit_body("PAY-R1", "SUCCESS"), "PAY-R1").await;
+    p.apply_all().await;
+    let topology = &p.app.topology;
+    p.app
+        .broker
+        .channel
+        .queue_unbind(
+            topology.ledger_queue.as_str().into(),
+            topology.ledger_exchange.as_str().into(),
+            "#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let error = p.relay.run_once(&p.relay_channel).await.unwrap_err();
+    assert!(error.to_string().contains("unroutable"), "{error}");
+    let (attempts, last_error): (i32, Option<String>) =
+        sqlx::query_as("SELECT attempts, last_error FROM ledger_outbox WHERE published_at IS NULL")
+            .fetch_one(&p.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 1);
+    assert!(last_error.unwrap().contains("NO_ROUTE"));
+
+    p.relay.prepare(&p.relay_channel).await.unwrap(); // declares (and binds) the ledger queue again
+    p.relay_all().await;
+    let events = p.ledger_events().await;
+    assert_eq!(events.len(), 1, "out exactly once");
+    p.relay_all().await;
+    assert!(p.ledger_events().await.is_empty());
+    p.teardown().await;
+}
+
+#[tokio::test]
+async fn the_broker_gone_during_relay_delays_events_but_never_doubles_them() {
+    let p = spawn_pipeline().await;
+    let proxy = FaultProxy::start(amqp_addr()).await.unwrap();
+    let mut settings = worker_settings(&p.app, &p.db.url);
+    settings.broker.url = format!("amqp://guest:guest@{}/%2f?heartbeat=2", proxy.addr());
+    let stop = CancellationToken::new();
+    let relay = Relay::new(
+        p.db.pool.clone(),
+        p.app.topology.clone(),
+        settings.broker.clone(),
+        settings.relay.clone(),
+        stop.clone(),
+    );
+    let running = tokio::spawn(relay.run());
+
+    post(&p, BATCH, &batch_body("B-R", &["PAY-R1", "PAY-R2"]), "B-R").await;
+    p.apply_all().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            p.db.count("SELECT count(*) FROM ledger_outbox WHERE published_at IS NULL")
+                .await
+                == 0
+        })
+        .await
+    );
+
+    proxy.cut();
+    post(
+        &p,
+        BATCH,
+        &batch_body("B-R2", &["PAY-R3", "PAY-R4", "PAY-R5"]),
+        "B-R2",
+    )
+    .await;
+    p.apply_all().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM ledger_outbox WHERE published_at IS NULL")
+            .await,
+        3,
+        "held in the outbox while the broker is away"
+    );
+
+    proxy.restore();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            p.db.count("SELECT count(*) FROM ledger_outbox WHERE published_at IS NULL")
+                .await
+                == 0
+        })
+        .await
+    );
+    stop.cancel();
+    running.await.unwrap();
+
+    let events = p.ledger_events().await;
+    let mut ids: Vec<_> = events.iter().map(|e| e.0.event_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((events.len(), ids.len()), (5, 5), "every event once");
+    p.teardown().await;
+}
