@@ -183,6 +183,9 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// The top-level sections of this process's configuration.
+const SECTIONS: [&str; 5] = ["http", "broker", "topology", "corelink", "log"];
+
 impl Settings {
     /// Defaults, then the TOML file at `path` (if given), then the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -194,7 +197,15 @@ impl Settings {
             })?;
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("CONNECTOR_").split("__"));
+        // Only this process's sections: the ingress and the workers share the CONNECTOR_ prefix
+        // (so one environment can set the [topology] they must agree on), and a variable meant
+        // for the other process is not an error here.
+        figment = figment.merge(Env::prefixed("CONNECTOR_").split("__").filter(|key| {
+            let section = key.as_str().split('.').next().unwrap_or_default();
+            SECTIONS
+                .iter()
+                .any(|known| known.eq_ignore_ascii_case(section))
+        }));
         let settings: Settings = figment.extract().map_err(|e| {
             let key = e.path.join(".");
             ConfigError::new(
@@ -321,6 +332,13 @@ mod tests {
             jail.set_env("CONNECTOR_HTTP__MAX_BODY_BYTES", "lots");
             let err = Settings::load(Some(Path::new("ingress.toml"))).unwrap_err();
             assert_eq!(err.key, "http.max_body_bytes");
+
+            // A variable for another process's section is not ours to reject.
+            jail.clear_env();
+            jail.set_env("CONNECTOR_DATABASE__URL", "postgres://elsewhere/db");
+            jail.set_env("CONNECTOR_TOPOLOGY__PREFIX", "staging");
+            let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
+            assert_eq!(settings.topology.prefix, "staging");
 
             jail.clear_env();
             jail.create_file("typo.toml", "[http]\nlisten_addr = \"127.0.0.1:1\"\n")?;

@@ -140,12 +140,14 @@ pub async fn spawn_pipeline() -> Pipeline {
 
 /// Worker settings matching `app`'s broker and topology, on database `database_url`.
 pub fn worker_settings(app: &TestApp, database_url: &str) -> workers_config::Settings {
-    let mut settings = workers_config::Settings::default();
-    settings.database = TestDatabase::settings_for(database_url);
+    let mut settings = workers_config::Settings {
+        database: TestDatabase::settings_for(database_url),
+        topology: app.settings.topology.clone(),
+        ..workers_config::Settings::default()
+    };
     settings.broker.url = amqp_url();
     settings.broker.retry_initial_ms = 20;
     settings.broker.retry_max_ms = 200;
-    settings.topology = app.settings.topology.clone();
     settings.relay.poll_interval_ms = 100;
     settings.log.format = "pretty".into();
     settings

@@ -187,6 +187,11 @@ impl Default for LogSettings {
     }
 }
 
+/// The top-level sections of this process's configuration.
+const SECTIONS: [&str; 8] = [
+    "database", "broker", "topology", "apply", "relay", "nonces", "ops", "log",
+];
+
 impl Settings {
     /// Defaults, then the TOML file at `path` (if given), then the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -197,7 +202,15 @@ impl Settings {
             })?;
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("CONNECTOR_").split("__"));
+        // Only this process's sections: the ingress and the workers share the CONNECTOR_ prefix
+        // (so one environment can set the [topology] they must agree on), and a variable meant
+        // for the other process is not an error here.
+        figment = figment.merge(Env::prefixed("CONNECTOR_").split("__").filter(|key| {
+            let section = key.as_str().split('.').next().unwrap_or_default();
+            SECTIONS
+                .iter()
+                .any(|known| known.eq_ignore_ascii_case(section))
+        }));
         let settings: Settings = figment.extract().map_err(|e| {
             let key = e.path.join(".");
             ConfigError::new(
@@ -258,9 +271,14 @@ impl Settings {
             .url
             .parse::<lapin::uri::AMQPUri>()
             .map_err(|e| ConfigError::new("broker.url", format!("not an AMQP URI: {e}")))?;
-        self.database
-            .url
-            .parse::<sqlx::postgres::PgConnectOptions>()
+        let url = &self.database.url;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "database.url",
+                "must be a postgres:// URL",
+            ));
+        }
+        url.parse::<sqlx::postgres::PgConnectOptions>()
             .map_err(|e| ConfigError::new("database.url", format!("not a PostgreSQL URL: {e}")))?;
         Ok(())
     }

@@ -17,6 +17,17 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .connect_lazy_with(options))
 }
 
+/// Creates the database named in `url` if it does not exist yet (first start of a new
+/// environment; production databases are usually provisioned beforehand).
+pub async fn create_if_missing(url: &str) -> anyhow::Result<bool> {
+    use sqlx::migrate::MigrateDatabase as _;
+    if sqlx::Postgres::database_exists(url).await? {
+        return Ok(false);
+    }
+    sqlx::Postgres::create_database(url).await?;
+    Ok(true)
+}
+
 /// Applies pending migrations; safe to run from several processes at once (sqlx takes an
 /// advisory lock).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {

@@ -32,7 +32,7 @@ enum Command {
         #[arg(long = "role", value_enum)]
         roles: Vec<Role>,
     },
-    /// Apply pending database migrations and exit.
+    /// Create the database if it is missing, apply pending migrations, and exit.
     Migrate,
     /// Messages held because they could not be applied.
     #[command(subcommand)]
@@ -130,9 +130,15 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<String>
             Ok(String::new())
         }
         Command::Migrate => {
+            let created = db::create_if_missing(&settings.database.url).await?;
             let pool = db::pool(&settings.database)?;
             db::migrate(&pool).await?;
-            Ok("migrations applied\n".into())
+            Ok(if created {
+                "database created; migrations applied\n"
+            } else {
+                "migrations applied\n"
+            }
+            .into())
         }
         Command::Quarantine(command) => {
             let pool = db::pool(&settings.database)?;
