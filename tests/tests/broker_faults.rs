@@ -164,3 +164,27 @@ async fn a_full_intake_queue_nacks_and_gives_503() {
     .await;
     assert_eq!(app.broker.intake_depth().await, 2);
 }
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_request_finish() {
+    let proxy = FaultProxy::start(amqp_addr()).await.unwrap();
+    let app = spawn_behind(&proxy, |settings| settings.broker.confirm_timeout_ms = 1_000).await;
+    proxy.stall(); // the publish will wait for its confirm until the timeout
+
+    let in_flight = {
+        let (http, url) = (app.http.clone(), format!("{}{UNIT}", app.base_url));
+        let body = unit_body("PAY-G1", "SUCCESS");
+        let signed = app.bank.sign(UNIT, body.as_bytes(), "PAY-G1");
+        let mut request = http.post(url).body(body);
+        for (name, value) in signed.pairs() {
+            request = request.header(name, value);
+        }
+        tokio::spawn(request.send())
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await; // the request is now waiting on the broker
+    let stopped = tokio::spawn(app.stop());
+
+    let response = in_flight.await.unwrap().expect("answered, not cut off");
+    assert_unavailable(response).await;
+    stopped.await.unwrap().expect("stops cleanly once the request is answered");
+}

@@ -469,3 +469,45 @@ async fn expired_nonces_are_purged_and_recent_ones_kept() {
     assert_eq!(p.db.count("SELECT count(*) FROM seen_nonces").await, 0);
     p.teardown().await;
 }
+
+#[tokio::test]
+async fn two_relays_side_by_side_publish_each_event_once() {
+    let p = spawn_pipeline().await;
+    let references: Vec<String> = (0..40).map(|i| format!("PAY-RR{i}")).collect();
+    let refs: Vec<&str> = references.iter().map(String::as_str).collect();
+    post(&p, BATCH, &batch_body("B-RR", &refs), "B-RR").await;
+    p.apply_all().await;
+
+    // Small claims, so the two relays interleave over the same outbox.
+    let settings = connector_workers::config::RelaySettings {
+        batch_size: 3,
+        ..Default::default()
+    };
+    let relay = || {
+        connector_workers::relay::Relay::new(
+            p.db.pool.clone(),
+            p.app.topology.clone(),
+            connector_workers::config::BrokerSettings::default(),
+            settings.clone(),
+            p.shutdown.clone(),
+        )
+    };
+    let shared = &p;
+    let drain = |relay: connector_workers::relay::Relay| async move {
+        let channel = shared.app.broker.connection().create_channel().await.unwrap();
+        relay.prepare(&channel).await.unwrap();
+        let mut batches = 0;
+        while relay.run_once(&channel).await.unwrap() == connector_workers::Step::Processed {
+            batches += 1;
+        }
+        batches
+    };
+    let (a, b) = tokio::join!(drain(relay()), drain(relay()));
+    assert_eq!(a + b, 14, "40 events in claims of 3, none claimed twice");
+    let events = p.ledger_events().await;
+    let mut ids: Vec<_> = events.iter().map(|e| e.0.event_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((events.len(), ids.len()), (40, 40));
+    p.teardown().await;
+}
