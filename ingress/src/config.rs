@@ -8,30 +8,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::magic::RelativePathBuf;
 use serde::{Deserialize, Serialize};
 
 use connector_schema::corelink::DEFAULT_MAX_BATCH_ORDERS;
 use connector_schema::topology::TopologySettings;
 
-/// A configuration problem, naming the key at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("configuration key `{key}`: {message}")]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use connector_runtime::config::ConfigError;
+pub use connector_runtime::telemetry::{LogFormat, LogSettings};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -158,61 +142,13 @@ pub struct KeySettings {
     pub pem_file: Option<RelativePathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSettings {
-    /// `json` in production (one object a line), `pretty` for a terminal.
-    pub format: LogFormat,
-    /// A `tracing` filter such as `info,connector_ingress=debug`; `RUST_LOG` wins when set.
-    pub filter: String,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Json,
-            filter: "info".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Json,
-    Pretty,
-}
-
 /// The top-level sections of this process's configuration.
 const SECTIONS: [&str; 5] = ["http", "broker", "topology", "corelink", "log"];
 
 impl Settings {
     /// Defaults, then the TOML file at `path` (if given), then the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
-        if let Some(path) = path {
-            // Absolute, so key files named relative to it resolve wherever we were started.
-            let path = path.canonicalize().map_err(|e| {
-                ConfigError::new("(file)", format!("cannot open {}: {e}", path.display()))
-            })?;
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        // Only this process's sections: the ingress and the workers share the CONNECTOR_ prefix
-        // (so one environment can set the [topology] they must agree on), and a variable meant
-        // for the other process is not an error here.
-        figment = figment.merge(Env::prefixed("CONNECTOR_").split("__").filter(|key| {
-            let section = key.as_str().split('.').next().unwrap_or_default();
-            SECTIONS
-                .iter()
-                .any(|known| known.eq_ignore_ascii_case(section))
-        }));
-        let settings: Settings = figment.extract().map_err(|e| {
-            let key = e.path.join(".");
-            ConfigError::new(
-                if key.is_empty() { "(root)".into() } else { key },
-                e.kind.to_string(),
-            )
-        })?;
+        let settings: Settings = connector_runtime::config::load(path, &SECTIONS)?;
         settings.validate()?;
         Ok(settings)
     }

@@ -15,4 +15,3 @@ pub mod replay;
 pub mod signing;
 pub mod startup;
 pub mod state;
-pub mod telemetry;

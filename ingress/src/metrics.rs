@@ -1,11 +1,10 @@
 //! Prometheus metrics of the ingress. Names follow Prometheus conventions (`_total` counters,
 //! `_seconds` histograms) and are the ones the dashboards and alert rules in `ops/` use.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Requests by `route` and outcome `code` (`ACCEPTED` or the contract's error code).
 pub const REQUESTS_TOTAL: &str = "connector_ingress_requests_total";
@@ -20,38 +19,9 @@ pub const BROKER_CONNECTED: &str = "connector_ingress_broker_connected";
 /// Connections lost and re-established.
 pub const BROKER_RECONNECTS_TOTAL: &str = "connector_ingress_broker_reconnects_total";
 
-/// Latency buckets from half a millisecond (a confirm on an idle local broker) to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// Installs the process-wide recorder once and returns the handle that renders `/metrics`.
-/// Idempotent, so several applications in one test process share it.
+/// The process's recorder; the handle renders `/metrics`.
 pub fn install() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .map(PrometheusBuilder::build_recorder);
-            match recorder {
-                Ok(recorder) => {
-                    let handle = recorder.handle();
-                    if metrics::set_global_recorder(recorder).is_err() {
-                        tracing::warn!(
-                            "a metrics recorder was already installed; /metrics may be empty"
-                        );
-                    }
-                    handle
-                }
-                // Only fails on an empty bucket list, which LATENCY_BUCKETS is not.
-                Err(error) => {
-                    tracing::error!(%error, "metrics disabled");
-                    PrometheusBuilder::new().build_recorder().handle()
-                }
-            }
-        })
-        .clone()
+    connector_runtime::metrics::prometheus()
 }
 
 pub fn record_request(route: &'static str, code: &'static str, elapsed: Duration) {

@@ -149,7 +149,7 @@ pub fn worker_settings(app: &TestApp, database_url: &str) -> workers_config::Set
     settings.broker.retry_initial_ms = 20;
     settings.broker.retry_max_ms = 200;
     settings.relay.poll_interval_ms = 100;
-    settings.log.format = "pretty".into();
+    settings.log.format = connector_workers::config::LogFormat::Pretty;
     settings
 }
 

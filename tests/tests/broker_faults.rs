@@ -168,7 +168,10 @@ async fn a_full_intake_queue_nacks_and_gives_503() {
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_request_finish() {
     let proxy = FaultProxy::start(amqp_addr()).await.unwrap();
-    let app = spawn_behind(&proxy, |settings| settings.broker.confirm_timeout_ms = 1_000).await;
+    let app = spawn_behind(&proxy, |settings| {
+        settings.broker.confirm_timeout_ms = 1_000
+    })
+    .await;
     proxy.stall(); // the publish will wait for its confirm until the timeout
 
     let in_flight = {
@@ -186,5 +189,8 @@ async fn shutdown_lets_an_in_flight_request_finish() {
 
     let response = in_flight.await.unwrap().expect("answered, not cut off");
     assert_unavailable(response).await;
-    stopped.await.unwrap().expect("stops cleanly once the request is answered");
+    stopped
+        .await
+        .unwrap()
+        .expect("stops cleanly once the request is answered");
 }

@@ -425,7 +425,11 @@ async fn a_streamed_body_over_the_limit_is_refused_without_content_length() {
     let app = spawn_app_with(|settings| settings.http.max_body_bytes = 4096).await;
     let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(8000));
     let signed = app.bank.sign(UNIT, body.as_bytes(), "PAY-BIG");
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body.as_bytes().chunks(1000).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body
+        .as_bytes()
+        .chunks(1000)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
     let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     let (status, code, _) = error_code(app.post(UNIT, &signed.pairs(), streamed).await).await;
     assert_eq!((status, code.as_str()), (413, "PAYLOAD_TOO_LARGE"));

@@ -494,7 +494,13 @@ async fn two_relays_side_by_side_publish_each_event_once() {
     };
     let shared = &p;
     let drain = |relay: connector_workers::relay::Relay| async move {
-        let channel = shared.app.broker.connection().create_channel().await.unwrap();
+        let channel = shared
+            .app
+            .broker
+            .connection()
+            .create_channel()
+            .await
+            .unwrap();
         relay.prepare(&channel).await.unwrap();
         let mut batches = 0;
         while relay.run_once(&channel).await.unwrap() == connector_workers::Step::Processed {

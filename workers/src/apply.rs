@@ -127,9 +127,8 @@ impl ApplyWorker {
                 .next_backoff()
                 .unwrap_or_else(|| self.broker.retry_max());
             tracing::warn!(%error, ?delay, "transient failure; retrying while holding the message");
-            tokio::select! {
-                () = self.shutdown.cancelled() => return Disposition::Requeue("shutting down during a retry".into()),
-                () = tokio::time::sleep(delay) => {}
+            if !broker::pause(delay, &self.shutdown).await {
+                return Disposition::Requeue("shutting down during a retry".into());
             }
         }
     }
@@ -187,19 +186,20 @@ impl ApplyWorker {
     pub async fn run(self) {
         let mut reconnects = broker::retry_schedule(&self.broker);
         while !self.shutdown.is_cancelled() {
-            match self.consume().await {
-                Ok(()) => break,
-                Err(error) => {
-                    self.set_connected(false);
-                    let delay = reconnects
-                        .next_backoff()
-                        .unwrap_or_else(|| self.broker.retry_max());
-                    tracing::warn!(error = %format!("{error:#}"), ?delay, "apply consumer stopped; reconnecting");
-                    tokio::select! {
-                        () = self.shutdown.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
+            let Err(error) = self.consume(&mut reconnects).await else {
+                break;
+            };
+            self.set_connected(false);
+            if !broker::back_off(
+                "apply",
+                &error,
+                &mut reconnects,
+                &self.broker,
+                &self.shutdown,
+            )
+            .await
+            {
+                break;
             }
         }
         self.set_connected(false);
@@ -207,7 +207,7 @@ impl ApplyWorker {
     }
 
     /// One broker session: returns `Ok` on shutdown, `Err` when the connection is lost.
-    async fn consume(&self) -> anyhow::Result<()> {
+    async fn consume(&self, reconnects: &mut backoff::ExponentialBackoff) -> anyhow::Result<()> {
         let connection = broker::connect(&self.broker.url, "apply").await?;
         let channel = connection.create_channel().await?;
         self.topology.declare_intake(&channel).await?;
@@ -223,6 +223,7 @@ impl ApplyWorker {
             )
             .await?;
         self.set_connected(true);
+        reconnects.reset();
         tracing::info!(queue = %self.topology.intake_queue, "consuming");
 
         // Stops taking deliveries at shutdown; those in flight still finish and are settled.

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use backoff::ExponentialBackoff;
-use backoff::ExponentialBackoffBuilder;
+use backoff::backoff::Backoff as _;
+use backoff::{ExponentialBackoff, ExponentialBackoffBuilder};
 use lapin::{Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerSettings;
 
@@ -19,6 +20,30 @@ pub async fn connect(url: &str, role: &str) -> anyhow::Result<Connection> {
         Ok(connection) => Ok(connection?),
         Err(_) => anyhow::bail!("connecting to the broker timed out after {CONNECT_TIMEOUT:?}"),
     }
+}
+
+/// Sleeps for `delay` unless `shutdown` comes first; `false` means stop.
+pub async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// After a failed broker session: logs why, waits the next delay of `retries`, and says whether
+/// to start another session (`false` at shutdown).
+pub async fn back_off(
+    role: &str,
+    error: &anyhow::Error,
+    retries: &mut ExponentialBackoff,
+    settings: &BrokerSettings,
+    shutdown: &CancellationToken,
+) -> bool {
+    let delay = retries
+        .next_backoff()
+        .unwrap_or_else(|| settings.retry_max());
+    tracing::warn!(role, error = %format!("{error:#}"), ?delay, "broker session interrupted; starting another");
+    pause(delay, shutdown).await
 }
 
 /// Exponential backoff with jitter and no overall deadline: an outage is waited out. The

@@ -6,28 +6,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use connector_schema::corelink::DEFAULT_MAX_BATCH_ORDERS;
 use connector_schema::topology::TopologySettings;
 
-#[derive(Debug, thiserror::Error)]
-#[error("configuration key `{key}`: {message}")]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use connector_runtime::config::ConfigError;
+pub use connector_runtime::telemetry::{LogFormat, LogSettings};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -169,24 +154,6 @@ impl Default for OpsSettings {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSettings {
-    /// `json` in production, `pretty` for a terminal.
-    pub format: String,
-    /// A `tracing` filter; `RUST_LOG` wins when set.
-    pub filter: String,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self {
-            format: "json".into(),
-            filter: "info".into(),
-        }
-    }
-}
-
 /// The top-level sections of this process's configuration.
 const SECTIONS: [&str; 8] = [
     "database", "broker", "topology", "apply", "relay", "nonces", "ops", "log",
@@ -195,29 +162,7 @@ const SECTIONS: [&str; 8] = [
 impl Settings {
     /// Defaults, then the TOML file at `path` (if given), then the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
-        if let Some(path) = path {
-            let path = path.canonicalize().map_err(|e| {
-                ConfigError::new("(file)", format!("cannot open {}: {e}", path.display()))
-            })?;
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        // Only this process's sections: the ingress and the workers share the CONNECTOR_ prefix
-        // (so one environment can set the [topology] they must agree on), and a variable meant
-        // for the other process is not an error here.
-        figment = figment.merge(Env::prefixed("CONNECTOR_").split("__").filter(|key| {
-            let section = key.as_str().split('.').next().unwrap_or_default();
-            SECTIONS
-                .iter()
-                .any(|known| known.eq_ignore_ascii_case(section))
-        }));
-        let settings: Settings = figment.extract().map_err(|e| {
-            let key = e.path.join(".");
-            ConfigError::new(
-                if key.is_empty() { "(root)".into() } else { key },
-                e.kind.to_string(),
-            )
-        })?;
+        let settings: Settings = connector_runtime::config::load(path, &SECTIONS)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -260,9 +205,6 @@ impl Settings {
                 "broker.retry_max_ms",
                 "must be at least broker.retry_initial_ms",
             ));
-        }
-        if !["json", "pretty"].contains(&self.log.format.as_str()) {
-            return Err(ConfigError::new("log.format", "must be json or pretty"));
         }
         self.topology
             .validate()

@@ -14,7 +14,6 @@ pub mod ops;
 pub mod quarantine;
 pub mod relay;
 pub mod startup;
-pub mod telemetry;
 
 /// What one step of a steppable loop did, so tests drive the loops without sleeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,10 +1,9 @@
 //! Prometheus metrics of the workers; the names the dashboards and alert rules use.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Intake messages by `kind` and `outcome` (applied, duplicate, replay, quarantined,
 /// dead_lettered, requeued).
@@ -29,26 +28,9 @@ pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "connector_outbox_oldest_unpublished
 /// Seen nonces removed by the retention purge.
 pub const NONCES_PURGED_TOTAL: &str = "connector_nonces_purged_total";
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
-/// Installs the process-wide recorder once; idempotent for tests.
+/// The process's recorder; the handle renders `/metrics`.
 pub fn install() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .map(PrometheusBuilder::build_recorder)
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
-            }
-            handle
-        })
-        .clone()
+    connector_runtime::metrics::prometheus()
 }
 
 pub fn message(kind: &'static str, outcome: &'static str, elapsed: Duration) {

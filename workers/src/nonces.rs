@@ -35,9 +35,8 @@ pub async fn run(
             Ok(purged) => tracing::info!(purged, "purged expired nonces"),
             Err(error) => tracing::warn!(%error, "nonce purge failed; will try again"),
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+        if !crate::broker::pause(interval, &shutdown).await {
+            return;
         }
     }
 }

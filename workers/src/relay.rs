@@ -197,19 +197,13 @@ impl Relay {
     pub async fn run(self) {
         let mut retries = broker::retry_schedule(&self.broker);
         while !self.shutdown.is_cancelled() {
-            match self.session(&mut retries).await {
-                Ok(()) => break,
-                Err(error) => {
-                    self.set_connected(false);
-                    let delay = retries
-                        .next_backoff()
-                        .unwrap_or_else(|| self.broker.retry_max());
-                    tracing::warn!(error = %format!("{error:#}"), ?delay, "relay interrupted; retrying");
-                    tokio::select! {
-                        () = self.shutdown.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
+            let Err(error) = self.session(&mut retries).await else {
+                break;
+            };
+            self.set_connected(false);
+            if !broker::back_off("relay", &error, &mut retries, &self.broker, &self.shutdown).await
+            {
+                break;
             }
         }
         self.set_connected(false);

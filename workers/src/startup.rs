@@ -78,9 +78,8 @@ impl Workers {
                 Err(error) => {
                     let delay = retries.next_backoff().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(error = %format!("{error:#}"), ?delay, "cannot migrate the database yet");
-                    tokio::select! {
-                        () = stop.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(delay) => {}
+                    if !broker::pause(delay, &stop).await {
+                        return Ok(());
                     }
                 }
             }
@@ -139,27 +138,5 @@ impl Workers {
         self.pool.close().await;
         tracing::info!("workers stopped");
         served.context("serving the ops listener")
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
     }
 }

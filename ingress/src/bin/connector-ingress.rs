@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use connector_ingress::config::Settings;
-use connector_ingress::startup::{Application, shutdown_signal};
-use connector_ingress::telemetry;
+use connector_ingress::startup::Application;
+use connector_runtime::{shutdown, telemetry};
 
 /// The connector's HTTP ingress.
 #[derive(Debug, Parser)]
@@ -40,7 +40,7 @@ async fn main() -> ExitCode {
         ops_listen = %application.ops_addr(),
         "ingress listening"
     );
-    match application.run_until_stopped(shutdown_signal()).await {
+    match application.run_until_stopped(shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %format!("{error:#}"), "stopped with an error");

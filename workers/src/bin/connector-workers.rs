@@ -10,10 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
+use connector_runtime::{shutdown, telemetry};
 use connector_workers::admin::{self, DeadLetterQueue};
 use connector_workers::config::Settings;
-use connector_workers::startup::{Role, Workers, shutdown_signal};
-use connector_workers::{db, telemetry};
+use connector_workers::db;
+use connector_workers::startup::{Role, Workers};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "The connector's workers and admin commands")]
@@ -126,7 +127,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<String>
             };
             let workers = Workers::build(settings, roles).await?;
             tracing::info!(ops_listen = %workers.ops_addr(), "workers listening");
-            workers.run_until_stopped(shutdown_signal()).await?;
+            workers.run_until_stopped(shutdown::signal()).await?;
             Ok(String::new())
         }
         Command::Migrate => {

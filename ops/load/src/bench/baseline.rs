@@ -1,0 +1,240 @@
+//! Part 2, the SQL baseline: the same orders written with the same statements a worker runs
+//! for a new message (copied from `workers/src/corelink.rs`), one transaction per message, at
+//! the same parallelism (W × apply concurrency), but with no broker and no worker logic
+//! (decoding, state machine, retries, acks). Worker throughput over this baseline shows how
+//! much of the apply cost is PostgreSQL itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::bench::apply::per_second;
+use crate::bench::env::{BenchDatabase, Env, close_pool, warm};
+use crate::bench::workload::{Message, Rows, Workload};
+
+/// From `claim_nonce`.
+const INSERT_NONCE: &str =
+    "INSERT INTO seen_nonces (client_id, nonce, request_fingerprint, message_id, request_timestamp)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client_id, nonce) DO NOTHING";
+/// From `claim_idempotency_key`.
+const INSERT_KEY: &str = "INSERT INTO idempotency_keys (client_id, idempotency_key, scope, reference, content_digest, first_message_id)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (client_id, idempotency_key) DO NOTHING";
+/// From `apply_orders`.
+const LOCK_ORDERS: &str = "SELECT reference, client_id, status FROM orders
+         WHERE reference = ANY($1) ORDER BY reference FOR UPDATE";
+/// From `insert_orders`.
+const INSERT_ORDERS: &str = "INSERT INTO orders (reference, client_id, status, bank_reference, reason_code, reason_message, bank_processed_at)
+         SELECT u.reference, $1, u.status, u.bank_reference, u.reason_code, u.reason_message, u.processed_at
+         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+              AS u(reference, status, bank_reference, reason_code, reason_message, processed_at)
+         ON CONFLICT (reference) DO NOTHING";
+/// From `insert_history`.
+const INSERT_HISTORY: &str =
+    "INSERT INTO order_history (reference, status, bank_reference, reason_code, reason_message,
+                                    bank_processed_at, previous_status, effect,
+                                    message_id, client_id, idempotency_key, batch_id, received_at)
+         SELECT u.*, $9, $10, $11, $12, $13
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                     $7::text[], $8::text[])
+              AS u(reference, status, bank_reference, reason_code, reason_message, processed_at,
+                   previous_status, effect)";
+/// From `insert_events`.
+const INSERT_EVENTS: &str = "INSERT INTO ledger_outbox (event_id, event_type, reference, body)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
+         ON CONFLICT (event_id) DO NOTHING";
+/// From `record_message`.
+const INSERT_RECEIVED: &str = "INSERT INTO received_messages (message_id, kind, client_id, idempotency_key, nonce, body_sha256,
+                                        outcome, received_at, request_path, headers, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (message_id) DO NOTHING";
+
+/// What one baseline run measured; kept so that it prints as one table beside part 1's runs.
+#[derive(Debug, Clone)]
+pub struct BaselineRun {
+    pub batch_size: usize,
+    pub workers: usize,
+    /// Transactions in flight at once.
+    pub parallel: usize,
+    pub transactions: usize,
+    pub elapsed: Duration,
+    /// Rows in `received_messages` at the end.
+    pub recorded: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+impl BaselineRun {
+    pub fn complete(&self) -> bool {
+        self.errors == 0 && self.recorded == self.transactions as u64
+    }
+
+    pub fn transactions_per_second(&self) -> f64 {
+        per_second(self.recorded as f64, self.elapsed)
+    }
+
+    pub fn orders_per_second(&self) -> f64 {
+        per_second(
+            (self.recorded * self.batch_size as u64) as f64,
+            self.elapsed,
+        )
+    }
+}
+
+/// Fresh database, then every message of `workload` as one transaction, `workers × concurrency`
+/// at once; the database is dropped whatever happened.
+pub async fn run(
+    env: &Env,
+    workload: &Workload,
+    workers: usize,
+    concurrency: usize,
+) -> anyhow::Result<BaselineRun> {
+    let database = env.create_database().await?;
+    let result = measure(workload, workers, concurrency, &database).await;
+    let dropped = env.drop_database(&database).await;
+    let run = result?;
+    dropped?;
+    Ok(run)
+}
+
+async fn measure(
+    workload: &Workload,
+    workers: usize,
+    concurrency: usize,
+    database: &BenchDatabase,
+) -> anyhow::Result<BaselineRun> {
+    let parallel = (workers * concurrency).max(1);
+    let pool = PgPoolOptions::new()
+        .max_connections(u32::try_from(parallel).unwrap_or(u32::MAX))
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&database.url)
+        .await
+        .context("connecting the baseline pool")?;
+    warm(&pool, parallel).await?;
+
+    let messages: Arc<[Message]> = workload.messages.clone();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(parallel);
+    for _ in 0..parallel {
+        let pool = pool.clone();
+        let messages = messages.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut errors = 0u64;
+            let mut first_error = None;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(message) = messages.get(index) else {
+                    break;
+                };
+                if let Err(error) = apply(&pool, &message.rows).await {
+                    errors += 1;
+                    first_error.get_or_insert_with(|| error.to_string());
+                }
+            }
+            (errors, first_error)
+        }));
+    }
+    let mut errors = 0;
+    let mut first_error = None;
+    for task in tasks {
+        let (count, first) = task.await.context("a baseline task failed")?;
+        errors += count;
+        if first_error.is_none() {
+            first_error = first;
+        }
+    }
+    let elapsed = started.elapsed();
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM received_messages")
+        .fetch_one(&pool)
+        .await?;
+    close_pool(&pool).await;
+    Ok(BaselineRun {
+        batch_size: workload.batch_size,
+        workers,
+        parallel,
+        transactions: workload.messages.len(),
+        elapsed,
+        recorded: recorded.max(0).unsigned_abs(),
+        errors,
+        first_error,
+    })
+}
+
+/// One message's transaction: the statements a worker runs for a first-seen message.
+async fn apply(pool: &PgPool, r: &Rows) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(INSERT_NONCE)
+        .bind(&r.client_id)
+        .bind(&r.nonce)
+        .bind(&r.fingerprint)
+        .bind(r.message_id)
+        .bind(r.request_timestamp)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(INSERT_KEY)
+        .bind(&r.client_id)
+        .bind(&r.idempotency_key)
+        .bind(r.scope)
+        .bind(r.unit_reference.as_deref())
+        .bind(r.content_digest.as_deref())
+        .bind(r.message_id)
+        .execute(&mut *tx)
+        .await?;
+    let _locked: Vec<(String, String, String)> = sqlx::query_as(LOCK_ORDERS)
+        .bind(&r.references)
+        .fetch_all(&mut *tx)
+        .await?;
+    sqlx::query(INSERT_ORDERS)
+        .bind(&r.client_id)
+        .bind(&r.references)
+        .bind(&r.statuses)
+        .bind(&r.bank_references)
+        .bind(&r.reason_codes)
+        .bind(&r.reason_messages)
+        .bind(&r.processed_at)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(INSERT_HISTORY)
+        .bind(&r.references)
+        .bind(&r.statuses)
+        .bind(&r.bank_references)
+        .bind(&r.reason_codes)
+        .bind(&r.reason_messages)
+        .bind(&r.processed_at)
+        .bind(&r.previous_statuses)
+        .bind(&r.effects)
+        .bind(r.message_id)
+        .bind(&r.client_id)
+        .bind(&r.idempotency_key)
+        .bind(r.batch_id.as_deref())
+        .bind(r.received_at)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(INSERT_EVENTS)
+        .bind(&r.event_ids)
+        .bind(&r.event_types)
+        .bind(&r.references)
+        .bind(&r.event_bodies)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(INSERT_RECEIVED)
+        .bind(r.message_id)
+        .bind(r.kind)
+        .bind(&r.client_id)
+        .bind(&r.idempotency_key)
+        .bind(&r.nonce)
+        .bind(&r.body_sha256)
+        .bind("applied")
+        .bind(r.received_at)
+        .bind(r.request_path.as_deref())
+        .bind(&r.headers)
+        .bind(r.body.as_ref())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}

@@ -1,0 +1,10 @@
+//! The parts of `pipeline-bench`, one module each, plus the throw-away environment they run in
+//! and the tables they print. Kept apart from `corelink-load`'s modules: the two tools share
+//! nothing but the crate.
+
+pub mod apply;
+pub mod baseline;
+pub mod env;
+pub mod latency;
+pub mod report;
+pub mod workload;
