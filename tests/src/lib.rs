@@ -312,28 +312,32 @@ where
     }
 }
 
-/// The `connector-workers` binary of this build, for tests that must kill a real process.
-/// Built on demand when the test run did not build it.
+/// The `connector-workers` binary, for tests that must kill a real process. Built (or found
+/// up to date) once per test process, so a test never runs a stale binary.
 pub fn workers_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/connector-workers
-    let binary = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("target directory")
-        .join("connector-workers");
-    if !binary.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let mut build = std::process::Command::new(env!("CARGO"));
+            build.args([
                 "build",
+                "--quiet",
                 "-p",
                 "connector-workers",
                 "--bin",
                 "connector-workers",
-            ])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building connector-workers");
-    }
-    binary
+            ]);
+            if !cfg!(debug_assertions) {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cargo build");
+            assert!(status.success(), "building connector-workers");
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> → target/<profile>/connector-workers
+            exe.parent()
+                .and_then(std::path::Path::parent)
+                .expect("target directory")
+                .join("connector-workers")
+        })
+        .clone()
 }

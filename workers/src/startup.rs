@@ -70,23 +70,9 @@ impl Workers {
             trigger.cancel();
         });
 
-        // The roles need the schema; wait for the database rather than crash-looping.
-        let mut retries = broker::retry_schedule(&self.settings.broker);
-        loop {
-            match db::migrate(&self.pool).await {
-                Ok(()) => break,
-                Err(error) => {
-                    let delay = retries.next_backoff().unwrap_or(Duration::from_secs(10));
-                    tracing::warn!(error = %format!("{error:#}"), ?delay, "cannot migrate the database yet");
-                    if !broker::pause(delay, &stop).await {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-
+        // The roles, built now so `/readyz` can watch them from the start.
         let topology = self.settings.topology.topology();
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut roles: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
         let mut brokers = Vec::new();
         for role in &self.roles {
             match role {
@@ -99,7 +85,7 @@ impl Workers {
                         stop.clone(),
                     );
                     brokers.push(("apply", worker.connected_flag()));
-                    tasks.spawn(worker.run());
+                    roles.push(Box::pin(worker.run()));
                 }
                 Role::Relay => {
                     let relay = Relay::new(
@@ -110,31 +96,51 @@ impl Workers {
                         stop.clone(),
                     );
                     brokers.push(("relay", relay.connected_flag()));
-                    tasks.spawn(relay.run());
+                    roles.push(Box::pin(relay.run()));
                 }
-                Role::Purge => {
-                    tasks.spawn(nonces::run(
-                        self.pool.clone(),
-                        Duration::from_secs(self.settings.nonces.retention_hours * 3600),
-                        Duration::from_secs(self.settings.nonces.purge_interval_secs),
-                        stop.clone(),
-                    ));
-                }
+                Role::Purge => roles.push(Box::pin(nonces::run(
+                    self.pool.clone(),
+                    Duration::from_secs(self.settings.nonces.retention_hours * 3600),
+                    Duration::from_secs(self.settings.nonces.purge_interval_secs),
+                    stop.clone(),
+                ))),
             }
         }
-        tracing::info!(roles = ?self.roles, "workers running");
 
+        // Served from the start: live while the database is still unreachable, not ready.
         let readiness = Readiness {
             pool: self.pool.clone(),
             brokers,
         };
-        let ops = axum::serve(
-            self.ops_listener,
-            ops::router(readiness, metrics::install()),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
-        let served = ops.await;
-        while tasks.join_next().await.is_some() {}
+        let ops = tokio::spawn(
+            axum::serve(
+                self.ops_listener,
+                ops::router(readiness, metrics::install()),
+            )
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+        );
+
+        // The roles need the schema; wait for the database rather than crash-looping.
+        let mut retries = broker::retry_schedule(&self.settings.broker);
+        let mut migrated = false;
+        while !migrated {
+            match db::migrate(&self.pool).await {
+                Ok(()) => migrated = true,
+                Err(error) => {
+                    let delay = retries.next_backoff().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(error = %format!("{error:#}"), ?delay, "cannot migrate the database yet");
+                    if !broker::pause(delay, &stop).await {
+                        break;
+                    }
+                }
+            }
+        }
+        if migrated {
+            tracing::info!(roles = ?self.roles, "workers running");
+            futures_util::future::join_all(roles).await;
+        }
+        let served = ops.await.context("the ops listener task")?;
         self.pool.close().await;
         tracing::info!("workers stopped");
         served.context("serving the ops listener")
