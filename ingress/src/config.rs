@@ -37,6 +37,9 @@ pub struct HttpSettings {
     pub ops_listen: SocketAddr,
     /// Larger bodies get 413 before they are read.
     pub max_body_bytes: usize,
+    /// A body not fully received within this gets 408 and its connection closed, so a client
+    /// that stalls mid-body cannot hold a connection (and its memory) for ever.
+    pub body_timeout_secs: u64,
     /// How long in-flight requests may take to finish once shutdown starts.
     pub shutdown_grace_secs: u64,
 }
@@ -47,6 +50,7 @@ impl Default for HttpSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             max_body_bytes: 1024 * 1024,
+            body_timeout_secs: 30,
             shutdown_grace_secs: 30,
         }
     }
@@ -99,6 +103,12 @@ pub struct CorelinkSettings {
     /// Prepended to the received path before comparing it with the signed `path`, for a
     /// reverse proxy that strips a prefix (e.g. `/connector`).
     pub external_path_prefix: String,
+    /// Sustained requests per second accepted from one bank by this instance (0 = no limit);
+    /// beyond it, 429 `RATE_LIMITED` with `Retry-After`. Counted per authenticated client,
+    /// so nobody can use up a bank's allowance by sending its client id.
+    pub rate_limit_per_second: u32,
+    /// Requests a bank may send at once above the sustained rate.
+    pub rate_limit_burst: u32,
     pub clients: Vec<ClientSettings>,
 }
 
@@ -109,6 +119,8 @@ impl Default for CorelinkSettings {
             nonce_cache_capacity: 1_000_000,
             max_batch_orders: DEFAULT_MAX_BATCH_ORDERS,
             external_path_prefix: String::new(),
+            rate_limit_per_second: 100,
+            rate_limit_burst: 200,
             clients: Vec::new(),
         }
     }
@@ -158,6 +170,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("http.max_body_bytes", self.http.max_body_bytes as u64),
+            ("http.body_timeout_secs", self.http.body_timeout_secs),
             (
                 "broker.publish_channels",
                 self.broker.publish_channels as u64,

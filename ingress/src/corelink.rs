@@ -285,7 +285,9 @@ async fn accept(
         return Err(ApiError::UnsupportedMediaType);
     }
 
-    let body = read_body(body, limit).await?;
+    let body = tokio::time::timeout(state.body_timeout, read_body(body, limit))
+        .await
+        .map_err(|_| ApiError::RequestTimeout(state.body_timeout.as_secs()))??;
     let received_path = parts
         .uri
         .path_and_query()
@@ -300,6 +302,13 @@ async fn accept(
         received_at,
         state.corelink.timestamp_tolerance(),
     )?;
+    state
+        .rate_limiter
+        .check(&headers.client_id)
+        .map_err(|wait| ApiError::RateLimited {
+            // Whole seconds, rounded up: never invite a retry that would be refused again.
+            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+        })?;
 
     if !state.replay.first_use(&headers.client_id, &headers.nonce) {
         return Err(ApiError::NonceReplayed);

@@ -39,8 +39,12 @@ pub enum ApiError {
     NonceReplayed,
     #[error("the body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the body did not arrive within {0} s; the connection is closed")]
+    RequestTimeout(u64),
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    #[error("this client sends faster than its configured rate; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error(
         "the request could not be durably enqueued; retry later with the same X-Idempotency-Key"
     )]
@@ -60,7 +64,9 @@ impl ApiError {
             | Self::UnknownClient => StatusCode::UNAUTHORIZED,
             Self::NonceReplayed => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::EnqueueUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -78,7 +84,9 @@ impl ApiError {
             Self::UnknownClient => "UNKNOWN_CLIENT",
             Self::NonceReplayed => "NONCE_REPLAYED",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::RequestTimeout(_) => "REQUEST_TIMEOUT",
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::RateLimited { .. } => "RATE_LIMITED",
             Self::EnqueueUnavailable { .. } => "ENQUEUE_UNAVAILABLE",
         }
     }
@@ -114,7 +122,14 @@ impl IntoResponse for ApiError {
             }
         });
         let mut response = (self.status(), Json(body)).into_response();
-        if let Self::EnqueueUnavailable { retry_after_secs } = self {
+        if let Self::RequestTimeout(_) = self {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Self::EnqueueUnavailable { retry_after_secs }
+        | Self::RateLimited { retry_after_secs } = self
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod metrics;
 pub mod ops;
 pub mod publisher;
+pub mod rate_limit;
 pub mod replay;
 pub mod signing;
 pub mod startup;

@@ -21,6 +21,7 @@ use crate::config::Settings;
 use crate::corelink;
 use crate::keys::ClientRegistry;
 use crate::publisher::IntakePublisher;
+use crate::rate_limit::ClientRateLimiter;
 use crate::replay::ReplayCache;
 use crate::state::{AppState, SharedState};
 use crate::{metrics, ops};
@@ -72,10 +73,15 @@ impl Application {
                 settings.corelink.nonce_cache_capacity,
                 settings.corelink.timestamp_tolerance(),
             ),
+            rate_limiter: ClientRateLimiter::new(
+                settings.corelink.rate_limit_per_second,
+                settings.corelink.rate_limit_burst,
+            ),
             publisher,
             clock,
             corelink: settings.corelink.clone(),
             max_body_bytes: settings.http.max_body_bytes,
+            body_timeout: Duration::from_secs(settings.http.body_timeout_secs),
             retry_after_secs: settings.broker.retry_after_secs,
         });
         Ok(Self {

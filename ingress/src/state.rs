@@ -8,6 +8,7 @@ use crate::clock::Clock;
 use crate::config::CorelinkSettings;
 use crate::keys::ClientRegistry;
 use crate::publisher::IntakePublisher;
+use crate::rate_limit::ClientRateLimiter;
 use crate::replay::ReplayCache;
 
 #[derive(Debug, Clone)]
@@ -17,11 +18,13 @@ pub struct AppState(Arc<SharedState>);
 pub struct SharedState {
     pub clients: ClientRegistry,
     pub replay: ReplayCache,
+    pub rate_limiter: ClientRateLimiter,
     pub publisher: IntakePublisher,
     pub clock: Arc<dyn Clock>,
     /// Tolerance, path prefix and batch size (the client list lives in `clients`).
     pub corelink: CorelinkSettings,
     pub max_body_bytes: usize,
+    pub body_timeout: std::time::Duration,
     /// `Retry-After` on 503.
     pub retry_after_secs: u64,
 }

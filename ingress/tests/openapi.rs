@@ -40,10 +40,12 @@ fn router(shutdown: &CancellationToken) -> axum::Router {
     public_router(AppState::new(SharedState {
         clients: ClientRegistry::default(),
         replay: ReplayCache::new(10, std::time::Duration::from_secs(300)),
+        rate_limiter: connector_ingress::rate_limit::ClientRateLimiter::new(0, 0),
         publisher,
         clock: Arc::new(SystemClock),
         corelink: CorelinkSettings::default(),
         max_body_bytes: 1024,
+        body_timeout: std::time::Duration::from_secs(30),
         retry_after_secs: 5,
     }))
 }
@@ -126,6 +128,7 @@ fn every_error_code_the_ingress_produces_is_described() {
         "CLIENT_MISMATCH",
         "NONCE_REPLAYED",
         "PAYLOAD_TOO_LARGE",
+        "REQUEST_TIMEOUT",
         "UNSUPPORTED_MEDIA_TYPE",
         "RATE_LIMITED",
         "ENQUEUE_UNAVAILABLE",

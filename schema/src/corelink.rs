@@ -178,8 +178,81 @@ pub fn parse_batch(
     }
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, BodyError> {
-    serde_json::from_slice(body).map_err(|e| BodyError::Malformed(e.to_string()))
+/// Parses JSON, refusing a member name repeated in one object: parsers disagree on which
+/// occurrence wins, and the bank's signer may have read the other one.
+pub fn parse_json(body: &[u8]) -> Result<Value, BodyError> {
+    serde_json::from_slice::<StrictValue>(body)
+        .map(|strict| strict.0)
+        .map_err(|e| BodyError::Malformed(e.to_string()))
+}
+
+/// A `serde_json::Value` whose objects have unique member names.
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if object.contains_key(&name) {
+                return Err(serde::de::Error::custom(format!(
+                    "member `{name}` appears twice"
+                )));
+            }
+            let StrictValue(value) = map.next_value()?;
+            object.insert(name, value);
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// Validates one order object; pushes every problem into `errors` with `prefix` on its path.
@@ -421,6 +494,30 @@ mod tests {
             r#"{{"reference":"{reference}","status":"PENDING","processed_at":"2025-11-19T07:09:30+01:00"}}"#
         );
         assert!(parse_unit(body.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_repeated_member_is_malformed_at_any_depth() {
+        let top = br#"{"reference":"A","status":"SUCCESS","status":"FAILED","processed_at":"2025-11-19T07:09:30Z"}"#;
+        assert!(
+            matches!(parse_unit(top), Err(BodyError::Malformed(m)) if m.contains("`status` appears twice"))
+        );
+        let nested = br#"{"orders":[{"reference":"A","reference":"B"}]}"#;
+        assert!(matches!(
+            parse_batch(nested, "K", 10),
+            Err(BodyError::Malformed(_))
+        ));
+        // Numbers keep working, including those beyond i64.
+        assert_eq!(
+            parse_json(b"[1, -2, 3.5, 18446744073709551615]")
+                .unwrap()
+                .to_string(),
+            "[1,-2,3.5,18446744073709551615]"
+        );
+        assert!(matches!(
+            parse_json(b"[1e400]"),
+            Err(BodyError::Malformed(_))
+        ));
     }
 
     #[test]

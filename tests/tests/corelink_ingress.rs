@@ -435,3 +435,76 @@ async fn a_streamed_body_over_the_limit_is_refused_without_content_length() {
     assert_eq!((status, code.as_str()), (413, "PAYLOAD_TOO_LARGE"));
     assert_eq!(app.broker.intake_depth().await, 0);
 }
+
+#[tokio::test]
+async fn a_bank_over_its_rate_is_told_when_to_come_back() {
+    let app = spawn_app_with(|settings| {
+        settings.corelink.rate_limit_per_second = 1;
+        settings.corelink.rate_limit_burst = 2;
+    })
+    .await;
+    for reference in ["PAY-RL1", "PAY-RL2"] {
+        assert_eq!(
+            app.post_signed(UNIT, &unit_body(reference, "SUCCESS"), reference)
+                .await
+                .status(),
+            200
+        );
+    }
+    let response = app
+        .post_signed(UNIT, &unit_body("PAY-RL3", "SUCCESS"), "PAY-RL3")
+        .await;
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let (status, code, _) = error_code(response).await;
+    assert_eq!((status, code.as_str()), (429, "RATE_LIMITED"));
+    assert_eq!(
+        app.broker.intake_depth().await,
+        2,
+        "the refused request was not enqueued"
+    );
+
+    // Limits apply to authenticated banks only: a forgery in the bank's name, sent while the
+    // bank is over its rate, is refused for its signature (so it counts for nothing).
+    let forged = app.bank.sign(UNIT, b"{}", "PAY-RL4");
+    let mut headers = forged.pairs().to_vec();
+    headers.retain(|(name, _)| *name != "X-Signature");
+    headers.push(("X-Signature", "e30.e30.c2ln"));
+    let (status, code, _) = error_code(app.post(UNIT, &headers, "{}").await).await;
+    assert_eq!((status, code.as_str()), (401, "SIGNATURE_INVALID"));
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_body_is_timed_out_and_disconnected() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let app = spawn_app_with(|settings| settings.http.body_timeout_secs = 1).await;
+    let body = unit_body("PAY-SLOW", "SUCCESS");
+    let signed = app.bank.sign(UNIT, body.as_bytes(), "PAY-SLOW");
+    let mut request = format!(
+        "POST {UNIT} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in signed.pairs() {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(&body[..10]); // and then nothing more
+
+    let address = app.base_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the ingress answers and closes the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("REQUEST_TIMEOUT"), "{answer}");
+    assert_eq!(app.broker.intake_depth().await, 0);
+}

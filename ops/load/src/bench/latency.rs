@@ -489,6 +489,8 @@ async fn start_ingress(
     settings.http.ops_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     settings.broker.url = env.amqp_url.clone();
     settings.topology = topology.clone();
+    // The bench measures the pipeline, not the per-bank rate limit.
+    settings.corelink.rate_limit_per_second = 0;
     settings.corelink.clients = vec![ClientSettings {
         id: CLIENT_ID.into(),
         keys: vec![KeySettings {
