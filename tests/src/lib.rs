@@ -50,6 +50,9 @@ pub fn amqp_addr() -> SocketAddr {
 pub struct TestBank {
     pub signer: RequestSigner,
     pub kid: String,
+    /// For tests that forge or hand-craft signatures.
+    pub private_jwk: Jwk,
+    pub public_jwk: Jwk,
     pub public_key_file: PathBuf,
 }
 
@@ -59,14 +62,12 @@ impl TestBank {
         let (private, public) = generate_key_pair(JwsAlgorithm::Es256, &kid).unwrap();
         let public_key_file = dir.join(format!("{client_id}.public.jwk"));
         std::fs::write(&public_key_file, public.to_string()).unwrap();
-        let signer = RequestSigner::from_private_jwk(
-            client_id,
-            &Jwk::from_bytes(private.to_string()).unwrap(),
-        )
-        .unwrap();
+        let signer = RequestSigner::from_private_jwk(client_id, &private).unwrap();
         Self {
             signer,
             kid,
+            private_jwk: private,
+            public_jwk: public,
             public_key_file,
         }
     }
