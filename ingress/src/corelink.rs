@@ -294,7 +294,7 @@ async fn accept(
         .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
     let signed_path = format!("{}{received_path}", state.corelink.external_path_prefix);
     authenticate(
-        &state.clients,
+        &state.keys.current(),
         &headers,
         parts.method.as_str(),
         &signed_path,

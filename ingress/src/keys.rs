@@ -6,11 +6,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use josekit::jwk::Jwk;
 use josekit::jws::{ES256, EdDSA, JwsVerifier, PS256, RS256};
 
-use crate::config::{ClientSettings, ConfigError};
+use crate::config::{ClientSettings, ConfigError, Settings};
 
 /// The asymmetric algorithms §3.1 allows. HMAC and `none` are deliberately absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -235,5 +239,46 @@ impl ClientRegistry {
             clients.push(BankClient::new(client.id.clone(), keys));
         }
         Ok(Self::new(clients))
+    }
+}
+
+/// The registry in force, swappable at run time so a bank can rotate keys without a restart:
+/// add the new key beside the old one, reload, let the bank switch, remove the old, reload.
+/// Requests read it lock-free; a reload that fails keeps the registry in force.
+#[derive(Debug)]
+pub struct KeyStore {
+    current: ArcSwap<ClientRegistry>,
+    /// The configuration file a reload reads again; `None` when the settings came from elsewhere.
+    source: Option<PathBuf>,
+}
+
+impl KeyStore {
+    pub fn new(registry: ClientRegistry, source: Option<PathBuf>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(registry),
+            source,
+        }
+    }
+
+    /// The registry in force for one request.
+    pub fn current(&self) -> Arc<ClientRegistry> {
+        self.current.load_full()
+    }
+
+    /// Reads the configuration file again (and its environment overrides) and, if every
+    /// client and key in it is valid, swaps the registry in. Returns the number of clients.
+    /// Only `corelink.clients` changes; other settings need a restart.
+    pub fn reload(&self) -> Result<usize, ConfigError> {
+        let Some(source) = &self.source else {
+            return Err(ConfigError::new(
+                "(file)",
+                "started without a configuration file: nothing to reload",
+            ));
+        };
+        let settings = Settings::load(Some(source))?;
+        let registry = ClientRegistry::from_settings(&settings.corelink.clients)?;
+        let clients = registry.len();
+        self.current.store(Arc::new(registry));
+        Ok(clients)
     }
 }

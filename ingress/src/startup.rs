@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::corelink;
-use crate::keys::ClientRegistry;
+use crate::keys::{ClientRegistry, KeyStore};
 use crate::publisher::IntakePublisher;
 use crate::rate_limit::ClientRateLimiter;
 use crate::replay::ReplayCache;
@@ -48,6 +48,16 @@ impl Application {
         settings: Settings,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
+        Self::build_with(settings, clock, None).await
+    }
+
+    /// `config_path` is the file the settings came from: SIGHUP (or
+    /// [`KeyStore::reload`](crate::keys::KeyStore::reload)) reads its banks and keys again.
+    pub async fn build_with(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+        config_path: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Self> {
         let clients = ClientRegistry::from_settings(&settings.corelink.clients)?;
         if clients.is_empty() {
             tracing::warn!(
@@ -68,7 +78,7 @@ impl Application {
             publisher_shutdown.clone(),
         );
         let state = AppState::new(SharedState {
-            clients,
+            keys: KeyStore::new(clients, config_path),
             replay: ReplayCache::new(
                 settings.corelink.nonce_cache_capacity,
                 settings.corelink.timestamp_tolerance(),
@@ -111,11 +121,17 @@ impl Application {
         self.state.publisher.clone()
     }
 
+    /// The shared state, for operations on a running ingress (a key reload, in tests).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
+        tokio::spawn(reload_keys_on_sighup(self.state.clone(), stop.clone()));
         let trigger = stop.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -164,4 +180,32 @@ pub fn public_router(state: AppState) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// SIGHUP reloads the banks and their keys; a reload that fails keeps those in force.
+async fn reload_keys_on_sighup(state: AppState, stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: keys reload only with a restart");
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                received = hangups.recv() => if received.is_none() { return },
+            }
+            match state.keys.reload() {
+                Ok(clients) => tracing::info!(clients, "SIGHUP: banks and keys reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: reload refused; the previous banks and keys stay in force")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (state, stop);
+    }
 }

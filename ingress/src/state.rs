@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::CorelinkSettings;
-use crate::keys::ClientRegistry;
+use crate::keys::KeyStore;
 use crate::publisher::IntakePublisher;
 use crate::rate_limit::ClientRateLimiter;
 use crate::replay::ReplayCache;
@@ -16,7 +16,8 @@ pub struct AppState(Arc<SharedState>);
 
 #[derive(Debug)]
 pub struct SharedState {
-    pub clients: ClientRegistry,
+    /// The banks and their keys, reloadable.
+    pub keys: KeyStore,
     pub replay: ReplayCache,
     pub rate_limiter: ClientRateLimiter,
     pub publisher: IntakePublisher,

@@ -15,7 +15,7 @@ use tower::ServiceExt as _;
 use connector_ingress::clock::SystemClock;
 use connector_ingress::config::{BrokerSettings, CorelinkSettings};
 use connector_ingress::corelink::ROUTES;
-use connector_ingress::keys::ClientRegistry;
+use connector_ingress::keys::{ClientRegistry, KeyStore};
 use connector_ingress::publisher::IntakePublisher;
 use connector_ingress::replay::ReplayCache;
 use connector_ingress::startup::public_router;
@@ -38,7 +38,7 @@ fn router(shutdown: &CancellationToken) -> axum::Router {
         shutdown.clone(),
     );
     public_router(AppState::new(SharedState {
-        clients: ClientRegistry::default(),
+        keys: KeyStore::new(ClientRegistry::default(), None),
         replay: ReplayCache::new(10, std::time::Duration::from_secs(300)),
         rate_limiter: connector_ingress::rate_limit::ClientRateLimiter::new(0, 0),
         publisher,

@@ -58,9 +58,14 @@ pub struct TestBank {
 
 impl TestBank {
     pub fn new(client_id: &str, dir: &std::path::Path) -> Self {
-        let kid = format!("{client_id}-key-1");
+        Self::with_kid(client_id, &format!("{client_id}-key-1"), dir)
+    }
+
+    /// A bank whose key is `kid`: a second key of the same bank, during a rotation.
+    pub fn with_kid(client_id: &str, kid: &str, dir: &std::path::Path) -> Self {
+        let kid = kid.to_owned();
         let (private, public) = generate_key_pair(JwsAlgorithm::Es256, &kid).unwrap();
-        let public_key_file = dir.join(format!("{client_id}.public.jwk"));
+        let public_key_file = dir.join(format!("{kid}.public.jwk"));
         std::fs::write(&public_key_file, public.to_string()).unwrap();
         let signer = RequestSigner::from_private_jwk(client_id, &private).unwrap();
         Self {

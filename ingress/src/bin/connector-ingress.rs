@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use connector_ingress::clock::SystemClock;
 use connector_ingress::config::Settings;
 use connector_ingress::startup::Application;
 use connector_runtime::{shutdown, telemetry};
@@ -28,13 +29,15 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings.log);
-    let application = match Application::build(settings).await {
-        Ok(application) => application,
-        Err(error) => {
-            tracing::error!(error = %format!("{error:#}"), "cannot start");
-            return ExitCode::from(2);
-        }
-    };
+    let application =
+        match Application::build_with(settings, std::sync::Arc::new(SystemClock), cli.config).await
+        {
+            Ok(application) => application,
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "cannot start");
+                return ExitCode::from(2);
+            }
+        };
     tracing::info!(
         listen = %application.public_addr(),
         ops_listen = %application.ops_addr(),
