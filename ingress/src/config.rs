@@ -21,6 +21,7 @@ pub use connector_runtime::telemetry::{LogFormat, LogSettings};
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub http: HttpSettings,
+    pub tls: TlsSettings,
     pub broker: BrokerSettings,
     pub topology: TopologySettings,
     pub corelink: CorelinkSettings,
@@ -53,6 +54,26 @@ impl Default for HttpSettings {
             body_timeout_secs: 30,
             shutdown_grace_secs: 30,
         }
+    }
+}
+
+/// TLS on `http.listen`, with bank client certificates. Unset (the default) serves plain HTTP:
+/// for development and tests only, or behind a proxy that terminates mTLS itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// The server's certificate chain, PEM.
+    pub cert_file: Option<RelativePathBuf>,
+    /// The server's private key, PEM.
+    pub key_file: Option<RelativePathBuf>,
+    /// CA bundles (PEM) that issue bank client certificates; a certificate from any other
+    /// issuer fails the handshake.
+    pub client_ca_files: Vec<RelativePathBuf>,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some()
     }
 }
 
@@ -140,6 +161,10 @@ pub struct ClientSettings {
     pub id: String,
     /// Its signature keys; several at once while a bank rotates.
     pub keys: Vec<KeySettings>,
+    /// SHA-256 fingerprints (hex, colons allowed) of its client certificates; with TLS on, a
+    /// request must come on a connection with one of them (several during a renewal).
+    #[serde(default)]
+    pub certificate_sha256: Vec<String>,
 }
 
 /// One public key of a bank: exactly one of `jwk_file` or `pem_file`.
@@ -155,7 +180,7 @@ pub struct KeySettings {
 }
 
 /// The top-level sections of this process's configuration.
-const SECTIONS: [&str; 5] = ["http", "broker", "topology", "corelink", "log"];
+const SECTIONS: [&str; 6] = ["http", "tls", "broker", "topology", "corelink", "log"];
 
 impl Settings {
     /// Defaults, then the TOML file at `path` (if given), then the environment.

@@ -26,6 +26,7 @@ use crate::jws::verify_request_signature;
 use crate::keys::ClientRegistry;
 use crate::metrics::{self, InFlight};
 use crate::state::AppState;
+use crate::tls::ClientCertificate;
 
 /// A unit or a batch callback: what the route implies about the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,11 +190,14 @@ fn is_json(content_type: &str) -> bool {
     media_type.eq_ignore_ascii_case("application/json")
 }
 
-/// Authenticates a request as of `now`: known client, timestamp within `tolerance`, and a
-/// signature by one of that client's keys over exactly this request. Returns the `kid`.
-/// Pure (the clock is an argument), so the interoperability vectors can drive it.
+/// Authenticates a request as of `now`: known client, the connection's client certificate
+/// (when TLS is on) one of that client's, timestamp within `tolerance`, and a signature by one
+/// of that client's keys over exactly this request. Returns the `kid`. Pure (the clock is an
+/// argument), so the interoperability vectors can drive it.
+#[allow(clippy::too_many_arguments)] // each is one fact about the request
 pub fn authenticate(
     clients: &ClientRegistry,
+    certificate: Option<&ClientCertificate>,
     headers: &CorelinkHeaders,
     method: &str,
     signed_path: &str,
@@ -204,6 +208,11 @@ pub fn authenticate(
     let client = clients
         .client(&headers.client_id)
         .ok_or(ApiError::UnknownClient)?;
+    if let Some(certificate) = certificate
+        && !client.owns_certificate(&certificate.sha256)
+    {
+        return Err(ApiError::ClientMismatch);
+    }
     let skew = (now - headers.timestamp_at).whole_seconds();
     if skew.unsigned_abs() > tolerance.as_secs() {
         return Err(ApiError::TimestampOutOfWindow {
@@ -268,6 +277,10 @@ async fn accept(
     let received_at = state.clock.now();
     let limit = state.max_body_bytes;
     let (parts, body) = request.into_parts();
+    let certificate = parts.extensions.get::<ClientCertificate>();
+    if state.mtls && certificate.is_none() {
+        return Err(ApiError::ClientCertRequired);
+    }
     let declared_length = parts
         .headers
         .get(CONTENT_LENGTH)
@@ -295,6 +308,7 @@ async fn accept(
     let signed_path = format!("{}{received_path}", state.corelink.external_path_prefix);
     authenticate(
         &state.keys.current(),
+        certificate,
         &headers,
         parts.method.as_str(),
         &signed_path,

@@ -33,6 +33,10 @@ pub enum ApiError {
     TimestampOutOfWindow { skew_secs: i64, tolerance_secs: u64 },
     #[error("X-Client-Id names no configured client")]
     UnknownClient,
+    #[error("a client certificate is required on this route")]
+    ClientCertRequired,
+    #[error("the client certificate does not belong to the client named by X-Client-Id")]
+    ClientMismatch,
     #[error(
         "this nonce was already used by this client; a retry needs a fresh nonce, timestamp and signature"
     )]
@@ -61,7 +65,9 @@ impl ApiError {
             Self::SignatureMissing
             | Self::SignatureInvalid(_)
             | Self::TimestampOutOfWindow { .. }
-            | Self::UnknownClient => StatusCode::UNAUTHORIZED,
+            | Self::UnknownClient
+            | Self::ClientCertRequired => StatusCode::UNAUTHORIZED,
+            Self::ClientMismatch => StatusCode::FORBIDDEN,
             Self::NonceReplayed => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -82,6 +88,8 @@ impl ApiError {
             Self::SignatureInvalid(_) => "SIGNATURE_INVALID",
             Self::TimestampOutOfWindow { .. } => "TIMESTAMP_OUT_OF_WINDOW",
             Self::UnknownClient => "UNKNOWN_CLIENT",
+            Self::ClientCertRequired => "CLIENT_CERT_REQUIRED",
+            Self::ClientMismatch => "CLIENT_MISMATCH",
             Self::NonceReplayed => "NONCE_REPLAYED",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::RequestTimeout(_) => "REQUEST_TIMEOUT",

@@ -123,6 +123,8 @@ impl VerifyingKey {
 pub struct BankClient {
     pub id: String,
     keys: HashMap<String, VerifyingKey>,
+    /// Fingerprints of its client certificates (lower-case hex SHA-256).
+    certificates: std::collections::HashSet<String>,
 }
 
 impl BankClient {
@@ -130,7 +132,19 @@ impl BankClient {
         Self {
             id: id.into(),
             keys: keys.into_iter().map(|k| (k.kid.clone(), k)).collect(),
+            certificates: Default::default(),
         }
+    }
+
+    /// Binds the bank to client certificates by fingerprint.
+    pub fn with_certificates(mut self, fingerprints: impl IntoIterator<Item = String>) -> Self {
+        self.certificates.extend(fingerprints);
+        self
+    }
+
+    /// Whether the certificate with this fingerprint is one of the bank's.
+    pub fn owns_certificate(&self, sha256: &str) -> bool {
+        self.certificates.contains(sha256)
     }
 
     pub fn key(&self, kid: &str) -> Option<&VerifyingKey> {
@@ -236,7 +250,22 @@ impl ClientRegistry {
                 };
                 keys.push(loaded);
             }
-            clients.push(BankClient::new(client.id.clone(), keys));
+            let mut certificates = Vec::with_capacity(client.certificate_sha256.len());
+            for (j, fingerprint) in client.certificate_sha256.iter().enumerate() {
+                let hex: String = fingerprint
+                    .chars()
+                    .filter(|c| *c != ':')
+                    .collect::<String>()
+                    .to_ascii_lowercase();
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(ConfigError::new(
+                        format!("{at}.certificate_sha256[{j}]"),
+                        "must be a SHA-256 fingerprint: 64 hex digits, colons allowed",
+                    ));
+                }
+                certificates.push(hex);
+            }
+            clients.push(BankClient::new(client.id.clone(), keys).with_certificates(certificates));
         }
         Ok(Self::new(clients))
     }

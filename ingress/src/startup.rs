@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
+use crate::config::ConfigError;
 use crate::config::Settings;
 use crate::corelink;
 use crate::keys::{ClientRegistry, KeyStore};
@@ -24,7 +25,7 @@ use crate::publisher::IntakePublisher;
 use crate::rate_limit::ClientRateLimiter;
 use crate::replay::ReplayCache;
 use crate::state::{AppState, SharedState};
-use crate::{metrics, ops};
+use crate::{metrics, ops, tls};
 
 #[derive(Debug)]
 pub struct Application {
@@ -33,6 +34,8 @@ pub struct Application {
     state: AppState,
     metrics: PrometheusHandle,
     publisher_task: JoinHandle<()>,
+    /// TLS with client certificates on the public listener; `None` serves plain HTTP.
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// Cancelled only after the HTTP servers have drained, so in-flight requests can still
     /// publish while the process shuts down.
     publisher_shutdown: CancellationToken,
@@ -59,6 +62,23 @@ impl Application {
         config_path: Option<std::path::PathBuf>,
     ) -> anyhow::Result<Self> {
         let clients = ClientRegistry::from_settings(&settings.corelink.clients)?;
+        let tls = if settings.tls.enabled() {
+            for (i, client) in settings.corelink.clients.iter().enumerate() {
+                if client.certificate_sha256.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("corelink.clients[{i}].certificate_sha256"),
+                        "is required when TLS is on: each bank is bound to its certificate(s)",
+                    )
+                    .into());
+                }
+            }
+            Some(tls::server_config(&settings.tls)?)
+        } else {
+            tracing::warn!(
+                "TLS is off: serve only behind a proxy that enforces client certificates"
+            );
+            None
+        };
         if clients.is_empty() {
             tracing::warn!(
                 "no Corelink client is configured: every callback will get 401 UNKNOWN_CLIENT"
@@ -89,6 +109,7 @@ impl Application {
             ),
             publisher,
             clock,
+            mtls: tls.is_some(),
             corelink: settings.corelink.clone(),
             max_body_bytes: settings.http.max_body_bytes,
             body_timeout: Duration::from_secs(settings.http.body_timeout_secs),
@@ -100,6 +121,7 @@ impl Application {
             state,
             metrics: metrics::install(),
             publisher_task,
+            tls,
             publisher_shutdown,
             grace: Duration::from_secs(settings.http.shutdown_grace_secs),
         })
@@ -139,14 +161,28 @@ impl Application {
             trigger.cancel();
         });
 
-        let public = axum::serve(self.public_listener, public_router(self.state.clone()))
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let router = public_router(self.state.clone());
+        let public: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+            match self.tls {
+                Some(config) => Box::pin(tls::serve(
+                    self.public_listener,
+                    config,
+                    router,
+                    stop.clone(),
+                    self.grace,
+                )),
+                None => Box::pin(
+                    axum::serve(self.public_listener, router)
+                        .with_graceful_shutdown(stop.clone().cancelled_owned())
+                        .into_future(),
+                ),
+            };
         let ops = axum::serve(
             self.ops_listener,
             ops::router(self.state.publisher.clone(), self.metrics),
         )
         .with_graceful_shutdown(stop.clone().cancelled_owned());
-        let servers = async { tokio::try_join!(public.into_future(), ops.into_future()) };
+        let servers = async { tokio::try_join!(public, ops.into_future()) };
         tokio::pin!(servers);
 
         let served = tokio::select! {

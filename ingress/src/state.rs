@@ -22,6 +22,8 @@ pub struct SharedState {
     pub rate_limiter: ClientRateLimiter,
     pub publisher: IntakePublisher,
     pub clock: Arc<dyn Clock>,
+    /// TLS with client certificates is on: the Corelink routes require a certificate.
+    pub mtls: bool,
     /// Tolerance, path prefix and batch size (the client list lives in `clients`).
     pub corelink: CorelinkSettings,
     pub max_body_bytes: usize,

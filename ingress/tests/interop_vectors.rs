@@ -48,6 +48,7 @@ fn corelink_vectors_verify_as_the_independent_implementation_expects() {
         let outcome = headers.and_then(|headers| {
             authenticate(
                 &registry,
+                None,
                 &headers,
                 vector["method"].as_str().unwrap(),
                 vector["path"].as_str().unwrap(),
@@ -80,6 +81,7 @@ fn the_same_vectors_fail_against_the_wall_clock() {
     let headers = headers.unwrap();
     let error = authenticate(
         &registry,
+        None,
         &headers,
         "POST",
         vector["path"].as_str().unwrap(),

@@ -44,6 +44,7 @@ fn router(shutdown: &CancellationToken) -> axum::Router {
         publisher,
         clock: Arc::new(SystemClock),
         corelink: CorelinkSettings::default(),
+        mtls: false,
         max_body_bytes: 1024,
         body_timeout: std::time::Duration::from_secs(30),
         retry_after_secs: 5,

@@ -86,6 +86,7 @@ impl TestBank {
                 jwk_file: Some(self.public_key_file.clone().into()),
                 pem_file: None,
             }],
+            certificate_sha256: Vec::new(),
         }
     }
 
@@ -346,4 +347,67 @@ pub fn workers_binary() -> PathBuf {
                 .join("connector-workers")
         })
         .clone()
+}
+
+/// A development PKI for TLS tests: the CA, and BANK_X's client certificate.
+#[derive(Debug)]
+pub struct TestPki {
+    pub ca: connector_ingress::pki::DevCa,
+    pub bank_x: connector_ingress::pki::IssuedCertificate,
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// A client trusting the test CA, presenting `identity` (or no certificate).
+    pub fn client(
+        &self,
+        identity: Option<&connector_ingress::pki::IssuedCertificate>,
+    ) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.ca.cert_pem.as_bytes()).unwrap(),
+            );
+        if let Some(identity) = identity {
+            let pem = format!("{}{}", identity.cert_pem, identity.key_pem);
+            builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    }
+
+    fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+/// An ingress serving TLS with client certificates, BANK_X bound to its certificate; the
+/// app's `http` client presents that certificate.
+pub async fn spawn_tls_app_with(configure: impl FnOnce(&mut Settings)) -> (TestApp, TestPki) {
+    let ca = connector_ingress::pki::DevCa::new("connector test CA").unwrap();
+    let server = ca.server(&["localhost", "127.0.0.1"]).unwrap();
+    let bank_x = ca.client("BANK_X").unwrap();
+    let pki = TestPki {
+        ca,
+        bank_x,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let (cert, key, cas) = (
+        pki.write("server.pem", &server.cert_pem),
+        pki.write("server.key", &server.key_pem),
+        pki.write("ca.pem", &pki.ca.cert_pem),
+    );
+    let fingerprint = pki.bank_x.sha256.clone();
+    let mut app = spawn_app_with(move |settings| {
+        settings.tls.cert_file = Some(cert.into());
+        settings.tls.key_file = Some(key.into());
+        settings.tls.client_ca_files = vec![cas.into()];
+        settings.corelink.clients[0].certificate_sha256 = vec![fingerprint];
+        configure(settings);
+    })
+    .await;
+    app.base_url = app.base_url.replace("http://", "https://");
+    app.http = pki.client(Some(&pki.bank_x));
+    (app, pki)
 }

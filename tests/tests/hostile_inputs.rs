@@ -1,6 +1,6 @@
-//! Hostile and malformed requests against a running ingress and the real broker: each gets the
-//! contract's status and code, and nothing is ever enqueued. Plain HTTP for now; the same cases
-//! move under TLS with the mTLS work (the certificate cases come with it).
+//! Hostile and malformed requests against a running ingress over mTLS and the real broker:
+//! each gets the contract's status and code, and nothing is ever enqueued. The certificate
+//! cases are in `mtls.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use josekit::jws::{ES256, HS256, JwsSigner as _};
 use serde_json::{Value, json};
 
-use connector_e2e_tests::{TestApp, TestBank, batch_body, spawn_app_with, unit_body};
+use connector_e2e_tests::{TestApp, TestBank, batch_body, spawn_tls_app_with, unit_body};
 use connector_ingress::signing::SignedHeaders;
 use connector_schema::corelink::body_sha256;
 
@@ -90,8 +90,10 @@ fn expect(case: &str, got: (u16, String), status: u16, code: &str, failures: &mu
 async fn forged_and_tampered_signatures_are_refused_for_the_right_reason() {
     let key_dir = tempfile::tempdir().unwrap();
     let other = TestBank::new("BANK_Y", key_dir.path());
-    let other_settings = other.client_settings();
-    let app = spawn_app_with(move |settings| settings.corelink.clients.push(other_settings)).await;
+    let mut other_settings = other.client_settings();
+    other_settings.certificate_sha256 = vec!["0".repeat(64)]; // no connection here presents it
+    let (app, _pki) =
+        spawn_tls_app_with(move |settings| settings.corelink.clients.push(other_settings)).await;
     let bank = &app.bank;
     let body = unit_body("PAY-H1", "SUCCESS").into_bytes();
     // None of the forgeries authenticates, so none consumes this nonce: they can all share it.
@@ -258,7 +260,7 @@ async fn forged_and_tampered_signatures_are_refused_for_the_right_reason() {
 
 #[tokio::test]
 async fn malformed_headers_are_refused() {
-    let app = spawn_app_with(|_| {}).await;
+    let (app, _pki) = spawn_tls_app_with(|_| {}).await;
     let body = unit_body("PAY-H3", "SUCCESS");
     let mut failures = Vec::new();
     let long = "n".repeat(129);
@@ -344,7 +346,7 @@ async fn malformed_headers_are_refused() {
 
 #[tokio::test]
 async fn correctly_signed_but_hostile_bodies_are_refused() {
-    let app = spawn_app_with(|_| {}).await;
+    let (app, _pki) = spawn_tls_app_with(|_| {}).await;
     let order = |reference: &str| unit_body(reference, "SUCCESS");
     let many: Vec<String> = (0..1001).map(|i| format!("PAY-{i}")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();

@@ -12,6 +12,7 @@ use josekit::jwk::Jwk;
 use time::OffsetDateTime;
 
 use connector_ingress::keys::JwsAlgorithm;
+use connector_ingress::pki::DevCa;
 use connector_ingress::signing::{RequestSigner, generate_key_pair, random_nonce};
 
 #[derive(Debug, Parser)]
@@ -37,6 +38,19 @@ enum Command {
         #[arg(long)]
         public_out: PathBuf,
     },
+    /// Generate a development PKI: a CA, the server's certificate and a bank's client
+    /// certificate (never for production). Prints the bank certificate's SHA-256 fingerprint,
+    /// which the connector binds the bank to.
+    DevPki {
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Client id the bank certificate is issued to (its common name).
+        #[arg(long, default_value = "BANK_X")]
+        bank: String,
+        /// Names and addresses the server certificate is valid for.
+        #[arg(long, default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        host: Vec<String>,
+    },
     /// Print the signed headers (or a curl command) for POSTing a body file.
     Request {
         /// Private JWK with `kid` and `alg`.
@@ -59,6 +73,14 @@ enum Command {
         /// Base URL for the curl command.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// For the curl command over mTLS: the bank's certificate, its key, and the CA that
+        /// issued the server's certificate.
+        #[arg(long, requires_all = ["cert_key", "cacert"])]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        cert_key: Option<PathBuf>,
+        #[arg(long)]
+        cacert: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Format::Curl)]
         format: Format,
     },
@@ -108,6 +130,28 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                 public_out.display()
             ))
         }
+        Command::DevPki {
+            out_dir,
+            bank,
+            host,
+        } => {
+            std::fs::create_dir_all(&out_dir)
+                .with_context(|| format!("creating {}", out_dir.display()))?;
+            let ca = DevCa::new("connector development CA")?;
+            let hosts: Vec<&str> = host.iter().map(String::as_str).collect();
+            let server = ca.server(&hosts)?;
+            let client = ca.client(&bank)?;
+            let stem = bank.to_ascii_lowercase();
+            std::fs::write(out_dir.join("ca.pem"), &ca.cert_pem)?;
+            std::fs::write(out_dir.join("server.pem"), &server.cert_pem)?;
+            write_private(&out_dir.join("server.key"), server.key_pem.as_bytes())?;
+            std::fs::write(out_dir.join(format!("{stem}.pem")), &client.cert_pem)?;
+            write_private(
+                &out_dir.join(format!("{stem}.key")),
+                client.key_pem.as_bytes(),
+            )?;
+            Ok(format!("{}\n", client.sha256))
+        }
         Command::Request {
             key,
             client_id,
@@ -116,6 +160,9 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             idempotency_key,
             nonce,
             url,
+            cert,
+            cert_key,
+            cacert,
             format,
         } => {
             let jwk_bytes =
@@ -149,6 +196,14 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                         url.trim_end_matches('/'),
                         path
                     );
+                    if let (Some(cert), Some(key), Some(ca)) = (&cert, &cert_key, &cacert) {
+                        command.push_str(&format!(
+                            " \\\n  --cert '{}' --key '{}' --cacert '{}'",
+                            cert.display(),
+                            key.display(),
+                            ca.display()
+                        ));
+                    }
                     for (name, value) in headers.pairs() {
                         command.push_str(&format!(" \\\n  -H '{name}: {value}'"));
                     }

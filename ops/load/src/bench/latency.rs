@@ -499,6 +499,7 @@ async fn start_ingress(
             jwk_file: Some(key_file.clone().into()),
             pem_file: None,
         }],
+        certificate_sha256: Vec::new(),
     }];
     // The keys are read while building; the file is not needed afterwards.
     let built = Application::build(settings).await;
