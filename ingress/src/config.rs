@@ -167,7 +167,7 @@ pub struct ClientSettings {
     pub certificate_sha256: Vec<String>,
 }
 
-/// One public key of a bank: exactly one of `jwk_file` or `pem_file`.
+/// One public key of a bank: exactly one of `jwk_file`, `jwks_file` or `pem_file`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySettings {
@@ -176,6 +176,8 @@ pub struct KeySettings {
     pub alg: String,
     /// Relative paths are resolved against the configuration file's directory.
     pub jwk_file: Option<RelativePathBuf>,
+    /// A JWK set (`{"keys": [...]}`), as banks publish them; the key with `kid` is used.
+    pub jwks_file: Option<RelativePathBuf>,
     pub pem_file: Option<RelativePathBuf>,
 }
 

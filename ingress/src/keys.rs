@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use josekit::jwk::Jwk;
+use josekit::jwk::{Jwk, JwkSet};
 use josekit::jws::{ES256, EdDSA, JwsVerifier, PS256, RS256};
 
-use crate::config::{ClientSettings, ConfigError, Settings};
+use crate::config::{ClientSettings, ConfigError, KeySettings, Settings};
 
 /// The asymmetric algorithms §3.1 allows. HMAC and `none` are deliberately absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -217,37 +217,7 @@ impl ClientRegistry {
                         format!("`{}` is not one of ES256, PS256, RS256, EdDSA", key.alg),
                     )
                 })?;
-                let loaded = match (&key.jwk_file, &key.pem_file) {
-                    (Some(path), None) => {
-                        let path = path.relative();
-                        let at = format!("{at}.jwk_file");
-                        let bytes = std::fs::read(&path).map_err(|e| {
-                            ConfigError::new(&at, format!("cannot read {}: {e}", path.display()))
-                        })?;
-                        let jwk = Jwk::from_bytes(&bytes).map_err(|e| {
-                            ConfigError::new(&at, format!("{} is not a JWK: {e}", path.display()))
-                        })?;
-                        VerifyingKey::from_jwk(&key.kid, alg, &jwk).map_err(|e| {
-                            ConfigError::new(&at, format!("{}: {e}", path.display()))
-                        })?
-                    }
-                    (None, Some(path)) => {
-                        let path = path.relative();
-                        let at = format!("{at}.pem_file");
-                        let bytes = std::fs::read(&path).map_err(|e| {
-                            ConfigError::new(&at, format!("cannot read {}: {e}", path.display()))
-                        })?;
-                        VerifyingKey::from_pem(&key.kid, alg, &bytes).map_err(|e| {
-                            ConfigError::new(&at, format!("{}: {e}", path.display()))
-                        })?
-                    }
-                    _ => {
-                        return Err(ConfigError::new(
-                            at,
-                            "set exactly one of jwk_file or pem_file",
-                        ));
-                    }
-                };
+                let loaded = load_key(key, alg, &at)?;
                 keys.push(loaded);
             }
             let mut certificates = Vec::with_capacity(client.certificate_sha256.len());
@@ -268,6 +238,41 @@ impl ClientRegistry {
             clients.push(BankClient::new(client.id.clone(), keys).with_certificates(certificates));
         }
         Ok(Self::new(clients))
+    }
+}
+
+/// Loads the one key file `key` names (`at` is its configuration path, for errors).
+fn load_key(key: &KeySettings, alg: JwsAlgorithm, at: &str) -> Result<VerifyingKey, ConfigError> {
+    let (field, path) = match (&key.jwk_file, &key.jwks_file, &key.pem_file) {
+        (Some(path), None, None) => ("jwk_file", path.relative()),
+        (None, Some(path), None) => ("jwks_file", path.relative()),
+        (None, None, Some(path)) => ("pem_file", path.relative()),
+        _ => {
+            return Err(ConfigError::new(
+                at,
+                "set exactly one of jwk_file, jwks_file or pem_file",
+            ));
+        }
+    };
+    let at = format!("{at}.{field}");
+    let fail = |message: String| ConfigError::new(&at, format!("{}: {message}", path.display()));
+    let bytes = std::fs::read(&path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    match field {
+        "pem_file" => VerifyingKey::from_pem(&key.kid, alg, &bytes).map_err(fail),
+        "jwk_file" => {
+            let jwk = Jwk::from_bytes(&bytes).map_err(|e| fail(format!("not a JWK: {e}")))?;
+            VerifyingKey::from_jwk(&key.kid, alg, &jwk).map_err(fail)
+        }
+        _ => {
+            // A bank's published key set: the key is the one with the configured kid.
+            let set =
+                JwkSet::from_bytes(&bytes).map_err(|e| fail(format!("not a JWK set: {e}")))?;
+            match set.get(&key.kid).as_slice() {
+                [jwk] => VerifyingKey::from_jwk(&key.kid, alg, jwk).map_err(fail),
+                [] => Err(fail(format!("holds no key with kid `{}`", key.kid))),
+                _ => Err(fail(format!("holds several keys with kid `{}`", key.kid))),
+            }
+        }
     }
 }
 
@@ -309,5 +314,59 @@ impl KeyStore {
         let clients = registry.len();
         self.current.store(Arc::new(registry));
         Ok(clients)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing::generate_key_pair;
+
+    fn settings(file: &std::path::Path, kid: &str, field: &str) -> ClientSettings {
+        let toml = format!(
+            "id = \"BANK_X\"\nkeys = [{{ kid = \"{kid}\", alg = \"ES256\", {field} = \"{}\" }}]",
+            file.display()
+        );
+        use figment::providers::Format as _;
+        figment::Figment::from(figment::providers::Toml::string(&toml))
+            .extract()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_key_is_taken_by_kid_from_a_published_key_set() {
+        let (_, first) = generate_key_pair(JwsAlgorithm::Es256, "k1").unwrap();
+        let (_, second) = generate_key_pair(JwsAlgorithm::Es256, "k2").unwrap();
+        let set = format!(r#"{{"keys": [{first}, {second}]}}"#);
+        let file = std::env::temp_dir().join(format!("jwks-{}.json", uuid::Uuid::new_v4()));
+        std::fs::write(&file, set).unwrap();
+
+        let registry =
+            ClientRegistry::from_settings(&[settings(&file, "k2", "jwks_file")]).unwrap();
+        let key = registry.client("BANK_X").unwrap().key("k2").unwrap();
+        assert_eq!((key.kid.as_str(), key.alg), ("k2", JwsAlgorithm::Es256));
+
+        let error =
+            ClientRegistry::from_settings(&[settings(&file, "k3", "jwks_file")]).unwrap_err();
+        assert_eq!(error.key, "corelink.clients[0].keys[0].jwks_file");
+        assert!(error.message.contains("no key with kid `k3`"), "{error}");
+        let error =
+            ClientRegistry::from_settings(&[settings(&file, "k1", "jwk_file")]).unwrap_err();
+        assert!(
+            error.message.contains("not a JWK"),
+            "a set is not a single key: {error}"
+        );
+        std::fs::remove_file(&file).unwrap();
+    }
+
+    #[test]
+    fn a_private_key_is_refused() {
+        let (private, _) = generate_key_pair(JwsAlgorithm::Es256, "k1").unwrap();
+        let file = std::env::temp_dir().join(format!("jwk-{}.json", uuid::Uuid::new_v4()));
+        std::fs::write(&file, private.to_string()).unwrap();
+        let error =
+            ClientRegistry::from_settings(&[settings(&file, "k1", "jwk_file")]).unwrap_err();
+        assert!(error.message.contains("private key"), "{error}");
+        std::fs::remove_file(&file).unwrap();
     }
 }

@@ -84,6 +84,7 @@ impl TestBank {
                 kid: self.kid.clone(),
                 alg: "ES256".into(),
                 jwk_file: Some(self.public_key_file.clone().into()),
+                jwks_file: None,
                 pem_file: None,
             }],
             certificate_sha256: Vec::new(),

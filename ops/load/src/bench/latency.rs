@@ -497,6 +497,7 @@ async fn start_ingress(
             kid: "bench-es256".into(),
             alg: "ES256".into(),
             jwk_file: Some(key_file.clone().into()),
+            jwks_file: None,
             pem_file: None,
         }],
         certificate_sha256: Vec::new(),
