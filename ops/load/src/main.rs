@@ -63,6 +63,17 @@ struct Cli {
     /// Only measure the ingress.
     #[arg(long)]
     skip_baseline: bool,
+    /// mTLS: the bank's client certificate (PEM), its key, and the CA of the server's
+    /// certificate; use with an https:// --url.
+    #[arg(long, requires_all = ["cert_key", "cacert"])]
+    cert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    cert_key: Option<std::path::PathBuf>,
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
+    /// A new connection (and TLS handshake) for every request.
+    #[arg(long)]
+    no_keep_alive: bool,
 }
 
 fn parse_ratio(value: &str) -> Result<f64, String> {
@@ -131,7 +142,17 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         signing.as_secs_f64(),
     ))?;
 
-    let ingress = ingress::run(&cli.url, &prepared, concurrency).await?;
+    let read = |path: &std::path::Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let identity_pem = match (&cli.cert, &cli.cert_key) {
+        (Some(cert), Some(key)) => Some([read(cert)?, read(key)?].concat()),
+        _ => None,
+    };
+    let connection = ingress::Connection {
+        identity_pem,
+        ca_pem: cli.cacert.as_deref().map(read).transpose()?,
+        no_keep_alive: cli.no_keep_alive,
+    };
+    let ingress = ingress::run(&cli.url, &prepared, concurrency, &connection).await?;
     say(&ingress.report())?;
     if signing_started.elapsed() > TIMESTAMP_BUDGET {
         eprintln!(
