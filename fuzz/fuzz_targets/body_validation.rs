@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
     if let Ok(order) = parse_unit(body) {
-        assert!(!order.reference.is_empty() && order.reference.chars().count() <= MAX_REFERENCE_CHARS);
+        assert!(
+            !order.reference.is_empty() && order.reference.chars().count() <= MAX_REFERENCE_CHARS
+        );
         if order.status == OrderStatus::Failed {
             assert!(order.reason_code.is_some_and(|c| !c.trim().is_empty()));
         }

@@ -19,20 +19,28 @@ fn registry() -> &'static ClientRegistry {
     static REGISTRY: OnceLock<ClientRegistry> = OnceLock::new();
     REGISTRY.get_or_init(|| {
         let jwk = Jwk::from_bytes(PUBLIC_JWK).expect("the vector key");
-        let key = VerifyingKey::from_jwk("bank-x-es256-2025", JwsAlgorithm::Es256, &jwk).expect("a verifying key");
+        let key = VerifyingKey::from_jwk("bank-x-es256-2025", JwsAlgorithm::Es256, &jwk)
+            .expect("a verifying key");
         ClientRegistry::new([BankClient::new("BANK_X", [key])])
     })
 }
 
 fuzz_target!(|input: &[u8]| {
-    let Some((&shape, rest)) = input.split_first() else { return };
+    let Some((&shape, rest)) = input.split_first() else {
+        return;
+    };
     let signature = if shape % 2 == 0 {
         String::from_utf8_lossy(rest).into_owned()
     } else {
         // header.payload.signature from thirds of the input, base64url-encoded as a bank would.
         use base64_like::encode;
         let third = rest.len() / 3;
-        format!("{}.{}.{}", encode(&rest[..third]), encode(&rest[third..2 * third]), encode(&rest[2 * third..]))
+        format!(
+            "{}.{}.{}",
+            encode(&rest[..third]),
+            encode(&rest[third..2 * third]),
+            encode(&rest[2 * third..])
+        )
     };
     let headers = CorelinkHeaders {
         client_id: "BANK_X".into(),
@@ -44,8 +52,20 @@ fuzz_target!(|input: &[u8]| {
         signature,
     };
     let now = OffsetDateTime::from_unix_timestamp(1_763_536_560).expect("a valid instant");
-    let outcome = authenticate(registry(), None, &headers, "POST", "/callbacks/orders/status", rest, now, Duration::from_secs(300));
-    assert!(outcome.is_err(), "nothing but the bank's private key can produce an accepted signature");
+    let outcome = authenticate(
+        registry(),
+        None,
+        &headers,
+        "POST",
+        "/callbacks/orders/status",
+        rest,
+        now,
+        Duration::from_secs(300),
+    );
+    assert!(
+        outcome.is_err(),
+        "nothing but the bank's private key can produce an accepted signature"
+    );
 });
 
 /// Minimal base64url without padding, to keep the target free of extra dependencies.
@@ -55,7 +75,10 @@ mod base64_like {
     pub fn encode(bytes: &[u8]) -> String {
         let mut out = String::with_capacity(bytes.len() * 4 / 3 + 3);
         for chunk in bytes.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
             for i in 0..=chunk.len() {
                 out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
             }
