@@ -43,14 +43,21 @@ pub async fn run(
     let concurrency = concurrency.max(1);
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
-        .pool_max_idle_per_host(if connection.no_keep_alive { 0 } else { concurrency })
+        .pool_max_idle_per_host(if connection.no_keep_alive {
+            0
+        } else {
+            concurrency
+        })
         .tcp_nodelay(true)
         .timeout(REQUEST_TIMEOUT);
     if let Some(pem) = &connection.identity_pem {
-        builder = builder.identity(reqwest::Identity::from_pem(pem).context("the client certificate")?);
+        builder =
+            builder.identity(reqwest::Identity::from_pem(pem).context("the client certificate")?);
     }
     if let Some(pem) = &connection.ca_pem {
-        builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem).context("the CA certificate")?);
+        builder = builder.add_root_certificate(
+            reqwest::Certificate::from_pem(pem).context("the CA certificate")?,
+        );
     }
     let client = builder.build().context("building the HTTP client")?;
     let base_url = base_url.trim_end_matches('/');

@@ -142,7 +142,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         signing.as_secs_f64(),
     ))?;
 
-    let read = |path: &std::path::Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
     let identity_pem = match (&cli.cert, &cli.cert_key) {
         (Some(cert), Some(key)) => Some([read(cert)?, read(key)?].concat()),
         _ => None,
