@@ -113,10 +113,6 @@ impl IntakePublisher {
         let _ = live.wait_for(Option::is_some).await;
     }
 
-    pub fn topology(&self) -> &Topology {
-        &self.inner.topology
-    }
-
     /// Publishes `envelope` persistent and mandatory, and returns once the broker has
     /// confirmed it: only then is it safe to answer 200.
     pub async fn publish(&self, envelope: &IntakeEnvelope) -> Result<(), PublishError> {

@@ -508,3 +508,45 @@ async fn a_client_that_never_finishes_its_body_is_timed_out_and_disconnected() {
     assert!(answer.contains("REQUEST_TIMEOUT"), "{answer}");
     assert_eq!(app.broker.intake_depth().await, 0);
 }
+
+#[tokio::test]
+async fn the_signed_path_is_the_target_as_sent_with_query_and_external_prefix() {
+    // A proxy strips `/connector` before the ingress sees the request; banks sign what they send.
+    let app =
+        spawn_app_with(|settings| settings.corelink.external_path_prefix = "/connector".into())
+            .await;
+    let body = unit_body("PAY-PATH", "PENDING");
+    let target = "/callbacks/orders/status?source=bank";
+    let signed = app
+        .bank
+        .sign(&format!("/connector{target}"), body.as_bytes(), "PAY-PATH");
+    assert_eq!(
+        app.post(target, &signed.pairs(), body.clone())
+            .await
+            .status(),
+        200
+    );
+
+    // Signed without the prefix, or without the query: not what was sent.
+    for wrong in [
+        target.to_owned(),
+        "/connector/callbacks/orders/status".to_owned(),
+    ] {
+        let signed = app.bank.sign(&wrong, body.as_bytes(), "PAY-PATH");
+        let (status, code, error) =
+            error_code(app.post(target, &signed.pairs(), body.clone()).await).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (401, "SIGNATURE_INVALID"),
+            "{wrong}"
+        );
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("`path`"),
+            "{error}"
+        );
+    }
+    assert_eq!(app.broker.intake_depth().await, 1);
+}

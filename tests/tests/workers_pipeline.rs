@@ -517,3 +517,54 @@ async fn two_relays_side_by_side_publish_each_event_once() {
     assert_eq!((events.len(), ids.len()), (40, 40));
     p.teardown().await;
 }
+
+#[tokio::test]
+async fn a_ledger_event_no_consumer_takes_is_dead_lettered_and_can_be_replayed() {
+    let p = spawn_pipeline().await;
+    post(&p, UNIT, &unit_body("PAY-L1", "SUCCESS"), "PAY-L1").await;
+    p.apply_all().await;
+    p.relay_all().await;
+
+    // A consumer rejects the event: it goes to the ledger's dead-letter queue (§6).
+    let topology = &p.app.topology;
+    let message = p
+        .app
+        .broker
+        .channel
+        .basic_get(
+            topology.ledger_queue.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: false },
+        )
+        .await
+        .unwrap()
+        .expect("the event is on the ledger queue");
+    message
+        .delivery
+        .reject(lapin::options::BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    let dlq = topology.ledger_dead_letter_queue.clone();
+    assert!(
+        connector_e2e_tests::eventually(std::time::Duration::from_secs(5), || async {
+            p.depth(&dlq).await == 1
+        })
+        .await
+    );
+
+    let replayed = connector_workers::admin::dead_letters_replay(
+        p.app.broker.connection(),
+        topology,
+        connector_workers::admin::DeadLetterQueue::Ledger,
+        10,
+    )
+    .await
+    .unwrap();
+    assert!(replayed.starts_with("replayed 1 message(s)"), "{replayed}");
+    let events = p.ledger_events().await;
+    assert_eq!(events.len(), 1, "back on the ledger queue");
+    assert_eq!(
+        events[0].2, "order.succeeded",
+        "with its original routing key"
+    );
+    p.teardown().await;
+}
