@@ -22,9 +22,13 @@ pub use connector_runtime::telemetry::{LogFormat, LogSettings};
 pub struct Settings {
     pub http: HttpSettings,
     pub tls: TlsSettings,
+    /// Behind a TLS-terminating load balancer that forwards the client certificate.
+    pub proxy: crate::forwarded::ProxySettings,
     pub broker: BrokerSettings,
     pub topology: TopologySettings,
     pub corelink: CorelinkSettings,
+    /// BNC's account-binding callback (SNAP signatures).
+    pub bnc: crate::snap::BncSettings,
     pub log: LogSettings,
 }
 
@@ -130,6 +134,9 @@ pub struct CorelinkSettings {
     pub rate_limit_per_second: u32,
     /// Requests a bank may send at once above the sustained rate.
     pub rate_limit_burst: u32,
+    /// How often the configuration file and the key files it names are checked for a change,
+    /// which reloads the banks and keys as SIGHUP does (0 = only on SIGHUP).
+    pub keys_watch_interval_secs: u64,
     pub clients: Vec<ClientSettings>,
 }
 
@@ -142,6 +149,7 @@ impl Default for CorelinkSettings {
             external_path_prefix: String::new(),
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
+            keys_watch_interval_secs: 5,
             clients: Vec::new(),
         }
     }
@@ -182,7 +190,9 @@ pub struct KeySettings {
 }
 
 /// The top-level sections of this process's configuration.
-const SECTIONS: [&str; 6] = ["http", "tls", "broker", "topology", "corelink", "log"];
+const SECTIONS: [&str; 8] = [
+    "http", "tls", "proxy", "broker", "topology", "corelink", "bnc", "log",
+];
 
 impl Settings {
     /// Defaults, then the TOML file at `path` (if given), then the environment.
@@ -247,6 +257,13 @@ impl Settings {
         self.topology
             .validate()
             .map_err(|(key, message)| ConfigError::new(format!("topology.{key}"), message))?;
+        self.bnc.validate()?;
+        if crate::corelink::ROUTES
+            .iter()
+            .any(|(path, _)| *path == self.bnc.path)
+        {
+            return Err(ConfigError::new("bnc.path", "is a Corelink route"));
+        }
         self.broker
             .url
             .parse::<lapin::uri::AMQPUri>()

@@ -5,12 +5,10 @@
 use std::time::Instant;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::Request;
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_LENGTH;
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -298,9 +296,7 @@ async fn accept(
         return Err(ApiError::UnsupportedMediaType);
     }
 
-    let body = tokio::time::timeout(state.body_timeout, read_body(body, limit))
-        .await
-        .map_err(|_| ApiError::RequestTimeout(state.body_timeout.as_secs()))??;
+    let body = crate::body::read(body, limit, state.body_timeout).await?;
     let received_path = parts
         .uri
         .path_and_query()
@@ -376,17 +372,4 @@ async fn validate_and_enqueue(
         orders,
         received_at: rfc3339(received_at),
     })
-}
-
-/// Reads at most `limit` bytes; more is 413 whatever `Content-Length` claimed.
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge { limit })
-        }
-        Err(error) => Err(ApiError::MalformedJson(format!(
-            "the body could not be read: {error}"
-        ))),
-    }
 }

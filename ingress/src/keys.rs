@@ -315,6 +315,37 @@ impl KeyStore {
         self.current.store(Arc::new(registry));
         Ok(clients)
     }
+
+    /// A digest of the configuration file and of every key file it names, by content, so a
+    /// watcher notices an edit however it was made (in place, by rename, by a symlink swap as
+    /// Kubernetes does for mounted secrets). `None` without a configuration file.
+    pub fn source_digest(&self) -> Option<[u8; 32]> {
+        use sha2::{Digest as _, Sha256};
+        let source = self.source.as_ref()?;
+        let mut digest = Sha256::new();
+        let mut add = |path: &std::path::Path| {
+            digest.update(path.as_os_str().as_encoded_bytes());
+            match std::fs::read(path) {
+                Ok(bytes) => {
+                    digest.update((bytes.len() as u64).to_be_bytes());
+                    digest.update(bytes);
+                }
+                Err(error) => digest.update(format!("unreadable: {}", error.kind())),
+            }
+        };
+        add(source);
+        if let Ok(settings) = Settings::load(Some(source)) {
+            for key in settings.corelink.clients.iter().flat_map(|c| &c.keys) {
+                for file in [&key.jwk_file, &key.jwks_file, &key.pem_file]
+                    .into_iter()
+                    .flatten()
+                {
+                    add(&file.relative());
+                }
+            }
+        }
+        Some(digest.finalize().into())
+    }
 }
 
 #[cfg(test)]

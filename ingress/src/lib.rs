@@ -2,10 +2,13 @@
 //! answers 200 only once the whole request is durably on RabbitMQ (DESIGN.md §2.1). It holds
 //! no database connection and no shared state, so any number of instances run side by side.
 
+pub mod bnc;
+pub mod body;
 pub mod clock;
 pub mod config;
 pub mod corelink;
 pub mod error;
+pub mod forwarded;
 pub mod jws;
 pub mod keys;
 pub mod metrics;
@@ -15,6 +18,7 @@ pub mod publisher;
 pub mod rate_limit;
 pub mod replay;
 pub mod signing;
+pub mod snap;
 pub mod startup;
 pub mod state;
 pub mod tls;

@@ -20,12 +20,14 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::ConfigError;
 use crate::config::Settings;
 use crate::corelink;
+use crate::forwarded::{self, TrustedProxies};
 use crate::keys::{ClientRegistry, KeyStore};
 use crate::publisher::IntakePublisher;
 use crate::rate_limit::ClientRateLimiter;
 use crate::replay::ReplayCache;
+use crate::snap::BncPartners;
 use crate::state::{AppState, SharedState};
-use crate::{metrics, ops, tls};
+use crate::{bnc, metrics, ops, tls};
 
 #[derive(Debug)]
 pub struct Application {
@@ -40,6 +42,8 @@ pub struct Application {
     /// publish while the process shuts down.
     publisher_shutdown: CancellationToken,
     grace: Duration,
+    /// The key files as loaded, so an edit made before the watcher first looks still counts.
+    key_files_at_start: Option<[u8; 32]>,
 }
 
 impl Application {
@@ -62,23 +66,29 @@ impl Application {
         config_path: Option<std::path::PathBuf>,
     ) -> anyhow::Result<Self> {
         let clients = ClientRegistry::from_settings(&settings.corelink.clients)?;
-        let tls = if settings.tls.enabled() {
+        let proxies = TrustedProxies::from_settings(&settings.proxy)?;
+        let bnc_partners = BncPartners::from_settings(&settings.bnc)?;
+        let tls = settings
+            .tls
+            .enabled()
+            .then(|| tls::server_config(&settings.tls))
+            .transpose()?;
+        let mtls = tls.is_some() || proxies.is_some();
+        if mtls {
             for (i, client) in settings.corelink.clients.iter().enumerate() {
                 if client.certificate_sha256.is_empty() {
                     return Err(ConfigError::new(
                         format!("corelink.clients[{i}].certificate_sha256"),
-                        "is required when TLS is on: each bank is bound to its certificate(s)",
+                        "is required with client certificates (TLS or a trusted proxy): each bank is bound to its certificate(s)",
                     )
                     .into());
                 }
             }
-            Some(tls::server_config(&settings.tls)?)
         } else {
             tracing::warn!(
-                "TLS is off: serve only behind a proxy that enforces client certificates"
+                "TLS is off and no proxy is trusted to forward client certificates: for development only"
             );
-            None
-        };
+        }
         if clients.is_empty() {
             tracing::warn!(
                 "no Corelink client is configured: every callback will get 401 UNKNOWN_CLIENT"
@@ -97,8 +107,10 @@ impl Application {
             settings.topology.topology(),
             publisher_shutdown.clone(),
         );
+        let keys = KeyStore::new(clients, config_path);
+        let key_files_at_start = keys.source_digest();
         let state = AppState::new(SharedState {
-            keys: KeyStore::new(clients, config_path),
+            keys,
             replay: ReplayCache::new(
                 settings.corelink.nonce_cache_capacity,
                 settings.corelink.timestamp_tolerance(),
@@ -109,8 +121,11 @@ impl Application {
             ),
             publisher,
             clock,
-            mtls: tls.is_some(),
+            mtls,
+            proxies,
             corelink: settings.corelink.clone(),
+            bnc: settings.bnc.clone(),
+            bnc_partners,
             max_body_bytes: settings.http.max_body_bytes,
             body_timeout: Duration::from_secs(settings.http.body_timeout_secs),
             retry_after_secs: settings.broker.retry_after_secs,
@@ -124,6 +139,7 @@ impl Application {
             tls,
             publisher_shutdown,
             grace: Duration::from_secs(settings.http.shutdown_grace_secs),
+            key_files_at_start,
         })
     }
 
@@ -154,6 +170,14 @@ impl Application {
     ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         tokio::spawn(reload_keys_on_sighup(self.state.clone(), stop.clone()));
+        if self.state.corelink.keys_watch_interval_secs > 0 {
+            tokio::spawn(reload_keys_on_change(
+                self.state.clone(),
+                self.key_files_at_start,
+                Duration::from_secs(self.state.corelink.keys_watch_interval_secs),
+                stop.clone(),
+            ));
+        }
         let trigger = stop.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -172,9 +196,12 @@ impl Application {
                     self.grace,
                 )),
                 None => Box::pin(
-                    axum::serve(self.public_listener, router)
-                        .with_graceful_shutdown(stop.clone().cancelled_owned())
-                        .into_future(),
+                    axum::serve(
+                        self.public_listener,
+                        router.into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(stop.clone().cancelled_owned())
+                    .into_future(),
                 ),
             };
         let ops = axum::serve(
@@ -205,7 +232,8 @@ impl Application {
 
 /// The public routes. Exposed for tests that drive it with `tower::ServiceExt::oneshot`.
 pub fn public_router(state: AppState) -> Router {
-    corelink::ROUTES
+    let proxies = state.proxies.clone();
+    let router = corelink::ROUTES
         .into_iter()
         .fold(Router::new(), |router, (path, callback)| {
             router.route(
@@ -215,7 +243,18 @@ pub fn public_router(state: AppState) -> Router {
                 }),
             )
         })
-        .with_state(state)
+        .route(
+            &state.bnc.path,
+            post(|State(state): State<AppState>, request: Request| bnc::handle(state, request)),
+        )
+        .with_state(state);
+    match proxies {
+        Some(proxies) => router.layer(axum::middleware::from_fn_with_state(
+            proxies,
+            forwarded::forwarded_certificate,
+        )),
+        None => router,
+    }
 }
 
 /// SIGHUP reloads the banks and their keys; a reload that fails keeps those in force.
@@ -243,5 +282,36 @@ async fn reload_keys_on_sighup(state: AppState, stop: CancellationToken) {
     #[cfg(not(unix))]
     {
         let _ = (state, stop);
+    }
+}
+
+/// Reloads the banks and keys when the configuration file or a key file changes. A change that
+/// fails validation keeps those in force and is reported once, not at every check.
+async fn reload_keys_on_change(
+    state: AppState,
+    mut seen: Option<[u8; 32]>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    if seen.is_none() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let now = state.keys.source_digest();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match state.keys.reload() {
+            Ok(clients) => tracing::info!(clients, "key files changed: banks and keys reloaded"),
+            Err(error) => tracing::error!(
+                %error,
+                "key files changed but the reload was refused; the previous banks and keys stay in force"
+            ),
+        }
     }
 }

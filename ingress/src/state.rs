@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::CorelinkSettings;
+use crate::forwarded::TrustedProxies;
 use crate::keys::KeyStore;
 use crate::publisher::IntakePublisher;
 use crate::rate_limit::ClientRateLimiter;
 use crate::replay::ReplayCache;
+use crate::snap::{BncPartners, BncSettings};
 
 #[derive(Debug, Clone)]
 pub struct AppState(Arc<SharedState>);
@@ -22,10 +24,16 @@ pub struct SharedState {
     pub rate_limiter: ClientRateLimiter,
     pub publisher: IntakePublisher,
     pub clock: Arc<dyn Clock>,
-    /// TLS with client certificates is on: the Corelink routes require a certificate.
+    /// TLS with client certificates is on, here or at a trusted proxy: the Corelink routes
+    /// require a certificate.
     pub mtls: bool,
+    /// The proxies whose forwarded client certificate is believed (load-balancer mode).
+    pub proxies: Option<Arc<TrustedProxies>>,
     /// Tolerance, path prefix and batch size (the client list lives in `clients`).
     pub corelink: CorelinkSettings,
+    /// The BNC route's settings and its partners' RSA keys.
+    pub bnc: BncSettings,
+    pub bnc_partners: BncPartners,
     pub max_body_bytes: usize,
     pub body_timeout: std::time::Duration,
     /// `Retry-After` on 503.

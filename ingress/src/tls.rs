@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -163,6 +164,7 @@ pub async fn serve(
             let service =
                 router.map_request(move |request: hyper::Request<hyper::body::Incoming>| {
                     let mut request = request.map(Body::new);
+                    request.extensions_mut().insert(ConnectInfo(peer));
                     if let Some(certificate) = &certificate {
                         request.extensions_mut().insert(certificate.clone());
                     }

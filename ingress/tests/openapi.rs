@@ -18,6 +18,7 @@ use connector_ingress::corelink::ROUTES;
 use connector_ingress::keys::{ClientRegistry, KeyStore};
 use connector_ingress::publisher::IntakePublisher;
 use connector_ingress::replay::ReplayCache;
+use connector_ingress::snap::{BncPartners, BncSettings};
 use connector_ingress::startup::public_router;
 use connector_ingress::state::{AppState, SharedState};
 use connector_schema::topology::TopologySettings;
@@ -45,6 +46,9 @@ fn router(shutdown: &CancellationToken) -> axum::Router {
         clock: Arc::new(SystemClock),
         corelink: CorelinkSettings::default(),
         mtls: false,
+        proxies: None,
+        bnc: BncSettings::default(),
+        bnc_partners: BncPartners::from_pems(Vec::<(String, Vec<Vec<u8>>)>::new()).unwrap(),
         max_body_bytes: 1024,
         body_timeout: std::time::Duration::from_secs(30),
         retry_after_secs: 5,
@@ -78,7 +82,9 @@ async fn the_description_and_the_router_agree() {
         .collect();
     let routed: BTreeSet<(String, String)> = ROUTES
         .iter()
-        .map(|(path, _)| (path.to_string(), "POST".into()))
+        .map(|(path, _)| path.to_string())
+        .chain([BncSettings::default().path])
+        .map(|path| (path, "POST".into()))
         .collect();
     assert_eq!(
         described, routed,

@@ -4,9 +4,11 @@
 //! validates a body with the same code the workers later use to parse it, so what was accepted
 //! at the edge is exactly what gets applied.
 
+pub mod bnc;
 pub mod corelink;
 pub mod envelope;
 pub mod events;
+pub mod paysafe;
 pub mod topology;
 pub mod validation;
 

@@ -1,6 +1,6 @@
-//! The Corelink ingress end to end over HTTP, against the real RabbitMQ: 200 only once the
-//! whole request is durably on the intake queue; every refusal the contract names, with
-//! nothing enqueued.
+//! The Corelink ingress end to end over mTLS (as banks reach it), against the real RabbitMQ:
+//! 200 only once the whole request is durably on the intake queue; every refusal the contract
+//! names, with nothing enqueued. Only the ops listener and shutdown are tested over plain HTTP.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +10,7 @@ use lapin::types::AMQPValue;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use connector_e2e_tests::{batch_body, spawn_app, spawn_app_with, unit_body};
+use connector_e2e_tests::{TestPki, batch_body, spawn_app, spawn_tls_app_with, unit_body};
 use connector_schema::IntakeEnvelope;
 
 const UNIT: &str = "/callbacks/orders/status";
@@ -38,7 +38,7 @@ async fn error_code(response: reqwest::Response) -> (u16, String, Value) {
 
 #[tokio::test]
 async fn a_signed_unit_callback_is_enqueued_exactly_as_received() {
-    let app = spawn_app().await;
+    let (app, _pki) = spawn_tls_app_with(|_| {}).await;
     let body = unit_body("PAY-2025-0001", "SUCCESS");
 
     let response = app.post_signed(UNIT, &body, "PAY-2025-0001").await;
@@ -79,7 +79,7 @@ async fn a_signed_unit_callback_is_enqueued_exactly_as_received() {
 
 #[tokio::test]
 async fn a_signed_batch_is_one_message_and_the_aliases_work() {
-    let app = spawn_app().await;
+    let (app, _pki) = spawn_tls_app_with(|_| {}).await;
     let body = batch_body("batch-20251119-001", &["PAY-1", "PAY-2", "PAY-3"]);
 
     let response = app.post_signed(BATCH, &body, "batch-20251119-001").await;
@@ -120,7 +120,7 @@ async fn a_signed_batch_is_one_message_and_the_aliases_work() {
 
 #[tokio::test]
 async fn every_refusal_has_its_contract_code_and_enqueues_nothing() {
-    let app = spawn_app_with(|settings| settings.http.max_body_bytes = 4096).await;
+    let (app, _pki) = spawn_tls_app_with(|settings| settings.http.max_body_bytes = 4096).await;
     let body = unit_body("PAY-REFUSED", "SUCCESS");
     let signed = app.bank.sign(UNIT, body.as_bytes(), "PAY-REFUSED");
     let headers = signed.pairs();
@@ -311,7 +311,7 @@ async fn every_refusal_has_its_contract_code_and_enqueues_nothing() {
 
 #[tokio::test]
 async fn a_duplicated_header_is_invalid() {
-    let app = spawn_app().await;
+    let (app, _pki) = spawn_tls_app_with(|_| {}).await;
     let body = unit_body("PAY-DUP", "SUCCESS");
     let signed = app.bank.sign(UNIT, body.as_bytes(), "PAY-DUP");
     let mut headers = signed.pairs().to_vec();
@@ -323,7 +323,7 @@ async fn a_duplicated_header_is_invalid() {
 
 #[tokio::test]
 async fn an_exact_replay_is_refused_and_enqueued_once() {
-    let app = spawn_app().await;
+    let (app, _pki) = spawn_tls_app_with(|_| {}).await;
     let body = unit_body("PAY-REPLAY", "SUCCESS");
     let signed = app.bank.sign(UNIT, body.as_bytes(), "PAY-REPLAY");
 
@@ -340,7 +340,7 @@ async fn an_exact_replay_is_refused_and_enqueued_once() {
 
 #[tokio::test]
 async fn concurrent_requests_are_all_confirmed() {
-    let app = spawn_app().await;
+    let (app, _pki) = spawn_tls_app_with(|_| {}).await;
     let requests = (0..64).map(|i| {
         let app = &app;
         async move {
@@ -422,7 +422,7 @@ async fn shutdown_finishes_and_closes_the_listener() {
 
 #[tokio::test]
 async fn a_streamed_body_over_the_limit_is_refused_without_content_length() {
-    let app = spawn_app_with(|settings| settings.http.max_body_bytes = 4096).await;
+    let (app, _pki) = spawn_tls_app_with(|settings| settings.http.max_body_bytes = 4096).await;
     let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(8000));
     let signed = app.bank.sign(UNIT, body.as_bytes(), "PAY-BIG");
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body
@@ -438,7 +438,7 @@ async fn a_streamed_body_over_the_limit_is_refused_without_content_length() {
 
 #[tokio::test]
 async fn a_bank_over_its_rate_is_told_when_to_come_back() {
-    let app = spawn_app_with(|settings| {
+    let (app, _pki) = spawn_tls_app_with(|settings| {
         settings.corelink.rate_limit_per_second = 1;
         settings.corelink.rate_limit_burst = 2;
     })
@@ -478,11 +478,40 @@ async fn a_bank_over_its_rate_is_told_when_to_come_back() {
     assert_eq!((status, code.as_str()), (401, "SIGNATURE_INVALID"));
 }
 
+/// A raw TLS connection presenting BANK_X's certificate, to write a request byte by byte.
+async fn tls_connect(
+    pki: &TestPki,
+    address: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca.cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    let chain = vec![CertificateDer::from_pem_slice(pki.bank_x.cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(pki.bank_x.key_pem.as_bytes()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_client_that_never_finishes_its_body_is_timed_out_and_disconnected() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    let app = spawn_app_with(|settings| settings.http.body_timeout_secs = 1).await;
+    let (app, pki) = spawn_tls_app_with(|settings| settings.http.body_timeout_secs = 1).await;
     let body = unit_body("PAY-SLOW", "SUCCESS");
     let signed = app.bank.sign(UNIT, body.as_bytes(), "PAY-SLOW");
     let mut request = format!(
@@ -495,8 +524,8 @@ async fn a_client_that_never_finishes_its_body_is_timed_out_and_disconnected() {
     request.push_str("\r\n");
     request.push_str(&body[..10]); // and then nothing more
 
-    let address = app.base_url.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let address = app.base_url.trim_start_matches("https://");
+    let mut stream = tls_connect(&pki, address).await;
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
@@ -512,8 +541,8 @@ async fn a_client_that_never_finishes_its_body_is_timed_out_and_disconnected() {
 #[tokio::test]
 async fn the_signed_path_is_the_target_as_sent_with_query_and_external_prefix() {
     // A proxy strips `/connector` before the ingress sees the request; banks sign what they send.
-    let app =
-        spawn_app_with(|settings| settings.corelink.external_path_prefix = "/connector".into())
+    let (app, _pki) =
+        spawn_tls_app_with(|settings| settings.corelink.external_path_prefix = "/connector".into())
             .await;
     let body = unit_body("PAY-PATH", "PENDING");
     let target = "/callbacks/orders/status?source=bank";

@@ -5,9 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
+
+use futures_util::FutureExt as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use connector_e2e_tests::{BrokerInspector, TestBank, amqp_url, unit_body};
+use connector_e2e_tests::{BrokerInspector, TestBank, amqp_url, eventually, unit_body};
 use connector_ingress::clock::SystemClock;
 use connector_ingress::config::Settings;
 use connector_ingress::startup::Application;
@@ -39,6 +41,7 @@ prefix = "{prefix}"
 queue_expires_secs = 600
 [corelink]
 rate_limit_per_second = 0
+keys_watch_interval_secs = 1
 [[corelink.clients]]
 id = "BANK_X"
 keys = [{}]
@@ -156,4 +159,60 @@ async fn a_key_rotates_without_a_restart_while_requests_flow() {
         broker.intake_depth().await as usize,
         4 + sent.load(Ordering::Relaxed)
     );
+}
+
+#[tokio::test]
+async fn an_edited_key_file_is_picked_up_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = TestBank::with_kid("BANK_X", "BANK_X-key-1", dir.path());
+    let new = TestBank::with_kid("BANK_X", "BANK_X-key-2", dir.path());
+    let prefix = format!("test-{}", uuid::Uuid::new_v4());
+    let config = dir.path().join("ingress.toml");
+    write_config(&config, &prefix, &[&old]);
+    let settings = Settings::load(Some(&config)).unwrap();
+    let application =
+        Application::build_with(settings, Arc::new(SystemClock), Some(config.clone()))
+            .await
+            .unwrap();
+    let base = format!("http://{}", application.public_addr());
+    application.publisher().wait_until_connected().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let within = std::time::Duration::from_secs(15);
+
+    write_config(&config, &prefix, &[&old, &new]);
+    assert!(
+        eventually(within, || post(&http, &base, &new, "PAY-W1")
+            .then(|status| async move { status == 200 }))
+        .await,
+        "the new key is taken once the file changes"
+    );
+
+    // The bank's key file itself is replaced by a key that is not valid for ES256: the reload
+    // is refused and both keys in force keep working.
+    let saved = std::fs::read(&new.public_key_file).unwrap();
+    std::fs::write(
+        &new.public_key_file,
+        b"{\"kty\":\"oct\",\"k\":\"c2VjcmV0\"}",
+    )
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(post(&http, &base, &new, "PAY-W2").await, 200);
+    assert_eq!(post(&http, &base, &old, "PAY-W3").await, 200);
+    std::fs::write(&new.public_key_file, saved).unwrap();
+
+    write_config(&config, &prefix, &[&new]);
+    assert!(
+        eventually(within, || post(&http, &base, &old, "PAY-W4")
+            .then(|status| async move { status == 401 }))
+        .await,
+        "the removed key stops working once the file changes"
+    );
+    assert_eq!(post(&http, &base, &new, "PAY-W5").await, 200);
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }

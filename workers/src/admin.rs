@@ -124,11 +124,17 @@ pub async fn quarantine_show(pool: &PgPool, message_id: Uuid) -> anyhow::Result<
     if let Some(note) = m.resolution_note {
         let _ = writeln!(out, "note      {note}");
     }
+    // A BNC body holds a card token and an account number: operators see a redacted copy.
+    let body = if m.kind == IntakeKind::BncAccountBinding.routing_key() {
+        connector_schema::bnc::redact_body(&m.body)
+    } else {
+        m.body
+    };
     let _ = writeln!(
         out,
         "headers   {}\nbody\n{}",
         m.headers,
-        String::from_utf8_lossy(&m.body)
+        String::from_utf8_lossy(&body)
     );
     Ok(out)
 }

@@ -26,11 +26,12 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use connector_schema::{IntakeEnvelope, Topology};
+use connector_schema::{IntakeEnvelope, IntakeKind, Topology};
 
 use crate::config::{ApplySettings, BrokerSettings};
-use crate::corelink::{self, ApplyError};
+use crate::outcome::{ApplyError, Outcome};
 use crate::{Step, broker, db, metrics, quarantine};
+use crate::{bnc, corelink};
 
 /// What to tell the broker about a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,9 +98,7 @@ impl ApplyWorker {
     async fn apply_with_retries(&self, envelope: &IntakeEnvelope) -> Disposition {
         let mut retries = broker::retry_schedule(&self.broker);
         loop {
-            let error = match corelink::apply(&self.pool, envelope, self.settings.max_batch_orders)
-                .await
-            {
+            let error = match self.apply(envelope).await {
                 Ok(outcome) => {
                     tracing::info!(outcome = outcome.label(), "applied");
                     return Disposition::Ack(outcome.label());
@@ -130,6 +129,20 @@ impl ApplyWorker {
             if !broker::pause(delay, &self.shutdown).await {
                 return Disposition::Requeue("shutting down during a retry".into());
             }
+        }
+    }
+
+    /// One attempt at applying `envelope`, by its kind.
+    async fn apply(&self, envelope: &IntakeEnvelope) -> Result<Outcome, ApplyError> {
+        match envelope.kind {
+            IntakeKind::CorelinkStatus | IntakeKind::CorelinkStatusBatch => {
+                corelink::apply(&self.pool, envelope, self.settings.max_batch_orders).await
+            }
+            IntakeKind::BncAccountBinding => bnc::apply(&self.pool, envelope).await,
+            other => Err(ApplyError::Invalid(format!(
+                "{} messages are not applied by this build",
+                other.routing_key()
+            ))),
         }
     }
 

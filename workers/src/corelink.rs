@@ -19,46 +19,9 @@ use connector_schema::corelink::{self, OrderStatus, OrderStatusUpdate, headers};
 use connector_schema::events::{EventType, LedgerEvent, Source};
 use connector_schema::{IntakeEnvelope, IntakeKind};
 
-use crate::quarantine::{QuarantineReason, headers_json};
-
-/// What applying a message did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Its orders were recorded (some may have been unchanged or stale).
-    Applied { orders: usize, events: usize },
-    /// A batch already applied under this key with the same content.
-    Duplicate,
-    /// This exact request (same nonce, same signed content) was already handled.
-    Replay,
-}
-
-impl Outcome {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Applied { .. } => "applied",
-            Self::Duplicate => "duplicate",
-            Self::Replay => "replay",
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// Cannot be read as a Corelink notification: dead-lettered at once.
-    #[error("not a readable Corelink message: {0}")]
-    Invalid(String),
-    /// Valid, but must not be applied: quarantined.
-    #[error("{}: {detail}", .reason.as_str())]
-    Quarantine {
-        reason: QuarantineReason,
-        detail: String,
-    },
-    /// Another worker created one of the orders between our lock and our insert: retry.
-    #[error("concurrent creation of an order; retrying")]
-    Contention,
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-}
+use crate::audit::{self, Received};
+use crate::outcome::{ApplyError, Outcome};
+use crate::quarantine::QuarantineReason;
 
 /// A decoded Corelink request, ready to apply.
 #[derive(Debug)]
@@ -403,7 +366,7 @@ async fn apply_orders(
         .collect();
     insert_events(tx, &events).await?;
     Ok(Outcome::Applied {
-        orders: n.orders.len(),
+        items: n.orders.len(),
         events: events.len(),
     })
 }
@@ -613,26 +576,14 @@ async fn record_message(
     n: &Notification,
     outcome: Outcome,
 ) -> Result<(), ApplyError> {
-    sqlx::query(
-        "INSERT INTO received_messages (message_id, kind, client_id, idempotency_key, nonce, body_sha256,
-                                        outcome, received_at, request_path, headers, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (message_id) DO NOTHING",
-    )
-    .bind(envelope.message_id)
-    .bind(envelope.kind.routing_key())
-    .bind(&n.client_id)
-    .bind(&n.idempotency_key)
-    .bind(&n.nonce)
-    .bind(&n.body_sha256)
-    .bind(outcome.label())
-    .bind(envelope.received_at)
-    .bind(envelope.request_path.as_deref())
-    .bind(headers_json(envelope))
-    .bind(envelope.body.as_ref())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    let received = Received {
+        client_id: Some(&n.client_id),
+        idempotency_key: Some(&n.idempotency_key),
+        nonce: Some(&n.nonce),
+        body_sha256: &n.body_sha256,
+        body: &envelope.body,
+    };
+    audit::record(tx, envelope, received, outcome).await
 }
 
 #[cfg(test)]

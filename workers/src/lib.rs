@@ -4,6 +4,8 @@
 
 pub mod admin;
 pub mod apply;
+pub mod audit;
+pub mod bnc;
 pub mod broker;
 pub mod config;
 pub mod corelink;
@@ -11,6 +13,7 @@ pub mod db;
 pub mod metrics;
 pub mod nonces;
 pub mod ops;
+pub mod outcome;
 pub mod quarantine;
 pub mod relay;
 pub mod startup;

@@ -18,6 +18,9 @@ pub enum QuarantineReason {
     NonceReused,
     /// A notification for an order another bank reports: no bank may move another's order.
     OrderOfAnotherClient,
+    /// A BNC callback whose `X-EXTERNAL-ID` or `partnerReferenceNo` was already used by a
+    /// different binding.
+    BindingConflict,
 }
 
 impl QuarantineReason {
@@ -27,6 +30,7 @@ impl QuarantineReason {
             Self::FinalStatusConflict => "FINAL_STATUS_CONFLICT",
             Self::NonceReused => "NONCE_REUSED",
             Self::OrderOfAnotherClient => "ORDER_OF_ANOTHER_CLIENT",
+            Self::BindingConflict => "BINDING_CONFLICT",
         }
     }
 }

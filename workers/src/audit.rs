@@ -1,0 +1,51 @@
+//! The audit record of every intake message the workers finished with (applied, duplicate or
+//! replay): what was received, when, from whom, and what it did. Written in the message's own
+//! apply transaction.
+
+use sqlx::{Postgres, Transaction};
+
+use connector_schema::IntakeEnvelope;
+
+use crate::outcome::{ApplyError, Outcome};
+use crate::quarantine::headers_json;
+
+/// What a source knows about its message beyond the envelope.
+#[derive(Debug)]
+pub struct Received<'a> {
+    pub client_id: Option<&'a str>,
+    pub idempotency_key: Option<&'a str>,
+    pub nonce: Option<&'a str>,
+    /// base64url SHA-256 of the raw body: proves what was received even where `body` is a
+    /// redacted copy.
+    pub body_sha256: &'a str,
+    /// The body kept for audit: the raw body, or a copy without its secrets.
+    pub body: &'a [u8],
+}
+
+pub async fn record(
+    tx: &mut Transaction<'_, Postgres>,
+    envelope: &IntakeEnvelope,
+    received: Received<'_>,
+    outcome: Outcome,
+) -> Result<(), ApplyError> {
+    sqlx::query(
+        "INSERT INTO received_messages (message_id, kind, client_id, idempotency_key, nonce, body_sha256,
+                                        outcome, received_at, request_path, headers, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (message_id) DO NOTHING",
+    )
+    .bind(envelope.message_id)
+    .bind(envelope.kind.routing_key())
+    .bind(received.client_id)
+    .bind(received.idempotency_key)
+    .bind(received.nonce)
+    .bind(received.body_sha256)
+    .bind(outcome.label())
+    .bind(envelope.received_at)
+    .bind(envelope.request_path.as_deref())
+    .bind(headers_json(envelope))
+    .bind(received.body)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
