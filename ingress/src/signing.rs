@@ -157,3 +157,13 @@ pub fn generate_key_pair(alg: JwsAlgorithm, kid: &str) -> anyhow::Result<(Jwk, J
     }
     Ok((private, public))
 }
+
+/// Writes a private key file readable by its owner only (0600 on Unix).
+pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
+}

@@ -13,7 +13,9 @@ use time::OffsetDateTime;
 
 use connector_ingress::keys::JwsAlgorithm;
 use connector_ingress::pki::DevCa;
-use connector_ingress::signing::{RequestSigner, generate_key_pair, random_nonce};
+use connector_ingress::signing::{
+    RequestSigner, generate_key_pair, random_nonce, write_private_file,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -226,14 +228,5 @@ fn default_idempotency_key(body: &[u8]) -> anyhow::Result<String> {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(bytes)?;
-    Ok(())
+    write_private_file(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
