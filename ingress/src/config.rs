@@ -29,6 +29,8 @@ pub struct Settings {
     pub corelink: CorelinkSettings,
     /// BNC's account-binding callback (SNAP signatures).
     pub bnc: crate::snap::BncSettings,
+    /// Paysafe's webhooks (HMAC-SHA256 signatures).
+    pub paysafe: PaysafeSettings,
     pub log: LogSettings,
 }
 
@@ -189,9 +191,106 @@ pub struct KeySettings {
     pub pem_file: Option<RelativePathBuf>,
 }
 
+/// The Paysafe webhook route (DESIGN.md §5).
+///
+/// The keys are the HMAC keys Paysafe shows for the webhook configuration; the signature is
+/// computed over their UTF-8 bytes as written. They come inline (`webhook_keys`, also from
+/// `CONNECTOR_PAYSAFE__WEBHOOK_KEYS`, as a list `["k1","k2"]` or a single key) and/or from files
+/// (`webhook_key_files`, one key per file, surrounding whitespace ignored: Docker or Kubernetes
+/// secrets). Every key listed is accepted, so a rotation lists the old and the new key side by
+/// side. `Debug` never shows a key.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaysafeSettings {
+    /// The route's path.
+    pub path: String,
+    /// HMAC keys, inline.
+    #[serde(deserialize_with = "one_or_many")]
+    pub webhook_keys: Vec<String>,
+    /// Files each holding one HMAC key; relative paths resolve against the configuration
+    /// file's folder. Read at start-up.
+    pub webhook_key_files: Vec<RelativePathBuf>,
+}
+
+impl Default for PaysafeSettings {
+    fn default() -> Self {
+        Self {
+            path: crate::paysafe::DEFAULT_PATH.into(),
+            webhook_keys: Vec::new(),
+            webhook_key_files: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for PaysafeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let files: Vec<_> = self
+            .webhook_key_files
+            .iter()
+            .map(|file| file.relative())
+            .collect();
+        f.debug_struct("PaysafeSettings")
+            .field("path", &self.path)
+            .field(
+                "webhook_keys",
+                &format_args!("[{} redacted]", self.webhook_keys.len()),
+            )
+            .field("webhook_key_files", &files)
+            .finish()
+    }
+}
+
+impl PaysafeSettings {
+    /// Checks what the types cannot express (errors name `paysafe.<key>`). The key files are
+    /// read and checked by [`crate::paysafe::WebhookKeys::from_settings`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.path.starts_with('/') || self.path.contains(['?', '#', ' ']) {
+            return Err(ConfigError::new(
+                "paysafe.path",
+                "must be an absolute path without query, such as /webhooks/paysafe",
+            ));
+        }
+        for (i, key) in self.webhook_keys.iter().enumerate() {
+            // The message never quotes the key.
+            if key.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("paysafe.webhook_keys[{i}]"),
+                    "must not be empty",
+                ));
+            }
+            if key.trim() != key {
+                return Err(ConfigError::new(
+                    format!("paysafe.webhook_keys[{i}]"),
+                    "has leading or trailing whitespace (a copy-paste slip?); Paysafe's keys have none",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A single string is a list of one: `CONNECTOR_PAYSAFE__WEBHOOK_KEYS=key` works as well as
+/// `CONNECTOR_PAYSAFE__WEBHOOK_KEYS='["old","new"]'`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    // Not `untagged`'s generic message: say what is expected, without echoing a key.
+    match OneOrMany::deserialize(deserializer) {
+        Ok(OneOrMany::One(key)) => Ok(vec![key]),
+        Ok(OneOrMany::Many(keys)) => Ok(keys),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a key or a list of keys, each a string (quote a key that looks like a number)",
+        )),
+    }
+}
+
 /// The top-level sections of this process's configuration.
-const SECTIONS: [&str; 8] = [
-    "http", "tls", "proxy", "broker", "topology", "corelink", "bnc", "log",
+const SECTIONS: [&str; 9] = [
+    "http", "tls", "proxy", "broker", "topology", "corelink", "bnc", "paysafe", "log",
 ];
 
 impl Settings {
@@ -263,6 +362,19 @@ impl Settings {
             .any(|(path, _)| *path == self.bnc.path)
         {
             return Err(ConfigError::new("bnc.path", "is a Corelink route"));
+        }
+        self.paysafe.validate()?;
+        if crate::corelink::ROUTES
+            .iter()
+            .any(|(path, _)| *path == self.paysafe.path)
+        {
+            return Err(ConfigError::new("paysafe.path", "is a Corelink route"));
+        }
+        if self.paysafe.path == self.bnc.path {
+            return Err(ConfigError::new(
+                "paysafe.path",
+                "is the BNC route (bnc.path)",
+            ));
         }
         self.broker
             .url
@@ -339,5 +451,85 @@ mod tests {
             assert!(err.to_string().contains("listen_addr"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API, not ours
+    fn paysafe_keys_from_the_file_and_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "ingress.toml",
+                "[paysafe]\nwebhook_keys = [\"file-key\"]\nwebhook_key_files = [\"secrets/paysafe\"]\n",
+            )?;
+            let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
+            assert_eq!(settings.paysafe.webhook_keys, ["file-key"]);
+            assert_eq!(settings.paysafe.path, "/webhooks/paysafe");
+            let file = settings.paysafe.webhook_key_files[0].relative();
+            assert!(file.is_absolute() && file.ends_with("secrets/paysafe"));
+
+            // A rotation from the environment: a list, quoted so any character is kept.
+            jail.set_env(
+                "CONNECTOR_PAYSAFE__WEBHOOK_KEYS",
+                r#"["old+key/2025==", "new,key]2026"]"#,
+            );
+            let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
+            assert_eq!(
+                settings.paysafe.webhook_keys,
+                ["old+key/2025==", "new,key]2026"]
+            );
+
+            // One key needs no brackets.
+            jail.set_env("CONNECTOR_PAYSAFE__WEBHOOK_KEYS", "only-key");
+            let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
+            assert_eq!(settings.paysafe.webhook_keys, ["only-key"]);
+
+            // A key that reads as a number would lose its text: refused, and not echoed.
+            jail.set_env("CONNECTOR_PAYSAFE__WEBHOOK_KEYS", "0012345");
+            let err = Settings::load(Some(Path::new("ingress.toml"))).unwrap_err();
+            assert_eq!(err.key, "paysafe.webhook_keys");
+            assert!(!err.to_string().contains("12345"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn paysafe_settings_are_validated_and_never_show_a_key() {
+        let mut settings = Settings::default();
+        settings.paysafe.webhook_keys = vec!["s3cr3t-hmac-key".into(), "other".into()];
+        settings.validate().expect("valid");
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("other"),
+            "{shown}"
+        );
+        assert!(shown.contains("[2 redacted]"), "{shown}");
+
+        let refused = |change: fn(&mut Settings)| {
+            let mut settings = Settings::default();
+            change(&mut settings);
+            let err = settings.validate().unwrap_err();
+            assert!(!err.to_string().contains("s3cr3t"), "{err}");
+            err.key
+        };
+        assert_eq!(
+            refused(|s| s.paysafe.webhook_keys = vec!["k".into(), String::new()]),
+            "paysafe.webhook_keys[1]"
+        );
+        assert_eq!(
+            refused(|s| s.paysafe.webhook_keys = vec![" s3cr3t\n".into()]),
+            "paysafe.webhook_keys[0]"
+        );
+        assert_eq!(
+            refused(|s| s.paysafe.path = "webhooks/paysafe".into()),
+            "paysafe.path"
+        );
+        assert_eq!(
+            refused(|s| s.paysafe.path = "/callbacks/payment-status".into()),
+            "paysafe.path"
+        );
+        assert_eq!(
+            refused(|s| s.paysafe.path = s.bnc.path.clone()),
+            "paysafe.path"
+        );
     }
 }

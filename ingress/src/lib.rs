@@ -13,6 +13,7 @@ pub mod jws;
 pub mod keys;
 pub mod metrics;
 pub mod ops;
+pub mod paysafe;
 pub mod pki;
 pub mod publisher;
 pub mod rate_limit;

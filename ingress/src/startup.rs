@@ -22,12 +22,13 @@ use crate::config::Settings;
 use crate::corelink;
 use crate::forwarded::{self, TrustedProxies};
 use crate::keys::{ClientRegistry, KeyStore};
+use crate::paysafe::WebhookKeys;
 use crate::publisher::IntakePublisher;
 use crate::rate_limit::ClientRateLimiter;
 use crate::replay::ReplayCache;
 use crate::snap::BncPartners;
 use crate::state::{AppState, SharedState};
-use crate::{bnc, metrics, ops, tls};
+use crate::{bnc, metrics, ops, paysafe, tls};
 
 #[derive(Debug)]
 pub struct Application {
@@ -68,6 +69,7 @@ impl Application {
         let clients = ClientRegistry::from_settings(&settings.corelink.clients)?;
         let proxies = TrustedProxies::from_settings(&settings.proxy)?;
         let bnc_partners = BncPartners::from_settings(&settings.bnc)?;
+        let paysafe_keys = WebhookKeys::from_settings(&settings.paysafe)?;
         let tls = settings
             .tls
             .enabled()
@@ -92,6 +94,12 @@ impl Application {
         if clients.is_empty() {
             tracing::warn!(
                 "no Corelink client is configured: every callback will get 401 UNKNOWN_CLIENT"
+            );
+        }
+        if paysafe_keys.is_empty() {
+            tracing::warn!(
+                path = %settings.paysafe.path,
+                "no Paysafe webhook key is configured: every webhook will get 401 SIGNATURE_INVALID"
             );
         }
         let public_listener = TcpListener::bind(settings.http.listen)
@@ -126,6 +134,8 @@ impl Application {
             corelink: settings.corelink.clone(),
             bnc: settings.bnc.clone(),
             bnc_partners,
+            paysafe_path: settings.paysafe.path.clone(),
+            paysafe_keys,
             max_body_bytes: settings.http.max_body_bytes,
             body_timeout: Duration::from_secs(settings.http.body_timeout_secs),
             retry_after_secs: settings.broker.retry_after_secs,
@@ -246,6 +256,11 @@ pub fn public_router(state: AppState) -> Router {
         .route(
             &state.bnc.path,
             post(|State(state): State<AppState>, request: Request| bnc::handle(state, request)),
+        )
+        // Like BNC's: TLS without a client certificate; the HMAC proves Paysafe.
+        .route(
+            &state.paysafe_path,
+            post(|State(state): State<AppState>, request: Request| paysafe::handle(state, request)),
         )
         .with_state(state);
     match proxies {

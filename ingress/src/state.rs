@@ -8,6 +8,7 @@ use crate::clock::Clock;
 use crate::config::CorelinkSettings;
 use crate::forwarded::TrustedProxies;
 use crate::keys::KeyStore;
+use crate::paysafe::WebhookKeys;
 use crate::publisher::IntakePublisher;
 use crate::rate_limit::ClientRateLimiter;
 use crate::replay::ReplayCache;
@@ -34,6 +35,10 @@ pub struct SharedState {
     /// The BNC route's settings and its partners' RSA keys.
     pub bnc: BncSettings,
     pub bnc_partners: BncPartners,
+    /// The Paysafe webhook route's path (`paysafe.path`).
+    pub paysafe_path: String,
+    /// The HMAC keys Paysafe signs webhooks with (several during a rotation).
+    pub paysafe_keys: WebhookKeys,
     pub max_body_bytes: usize,
     pub body_timeout: std::time::Duration,
     /// `Retry-After` on 503.

@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use connector_ingress::clock::SystemClock;
-use connector_ingress::config::{BrokerSettings, CorelinkSettings};
+use connector_ingress::config::{BrokerSettings, CorelinkSettings, PaysafeSettings};
 use connector_ingress::corelink::ROUTES;
 use connector_ingress::keys::{ClientRegistry, KeyStore};
+use connector_ingress::paysafe::WebhookKeys;
 use connector_ingress::publisher::IntakePublisher;
 use connector_ingress::replay::ReplayCache;
 use connector_ingress::snap::{BncPartners, BncSettings};
@@ -49,6 +50,8 @@ fn router(shutdown: &CancellationToken) -> axum::Router {
         proxies: None,
         bnc: BncSettings::default(),
         bnc_partners: BncPartners::from_pems(Vec::<(String, Vec<Vec<u8>>)>::new()).unwrap(),
+        paysafe_path: PaysafeSettings::default().path,
+        paysafe_keys: WebhookKeys::new(["paysafe-key"]),
         max_body_bytes: 1024,
         body_timeout: std::time::Duration::from_secs(30),
         retry_after_secs: 5,
@@ -80,10 +83,11 @@ async fn the_description_and_the_router_agree() {
                 .map(move |method| (path.clone(), method.to_uppercase()))
         })
         .collect();
+    let paysafe_path = PaysafeSettings::default().path;
     let routed: BTreeSet<(String, String)> = ROUTES
         .iter()
         .map(|(path, _)| path.to_string())
-        .chain([BncSettings::default().path])
+        .chain([BncSettings::default().path, paysafe_path.clone()])
         .map(|path| (path, "POST".into()))
         .collect();
     assert_eq!(
@@ -94,10 +98,16 @@ async fn the_description_and_the_router_agree() {
     let shutdown = CancellationToken::new();
     let router = router(&shutdown);
     for (path, method) in &described {
+        // Every route wants its headers first (400), but the Paysafe webhook has one header,
+        // its signature, and judges it before anything else (401 SIGNATURE_MISSING).
+        let expected = if *path == paysafe_path {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::BAD_REQUEST
+        };
         let status = status_of(&router, method, path).await;
         assert_eq!(
-            status,
-            StatusCode::BAD_REQUEST,
+            status, expected,
             "{method} {path} is served (and wants its headers)"
         );
         assert_eq!(

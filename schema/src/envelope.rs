@@ -200,6 +200,38 @@ impl IntakeEnvelope {
     }
 }
 
+impl IntakeEnvelope {
+    /// A command published straight to the intake exchange by another service (the merchant's
+    /// payment service publishes `paysafe.track` after Paysafe answered PROCESSING): a plain
+    /// JSON body without the ingress's headers. Its `message_id` is kept when it is a UUID,
+    /// else derived from the body so a redelivery keeps the same id; the publisher's `app_id`
+    /// stands for the client.
+    pub fn from_published_command(
+        kind: IntakeKind,
+        properties: &BasicProperties,
+        body: &[u8],
+    ) -> Self {
+        let message_id = properties
+            .message_id()
+            .as_ref()
+            .and_then(|id| Uuid::parse_str(id.as_str()).ok())
+            .unwrap_or_else(|| Uuid::new_v5(&Uuid::NAMESPACE_OID, body));
+        let received_at = properties
+            .timestamp()
+            .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs as i64).ok())
+            .unwrap_or_else(OffsetDateTime::now_utc);
+        Self {
+            message_id,
+            kind,
+            received_at,
+            client_id: properties.app_id().as_ref().map(|id| id.to_string()),
+            request_path: None,
+            headers: Vec::new(),
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+}
+
 /// RFC 3339 with the offset as `Z`; infallible for any in-range UTC time the ingress produces.
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC)

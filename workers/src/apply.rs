@@ -28,10 +28,10 @@ use tracing::Instrument;
 
 use connector_schema::{IntakeEnvelope, IntakeKind, Topology};
 
-use crate::config::{ApplySettings, BrokerSettings};
+use crate::config::{ApplySettings, BrokerSettings, PaysafeSettings};
 use crate::outcome::{ApplyError, Outcome};
 use crate::{Step, broker, db, metrics, quarantine};
-use crate::{bnc, corelink};
+use crate::{bnc, corelink, paysafe};
 
 /// What to tell the broker about a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +50,8 @@ pub struct ApplyWorker {
     topology: Topology,
     broker: BrokerSettings,
     settings: ApplySettings,
+    /// Deadlines and the first poll of Paysafe items that a webhook or track command creates.
+    paysafe: PaysafeSettings,
     /// Stops retry loops and consumption; in-flight messages finish or are requeued.
     shutdown: CancellationToken,
     /// Shared with `/readyz`.
@@ -69,9 +71,16 @@ impl ApplyWorker {
             topology,
             broker,
             settings,
+            paysafe: PaysafeSettings::default(),
             shutdown,
             connected: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Paysafe items created by this worker follow `settings` (defaults otherwise).
+    pub fn with_paysafe(mut self, settings: PaysafeSettings) -> Self {
+        self.paysafe = settings;
+        self
     }
 
     pub fn connected_flag(&self) -> Arc<AtomicBool> {
@@ -83,6 +92,14 @@ impl ApplyWorker {
     pub async fn process(&self, delivery: &Delivery) -> Disposition {
         let envelope = match IntakeEnvelope::from_amqp(&delivery.properties, &delivery.data) {
             Ok(envelope) => envelope,
+            // A track command published by the merchant's service carries no ingress headers.
+            Err(_) if delivery.routing_key.as_str() == IntakeKind::PaysafeTrack.routing_key() => {
+                IntakeEnvelope::from_published_command(
+                    IntakeKind::PaysafeTrack,
+                    &delivery.properties,
+                    &delivery.data,
+                )
+            }
             Err(error) => return Disposition::DeadLetter(error.to_string()),
         };
         let span = tracing::info_span!(
@@ -139,10 +156,9 @@ impl ApplyWorker {
                 corelink::apply(&self.pool, envelope, self.settings.max_batch_orders).await
             }
             IntakeKind::BncAccountBinding => bnc::apply(&self.pool, envelope).await,
-            other => Err(ApplyError::Invalid(format!(
-                "{} messages are not applied by this build",
-                other.routing_key()
-            ))),
+            IntakeKind::PaysafeWebhook | IntakeKind::PaysafeTrack => {
+                paysafe::apply(&self.pool, envelope, &self.paysafe).await
+            }
         }
     }
 

@@ -23,6 +23,8 @@ pub struct Settings {
     pub apply: ApplySettings,
     pub relay: RelaySettings,
     pub nonces: NonceSettings,
+    /// Paysafe tracking: the API the poller calls, its pace, and the tracking deadlines.
+    pub paysafe: PaysafeSettings,
     pub ops: OpsSettings,
     pub log: LogSettings,
 }
@@ -139,6 +141,89 @@ impl Default for NonceSettings {
     }
 }
 
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaysafeSettings {
+    /// `https://api.test.paysafe.com` (test) or `https://api.paysafe.com` (live); the simulator's
+    /// URL in development.
+    pub base_url: String,
+    /// The API key's user name and password (HTTP Basic). Secrets: set them from the
+    /// environment (`CONNECTOR_PAYSAFE__API_USERNAME`, `CONNECTOR_PAYSAFE__API_PASSWORD`).
+    pub api_username: String,
+    pub api_password: String,
+    /// A Paysafe answer slower than this is a timeout: the item is polled again later.
+    pub request_timeout_ms: u64,
+    /// Calls per second to Paysafe by this process, all items together.
+    pub rate_limit_per_second: u32,
+    /// Delay before the first poll of a new item, and the first step of the backoff (which
+    /// doubles, with jitter, up to `max_poll_interval_secs`).
+    pub first_poll_after_secs: u64,
+    pub max_poll_interval_secs: u64,
+    pub backoff_multiplier: f64,
+    /// Each delay is drawn from ±this fraction around its step, so items spread out.
+    pub backoff_jitter: f64,
+    /// Tracking stops at these ages; a still non-final item becomes STALE for review.
+    pub payment_deadline_secs: u64,
+    pub credit_deadline_secs: u64,
+    /// Items claimed at once by one poller, and polled concurrently.
+    pub claim_batch: i64,
+    pub concurrency: usize,
+    /// A claimed item is not due again for this long, so another poller never polls it at the
+    /// same time, and a poller that dies mid-poll only delays it.
+    pub claim_lease_secs: u64,
+    /// With nothing due, how long the poller waits before looking again.
+    pub idle_interval_ms: u64,
+    /// After a 401/403 the poller stops calling Paysafe for this long (and alerts).
+    pub auth_pause_secs: u64,
+}
+
+impl std::fmt::Debug for PaysafeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaysafeSettings")
+            .field("base_url", &self.base_url)
+            .field("api_username", &"<redacted>")
+            .field("api_password", &"<redacted>")
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for PaysafeSettings {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.test.paysafe.com".into(),
+            api_username: String::new(),
+            api_password: String::new(),
+            request_timeout_ms: 10_000,
+            rate_limit_per_second: 20,
+            first_poll_after_secs: 60,
+            max_poll_interval_secs: 3_600,
+            backoff_multiplier: 2.0,
+            backoff_jitter: 0.3,
+            payment_deadline_secs: 2 * 24 * 3_600,
+            credit_deadline_secs: 30 * 24 * 3_600,
+            claim_batch: 32,
+            concurrency: 8,
+            claim_lease_secs: 120,
+            idle_interval_ms: 1_000,
+            auth_pause_secs: 300,
+        }
+    }
+}
+
+impl PaysafeSettings {
+    pub fn first_poll_after(&self) -> Duration {
+        Duration::from_secs(self.first_poll_after_secs)
+    }
+
+    pub fn deadline(&self, kind: connector_schema::paysafe::TrackedKind) -> Duration {
+        Duration::from_secs(match kind {
+            connector_schema::paysafe::TrackedKind::Payment => self.payment_deadline_secs,
+            connector_schema::paysafe::TrackedKind::StandaloneCredit => self.credit_deadline_secs,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpsSettings {
@@ -155,8 +240,8 @@ impl Default for OpsSettings {
 }
 
 /// The top-level sections of this process's configuration.
-const SECTIONS: [&str; 8] = [
-    "database", "broker", "topology", "apply", "relay", "nonces", "ops", "log",
+const SECTIONS: [&str; 9] = [
+    "database", "broker", "topology", "apply", "relay", "nonces", "paysafe", "ops", "log",
 ];
 
 impl Settings {
@@ -188,6 +273,25 @@ impl Settings {
                 "nonces.purge_interval_secs",
                 self.nonces.purge_interval_secs,
             ),
+            (
+                "paysafe.request_timeout_ms",
+                self.paysafe.request_timeout_ms,
+            ),
+            (
+                "paysafe.rate_limit_per_second",
+                u64::from(self.paysafe.rate_limit_per_second),
+            ),
+            (
+                "paysafe.max_poll_interval_secs",
+                self.paysafe.max_poll_interval_secs,
+            ),
+            (
+                "paysafe.claim_batch",
+                self.paysafe.claim_batch.max(0) as u64,
+            ),
+            ("paysafe.concurrency", self.paysafe.concurrency as u64),
+            ("paysafe.claim_lease_secs", self.paysafe.claim_lease_secs),
+            ("paysafe.idle_interval_ms", self.paysafe.idle_interval_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -213,6 +317,31 @@ impl Settings {
             .url
             .parse::<lapin::uri::AMQPUri>()
             .map_err(|e| ConfigError::new("broker.url", format!("not an AMQP URI: {e}")))?;
+        let paysafe = &self.paysafe;
+        if !(paysafe.base_url.starts_with("https://") || paysafe.base_url.starts_with("http://")) {
+            return Err(ConfigError::new(
+                "paysafe.base_url",
+                "must be an http(s) URL",
+            ));
+        }
+        if paysafe.claim_lease_secs.saturating_mul(1000) <= paysafe.request_timeout_ms {
+            return Err(ConfigError::new(
+                "paysafe.claim_lease_secs",
+                "must exceed paysafe.request_timeout_ms, or a slow poll could be claimed again",
+            ));
+        }
+        if paysafe.backoff_multiplier < 1.0 {
+            return Err(ConfigError::new(
+                "paysafe.backoff_multiplier",
+                "must be at least 1",
+            ));
+        }
+        if !(0.0..1.0).contains(&paysafe.backoff_jitter) {
+            return Err(ConfigError::new(
+                "paysafe.backoff_jitter",
+                "must be in [0, 1)",
+            ));
+        }
         let url = &self.database.url;
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(ConfigError::new(

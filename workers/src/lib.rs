@@ -14,6 +14,8 @@ pub mod metrics;
 pub mod nonces;
 pub mod ops;
 pub mod outcome;
+pub mod paysafe;
+pub mod poller;
 pub mod quarantine;
 pub mod relay;
 pub mod startup;

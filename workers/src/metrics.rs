@@ -27,6 +27,21 @@ pub const OUTBOX_BACKLOG: &str = "connector_outbox_backlog";
 pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "connector_outbox_oldest_unpublished_age_seconds";
 /// Seen nonces removed by the retention purge.
 pub const NONCES_PURGED_TOTAL: &str = "connector_nonces_purged_total";
+/// Calls to Paysafe by `kind` and `outcome` (pending, final, rate_limited, server_error,
+/// timeout, network, unauthorized, not_found, unexpected).
+pub const PAYSAFE_POLLS_TOTAL: &str = "connector_paysafe_polls_total";
+pub const PAYSAFE_POLL_SECONDS: &str = "connector_paysafe_poll_duration_seconds";
+/// Tracked items by `kind` and `tracking` (polling, final, stale).
+pub const PAYSAFE_ITEMS: &str = "connector_paysafe_items";
+/// Age of the oldest item still polled (non-final): a payment stuck in PROCESSING.
+pub const PAYSAFE_OLDEST_POLLING_AGE_SECONDS: &str = "connector_paysafe_oldest_polling_age_seconds";
+/// Items that reached their deadline still non-final, by `kind`.
+pub const PAYSAFE_STALE_TOTAL: &str = "connector_paysafe_stale_total";
+/// 1 while Paysafe refuses our credentials (401/403) and the poller is paused.
+pub const PAYSAFE_AUTH_FAILED: &str = "connector_paysafe_poller_auth_failed";
+/// Webhooks with an event name this build does not know (recorded, not applied).
+pub const PAYSAFE_UNRECOGNISED_WEBHOOKS_TOTAL: &str =
+    "connector_paysafe_unrecognised_webhooks_total";
 
 /// The process's recorder; the handle renders `/metrics`.
 pub fn install() -> PrometheusHandle {
@@ -69,4 +84,29 @@ pub fn outbox(backlog: i64, oldest_age_secs: f64) {
 
 pub fn nonces_purged(count: u64) {
     counter!(NONCES_PURGED_TOTAL).increment(count);
+}
+
+pub fn paysafe_poll(kind: &'static str, outcome: &'static str, elapsed: Duration) {
+    counter!(PAYSAFE_POLLS_TOTAL, "kind" => kind, "outcome" => outcome).increment(1);
+    histogram!(PAYSAFE_POLL_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub fn paysafe_items(kind: String, tracking: String, count: i64) {
+    gauge!(PAYSAFE_ITEMS, "kind" => kind, "tracking" => tracking).set(count as f64);
+}
+
+pub fn paysafe_oldest_polling_age(secs: f64) {
+    gauge!(PAYSAFE_OLDEST_POLLING_AGE_SECONDS).set(secs);
+}
+
+pub fn paysafe_stale(kind: String) {
+    counter!(PAYSAFE_STALE_TOTAL, "kind" => kind).increment(1);
+}
+
+pub fn paysafe_auth_failed(failed: bool) {
+    gauge!(PAYSAFE_AUTH_FAILED).set(if failed { 1.0 } else { 0.0 });
+}
+
+pub fn paysafe_unrecognised_webhook() {
+    counter!(PAYSAFE_UNRECOGNISED_WEBHOOKS_TOTAL).increment(1);
 }

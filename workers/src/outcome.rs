@@ -13,6 +13,9 @@ pub enum Outcome {
     Duplicate,
     /// This exact request was already handled.
     Replay,
+    /// Valid, and recorded for audit, but it carries no fact we track (a Paysafe payment-handle
+    /// event, or an event name this build does not know).
+    Ignored,
 }
 
 impl Outcome {
@@ -21,6 +24,7 @@ impl Outcome {
             Self::Applied { .. } => "applied",
             Self::Duplicate => "duplicate",
             Self::Replay => "replay",
+            Self::Ignored => "ignored",
         }
     }
 }

@@ -21,6 +21,9 @@ pub enum QuarantineReason {
     /// A BNC callback whose `X-EXTERNAL-ID` or `partnerReferenceNo` was already used by a
     /// different binding.
     BindingConflict,
+    /// A Paysafe fact contradicting a final status (a payment COMPLETED then FAILED, a failed
+    /// credit COMPLETED), or an id reported as the other kind.
+    PaysafeConflict,
 }
 
 impl QuarantineReason {
@@ -31,6 +34,7 @@ impl QuarantineReason {
             Self::NonceReused => "NONCE_REUSED",
             Self::OrderOfAnotherClient => "ORDER_OF_ANOTHER_CLIENT",
             Self::BindingConflict => "BINDING_CONFLICT",
+            Self::PaysafeConflict => "PAYSAFE_STATUS_CONFLICT",
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::ApplyWorker;
 use crate::config::Settings;
 use crate::ops::{self, Readiness};
+use crate::poller::Poller;
 use crate::relay::Relay;
 use crate::{broker, db, metrics, nonces};
 
@@ -28,6 +29,8 @@ pub enum Role {
     Relay,
     /// Purge expired nonces.
     Purge,
+    /// Poll Paysafe for payments and credits still non-final.
+    Poller,
 }
 
 #[derive(Debug)]
@@ -83,7 +86,8 @@ impl Workers {
                         self.settings.broker.clone(),
                         self.settings.apply.clone(),
                         stop.clone(),
-                    );
+                    )
+                    .with_paysafe(self.settings.paysafe.clone());
                     brokers.push(("apply", worker.connected_flag()));
                     roles.push(Box::pin(worker.run()));
                 }
@@ -97,6 +101,14 @@ impl Workers {
                     );
                     brokers.push(("relay", relay.connected_flag()));
                     roles.push(Box::pin(relay.run()));
+                }
+                Role::Poller => {
+                    let poller = Poller::new(
+                        self.pool.clone(),
+                        self.settings.paysafe.clone(),
+                        stop.clone(),
+                    )?;
+                    roles.push(Box::pin(poller.run()));
                 }
                 Role::Purge => roles.push(Box::pin(nonces::run(
                     self.pool.clone(),

@@ -1,7 +1,8 @@
 //! `connector-workers`: the background roles and the operators' admin commands.
 //!
 //! `connector-workers run` (all roles) or `run --role apply --role relay`; `migrate`;
-//! `quarantine list|show|release|discard`; `dead-letters list|replay`; `order timeline REF`.
+//! `quarantine list|show|release|discard`; `dead-letters list|replay`; `order timeline REF`;
+//! `paysafe track|show`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
 use connector_runtime::{shutdown, telemetry};
+use connector_schema::paysafe::{TrackCommand, TrackedKind};
 use connector_workers::admin::{self, DeadLetterQueue};
 use connector_workers::config::Settings;
 use connector_workers::db;
@@ -44,6 +46,30 @@ enum Command {
     /// An order's history.
     #[command(subcommand)]
     Order(OrderCommand),
+    /// Paysafe payments and standalone credits.
+    #[command(subcommand)]
+    Paysafe(PaysafeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PaysafeCommand {
+    /// Start tracking a payment or standalone credit that Paysafe answered PROCESSING, by
+    /// publishing the `paysafe.track` command the merchant's payment service publishes.
+    Track {
+        #[arg(long, value_parser = ["payment", "standalone_credit"])]
+        kind: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        merchant_ref_num: String,
+        /// Minor units (546 = 5.46 CAD).
+        #[arg(long)]
+        amount: i64,
+        #[arg(long)]
+        currency_code: String,
+    },
+    /// An item's state, history and ledger events.
+    Show { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,7 +147,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<String>
     match command {
         Command::Run { roles } => {
             let roles = if roles.is_empty() {
-                vec![Role::Apply, Role::Relay, Role::Purge]
+                vec![Role::Apply, Role::Relay, Role::Purge, Role::Poller]
             } else {
                 roles
             };
@@ -169,6 +195,29 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<String>
                     admin::dead_letters_replay(&connection, &topology, queue, limit).await
                 }
             }
+        }
+        Command::Paysafe(PaysafeCommand::Track {
+            kind,
+            id,
+            merchant_ref_num,
+            amount,
+            currency_code,
+        }) => {
+            let command = TrackCommand {
+                kind: TrackedKind::parse(&kind)
+                    .ok_or_else(|| anyhow::anyhow!("unknown kind {kind}"))?,
+                id,
+                merchant_ref_num,
+                amount,
+                currency_code,
+            };
+            let (_connection, channel) = admin::confirm_channel(&settings.broker.url).await?;
+            topology.declare_intake(&channel).await?;
+            admin::paysafe_track(&channel, &topology, &command).await
+        }
+        Command::Paysafe(PaysafeCommand::Show { id }) => {
+            let pool = db::pool(&settings.database)?;
+            admin::paysafe_show(&pool, &id).await
         }
         Command::Order(OrderCommand::Timeline { reference }) => {
             let pool = db::pool(&settings.database)?;

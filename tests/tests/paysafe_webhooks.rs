@@ -1,0 +1,345 @@
+//! Paysafe webhooks end to end (DESIGN.md §5, §2.1): over the real TLS ingress, without a client
+//! certificate (Paysafe has none), into the real RabbitMQ. A signed webhook is one persistent
+//! `paysafe.webhook` message carrying the body byte for byte and its `Signature`; every refusal
+//! enqueues nothing. Every log line written meanwhile is captured, and must contain neither a
+//! key nor a signature.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde_json::Value;
+
+use connector_e2e_tests::{TestApp, TestPki, spawn_tls_app_with};
+use connector_schema::paysafe::webhook_signature;
+use connector_schema::{IntakeEnvelope, IntakeKind};
+
+const PATH: &str = "/webhooks/paysafe";
+/// The key Paysafe signs with today, and the one a rotation brings in.
+const KEY: &str = "paysafe-webhook-key-2025-Zq8";
+const NEXT_KEY: &str = "paysafe-webhook-key-2026-Xw3";
+
+/// A payment event as Paysafe sends it: spaced out, members in its order, the event name under
+/// `name_member` (`eventName` or its alias `type`).
+fn event(name_member: &str, event_name: &str, payment_id: &str) -> String {
+    format!(
+        "{{\"id\": \"evt-{payment_id}\", \"{name_member}\": \"{event_name}\", \"attemptNumber\": \"1\", \
+         \"resourceId\": \"{payment_id}\", \"eventDate\": \"2025-11-19T07:10:00Z\", \"mode\": \"test\",\n  \
+         \"payload\": {{\"id\": \"{payment_id}\", \"merchantRefNum\": \"order 42  (two spaces)\", \
+         \"amount\": 546, \"currencyCode\": \"CAD\", \"status\": \"COMPLETED\"}}}}"
+    )
+}
+
+fn sign(key: &str, body: &str) -> String {
+    webhook_signature(key.as_bytes(), body.as_bytes())
+}
+
+/// Every log line of this test binary, from any test or task.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || Writer(sink.clone()))
+            .with_env_filter("info,connector_ingress=trace,connector_schema=trace")
+            .with_ansi(false)
+            .init();
+        logs
+    })
+    .clone()
+}
+
+struct Writer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Writer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// No key and none of `signatures` in any log line; the event fields are there.
+fn assert_no_secret_logged(signatures: &[String]) {
+    let logs = captured_logs();
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(logs.contains("paysafe_webhook"), "the capture works");
+    for secret in [KEY, NEXT_KEY, "not-the-configured-key"] {
+        assert!(!logs.contains(secret), "a key was logged");
+    }
+    for signature in signatures {
+        assert!(!logs.contains(signature.as_str()), "a signature was logged");
+    }
+}
+
+struct Paysafe {
+    app: TestApp,
+    /// Presents no client certificate: Paysafe has none.
+    client: reqwest::Client,
+    _pki: TestPki,
+}
+
+async fn spawn(configure: impl FnOnce(&mut connector_ingress::config::Settings)) -> Paysafe {
+    captured_logs();
+    let (app, pki) = spawn_tls_app_with(configure).await;
+    let client = pki.client(None);
+    Paysafe {
+        app,
+        client,
+        _pki: pki,
+    }
+}
+
+impl Paysafe {
+    /// POSTs `body` with exactly `headers`; the status, and the JSON answer.
+    async fn post(&self, headers: &[(&str, &str)], body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}{PATH}", self.app.base_url))
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("the ingress answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Sends `body` signed with `key`, as Paysafe does.
+    async fn deliver(&self, key: &str, body: &str) -> (u16, Value) {
+        let signature = sign(key, body);
+        self.post(
+            &[
+                ("Content-Type", "application/json"),
+                ("Signature", signature.as_str()),
+            ],
+            body.to_owned(),
+        )
+        .await
+    }
+
+    /// The next intake message: checks what every accepted webhook's message must be, and
+    /// returns its envelope.
+    async fn next_message(&self) -> IntakeEnvelope {
+        let delivery = self
+            .app
+            .broker
+            .take_intake()
+            .await
+            .expect("a message on the intake queue");
+        assert_eq!(delivery.routing_key.as_str(), "paysafe.webhook");
+        assert_eq!(
+            delivery.properties.kind().as_ref().map(|k| k.as_str()),
+            Some("paysafe.webhook"),
+            "AMQP type"
+        );
+        assert_eq!(*delivery.properties.delivery_mode(), Some(2), "persistent");
+        let envelope = IntakeEnvelope::from_amqp(&delivery.properties, &delivery.data).unwrap();
+        assert_eq!(envelope.kind, IntakeKind::PaysafeWebhook);
+        assert_eq!(envelope.client_id, None, "Paysafe has no client id");
+        assert_eq!(envelope.request_path.as_deref(), Some(PATH));
+        envelope
+    }
+}
+
+/// A request the route must refuse, and the refusal it must get.
+struct Refused {
+    name: &'static str,
+    /// Each sent as one `Signature` header.
+    signatures: Vec<String>,
+    content_type: &'static str,
+    body: String,
+    expected: (u16, &'static str),
+}
+
+fn error_code(answer: &(u16, Value)) -> (u16, &str) {
+    (
+        answer.0,
+        answer.1["error"]["code"].as_str().unwrap_or("(none)"),
+    )
+}
+
+#[tokio::test]
+async fn signed_webhooks_are_enqueued_byte_for_byte_under_either_key_and_spelling() {
+    let paysafe = spawn(|s| s.paysafe.webhook_keys = vec![KEY.into(), NEXT_KEY.into()]).await;
+    let cases = [
+        ("eventName, first key", "eventName", KEY, "pay-0001"),
+        ("type spelling", "type", KEY, "pay-0002"),
+        ("second key (rotation)", "eventName", NEXT_KEY, "pay-0003"),
+    ];
+    let mut signatures = Vec::new();
+    for (name, member, key, payment) in cases {
+        let body = event(member, "PAYMENT_COMPLETED", payment);
+        let (status, answer) = paysafe.deliver(key, &body).await;
+        assert_eq!(status, 200, "{name}: {answer}");
+        assert_eq!(answer["status"], "ACCEPTED", "{name}");
+        assert!(answer["received_at"].is_string(), "{name}: {answer}");
+        assert_eq!(paysafe.app.broker.intake_depth().await, 1, "{name}");
+
+        let envelope = paysafe.next_message().await;
+        assert_eq!(envelope.body, body.as_bytes(), "{name}: the raw body");
+        let signature = sign(key, &body);
+        assert_eq!(
+            envelope.header("signature"),
+            Some(signature.as_str()),
+            "{name}"
+        );
+        assert_eq!(
+            envelope.header("content-type"),
+            Some("application/json"),
+            "{name}"
+        );
+        signatures.push(signature);
+    }
+    assert_eq!(paysafe.app.broker.intake_depth().await, 0);
+    assert_no_secret_logged(&signatures);
+}
+
+#[tokio::test]
+async fn refused_webhooks_enqueue_nothing() {
+    let paysafe = spawn(|s| {
+        s.paysafe.webhook_keys = vec![KEY.into()];
+        s.http.max_body_bytes = 4096;
+    })
+    .await;
+    let valid = event("eventName", "SA_CREDIT_COMPLETED", "credit-0001");
+    let good = sign(KEY, &valid);
+    let malformed = "{\"eventName\": \"PAYMENT_COMPLETED\", \"resourceId\": ";
+    let not_an_event = r#"{"hello": "world", "resourceId": "pay-0009"}"#;
+    let large = format!(
+        "{{\"eventName\": \"PAYMENT_COMPLETED\", \"resourceId\": \"p\", \"pad\": \"{}\"}}",
+        "x".repeat(5000)
+    );
+
+    // Accepted: the first, and one without Content-Type (the signature proves the sender).
+    assert_eq!(paysafe.deliver(KEY, &valid).await.0, 200);
+    let bare = paysafe
+        .post(&[("Signature", good.as_str())], valid.clone())
+        .await;
+    assert_eq!(bare.0, 200, "no Content-Type: {}", bare.1);
+
+    let bad_hmac = sign("not-the-configured-key", &valid);
+    let case = |name, signatures: &[&str], content_type, body: &str, expected| Refused {
+        name,
+        signatures: signatures.iter().map(|s| (*s).to_owned()).collect(),
+        content_type,
+        body: body.to_owned(),
+        expected,
+    };
+    let json = "application/json";
+    let (sign_malformed, sign_not_an_event) = (sign(KEY, malformed), sign(KEY, not_an_event));
+    let sign_large = sign(KEY, &large);
+    let cases = [
+        case(
+            "signed with another key",
+            &[&bad_hmac],
+            json,
+            &valid,
+            (401, "SIGNATURE_INVALID"),
+        ),
+        case(
+            "body changed after signing",
+            &[&good],
+            json,
+            &valid.replace("546", "5460"),
+            (401, "SIGNATURE_INVALID"),
+        ),
+        case(
+            "no Signature",
+            &[],
+            json,
+            &valid,
+            (401, "SIGNATURE_MISSING"),
+        ),
+        case(
+            "empty Signature",
+            &[""],
+            json,
+            &valid,
+            (401, "SIGNATURE_MISSING"),
+        ),
+        case(
+            "Signature twice",
+            &[&good, &good],
+            json,
+            &valid,
+            (401, "SIGNATURE_MISSING"),
+        ),
+        case(
+            "Signature not base64",
+            &["not base64 at all!"],
+            json,
+            &valid,
+            (401, "SIGNATURE_INVALID"),
+        ),
+        case(
+            "unsigned garbage",
+            &[&good],
+            json,
+            "{oops",
+            (401, "SIGNATURE_INVALID"),
+        ),
+        case(
+            "signed malformed JSON",
+            &[&sign_malformed],
+            json,
+            malformed,
+            (400, "MALFORMED_JSON"),
+        ),
+        case(
+            "signed JSON that is not a Paysafe event",
+            &[&sign_not_an_event],
+            json,
+            not_an_event,
+            (400, "VALIDATION_FAILED"),
+        ),
+        case(
+            "signed, but declared text/plain",
+            &[&good],
+            "text/plain",
+            &valid,
+            (415, "UNSUPPORTED_MEDIA_TYPE"),
+        ),
+        case(
+            "signed, over the size limit",
+            &[&sign_large],
+            json,
+            &large,
+            (413, "PAYLOAD_TOO_LARGE"),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for case in &cases {
+        let mut headers = vec![("Content-Type", case.content_type)];
+        headers.extend(case.signatures.iter().map(|s| ("Signature", s.as_str())));
+        let answer = paysafe.post(&headers, case.body.clone()).await;
+        if error_code(&answer) != case.expected {
+            failures.push(format!(
+                "{}: expected {:?}, got {answer:?}",
+                case.name, case.expected
+            ));
+        }
+        let message = answer.1["error"]["message"].as_str().unwrap_or_default();
+        if message.contains(&good) || message.contains(KEY) {
+            failures.push(format!(
+                "{}: the answer shows a secret: {message}",
+                case.name
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+
+    assert_eq!(
+        paysafe.app.broker.intake_depth().await,
+        2,
+        "only the accepted webhooks are on the queue"
+    );
+    for _ in 0..2 {
+        assert_eq!(paysafe.next_message().await.body, valid.as_bytes());
+    }
+    assert!(paysafe.app.broker.take_intake().await.is_none());
+    assert_no_secret_logged(&[good, bad_hmac]);
+}

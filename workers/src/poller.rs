@@ -1,0 +1,429 @@
+//! The poller role (DESIGN.md §5): asks Paysafe about items still non-final, applies the
+//! answers, and reschedules the rest with exponential backoff and jitter.
+//!
+//! - Claims are one statement, `FOR UPDATE SKIP LOCKED` plus a lease (the next poll time pushed
+//!   out), committed before any HTTP call: any number of pollers share the work, no item is
+//!   polled by two at once, and no transaction stays open across a call to Paysafe.
+//! - A per-process rate limit caps calls to Paysafe. 429, 5xx, timeouts and network errors
+//!   back off; 401/403 pause all polling (our credentials are wrong: say so, and alert).
+//! - At its deadline a non-final item becomes STALE: counted and alerted, never given an
+//!   invented final status. A webhook that made the item final stops its polling.
+
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::StatusCode;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use connector_schema::paysafe::{PaysafeTransaction, TrackedKind};
+
+use crate::config::PaysafeSettings;
+use crate::outcome::ApplyError;
+use crate::paysafe::{Effect, FactSource, Observation, observe, poll_delay};
+use crate::{Step, metrics};
+
+/// How one call to Paysafe went, the `outcome` label of the poll metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// Answered with a non-final status: polled again later.
+    Pending,
+    /// Answered with a final status: done.
+    Final,
+    RateLimited,
+    ServerError,
+    Timeout,
+    Network,
+    /// 401/403: our API key is refused.
+    Unauthorized,
+    /// 404: Paysafe does not know the id (yet, or a wrong id in a track command).
+    NotFound,
+    /// Any other answer, or a body we cannot read.
+    Unexpected,
+}
+
+impl PollOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Final => "final",
+            Self::RateLimited => "rate_limited",
+            Self::ServerError => "server_error",
+            Self::Timeout => "timeout",
+            Self::Network => "network",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::Unexpected => "unexpected",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Claimed {
+    id: String,
+    kind: TrackedKind,
+    attempts: i32,
+}
+
+#[derive(Debug)]
+pub struct Poller {
+    pool: PgPool,
+    settings: PaysafeSettings,
+    http: reqwest::Client,
+    limiter: DefaultDirectRateLimiter,
+    /// Set by a 401/403: no call to Paysafe before this instant.
+    paused_until: Mutex<Option<Instant>>,
+    shutdown: CancellationToken,
+}
+
+impl Poller {
+    pub fn new(
+        pool: PgPool,
+        settings: PaysafeSettings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.request_timeout_ms))
+            .user_agent(concat!("connector-workers/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the Paysafe HTTP client")?;
+        let per_second = NonZeroU32::new(settings.rate_limit_per_second).unwrap_or(NonZeroU32::MIN);
+        Ok(Self {
+            pool,
+            http,
+            limiter: RateLimiter::direct(Quota::per_second(per_second)),
+            settings,
+            paused_until: Mutex::new(None),
+            shutdown,
+        })
+    }
+
+    /// One round: marks items past their deadline STALE, then claims the due items (up to
+    /// `claim_batch`) and polls them. `Idle` when nothing was due (or polling is paused).
+    pub async fn run_once(&self) -> anyhow::Result<Step> {
+        let expired = self.expire_overdue().await?;
+        if self.paused() {
+            return Ok(if expired > 0 {
+                Step::Processed
+            } else {
+                Step::Idle
+            });
+        }
+        let claimed = self.claim().await?;
+        if claimed.is_empty() {
+            return Ok(if expired > 0 {
+                Step::Processed
+            } else {
+                Step::Idle
+            });
+        }
+        futures_util::stream::iter(claimed)
+            .for_each_concurrent(self.settings.concurrency, |item| async move {
+                if let Err(error) = self.poll(&item).await {
+                    // The lease expires and the item is polled again: nothing is lost.
+                    tracing::warn!(id = %item.id, error = %format!("{error:#}"), "poll not recorded");
+                }
+            })
+            .await;
+        Ok(Step::Processed)
+    }
+
+    /// Polls until `shutdown`, refreshing the tracking gauges as it goes.
+    pub async fn run(self) {
+        tracing::info!(base_url = %self.settings.base_url, "poller running");
+        let mut gauges_at = Instant::now() - Duration::from_secs(3600);
+        while !self.shutdown.is_cancelled() {
+            if gauges_at.elapsed() >= Duration::from_secs(10) {
+                if let Err(error) = self.refresh_gauges().await {
+                    tracing::warn!(%error, "tracking gauges not refreshed");
+                }
+                gauges_at = Instant::now();
+            }
+            let idle = match self.run_once().await {
+                Ok(Step::Processed) => false,
+                Ok(Step::Idle) => true,
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "poller round failed");
+                    true
+                }
+            };
+            if idle {
+                tokio::select! {
+                    () = self.shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(self.settings.idle_interval_ms)) => {}
+                }
+            }
+        }
+        tracing::info!("poller stopped");
+    }
+
+    fn paused(&self) -> bool {
+        let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        match *paused {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                *paused = None;
+                metrics::paysafe_auth_failed(false);
+                tracing::info!("retrying Paysafe after the authentication pause");
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Items still non-final at their deadline become STALE (never given a final status).
+    async fn expire_overdue(&self) -> anyhow::Result<usize> {
+        let expired: Vec<(String, String, String)> = sqlx::query_as(
+            "WITH expired AS (
+                 UPDATE paysafe_items SET tracking = 'stale', next_poll_at = NULL, updated_at = now()
+                 WHERE tracking = 'polling' AND deadline_at <= now()
+                 RETURNING id, kind, status
+             ), history AS (
+                 INSERT INTO paysafe_item_history (item_id, source, status, previous_status, effect)
+                 SELECT id, 'deadline', status, status, 'expired' FROM expired
+             )
+             SELECT id, kind, status FROM expired",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("expiring overdue items")?;
+        for (id, kind, status) in &expired {
+            tracing::warn!(%id, %kind, %status, "deadline reached while non-final: item is STALE, review it");
+            metrics::paysafe_stale(kind.clone());
+        }
+        Ok(expired.len())
+    }
+
+    async fn claim(&self) -> anyhow::Result<Vec<Claimed>> {
+        let rows: Vec<(String, String, i32)> = sqlx::query_as(
+            "WITH due AS (
+                 SELECT id FROM paysafe_items
+                 WHERE tracking = 'polling' AND next_poll_at <= now()
+                 ORDER BY next_poll_at
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE paysafe_items p SET next_poll_at = now() + $2 * interval '1 second'
+             FROM due WHERE p.id = due.id
+             RETURNING p.id, p.kind, p.poll_attempts",
+        )
+        .bind(self.settings.claim_batch)
+        .bind(self.settings.claim_lease_secs as f64)
+        .fetch_all(&self.pool)
+        .await
+        .context("claiming due items")?;
+        rows.into_iter()
+            .map(|(id, kind, attempts)| {
+                let kind = TrackedKind::parse(&kind)
+                    .with_context(|| format!("stored kind {kind} of {id} is unknown"))?;
+                Ok(Claimed { id, kind, attempts })
+            })
+            .collect()
+    }
+
+    /// Calls Paysafe about one claimed item and records the answer.
+    async fn poll(&self, item: &Claimed) -> anyhow::Result<()> {
+        self.limiter.until_ready().await;
+        let started = Instant::now();
+        let url = format!(
+            "{}{}",
+            self.settings.base_url.trim_end_matches('/'),
+            item.kind.api_path(&item.id)
+        );
+        let answer = self
+            .http
+            .get(&url)
+            .basic_auth(
+                &self.settings.api_username,
+                Some(&self.settings.api_password),
+            )
+            .send()
+            .await;
+        let (outcome, transaction, retry_after) = match answer {
+            Err(error) if error.is_timeout() => (PollOutcome::Timeout, None, None),
+            Err(_) => (PollOutcome::Network, None, None),
+            Ok(response) => classify(response).await,
+        };
+        metrics::paysafe_poll(item.kind.as_str(), outcome.as_str(), started.elapsed());
+        match (outcome, transaction) {
+            (PollOutcome::Pending | PollOutcome::Final, Some(transaction)) => {
+                self.record_answer(item, &transaction).await
+            }
+            (PollOutcome::Unauthorized, _) => {
+                let pause = Duration::from_secs(self.settings.auth_pause_secs);
+                *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Instant::now() + pause);
+                metrics::paysafe_auth_failed(true);
+                tracing::error!(
+                    id = %item.id,
+                    ?pause,
+                    "Paysafe refused our API key (401/403): polling paused; check paysafe.api_username and paysafe.api_password"
+                );
+                self.reschedule(item, pause, outcome, false).await
+            }
+            (outcome, _) => {
+                let delay =
+                    poll_delay(&self.settings, attempts(item)).max(retry_after.unwrap_or_default());
+                tracing::warn!(id = %item.id, outcome = outcome.as_str(), ?delay, "poll failed; backing off");
+                self.reschedule(item, delay, outcome, true).await
+            }
+        }
+    }
+
+    /// Applies Paysafe's answer in one transaction, unless the item stopped being polled
+    /// meanwhile (a webhook made it final: that fact stands).
+    async fn record_answer(
+        &self,
+        item: &Claimed,
+        transaction: &PaysafeTransaction,
+    ) -> anyhow::Result<()> {
+        let Some(status) = transaction.parsed_status() else {
+            return self
+                .reschedule(
+                    item,
+                    poll_delay(&self.settings, attempts(item)),
+                    PollOutcome::Unexpected,
+                    true,
+                )
+                .await;
+        };
+        let mut tx = self.pool.begin().await?;
+        let tracking: Option<String> =
+            sqlx::query_scalar("SELECT tracking FROM paysafe_items WHERE id = $1 FOR UPDATE")
+                .bind(&item.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if tracking.as_deref() != Some("polling") {
+            return Ok(());
+        }
+        let observation = Observation {
+            kind: item.kind,
+            id: &item.id,
+            status,
+            status_at: transaction.status_changed_at(),
+            merchant_ref_num: transaction.merchant_ref_num.as_deref(),
+            amount: transaction.amount,
+            currency_code: transaction.currency_code.as_deref(),
+            source: FactSource::Poll,
+            event_name: None,
+            message_id: None,
+        };
+        let effect = match observe(&mut tx, &observation, &self.settings).await {
+            Ok(effect) => effect,
+            Err(ApplyError::Quarantine { detail, .. }) => {
+                // Cannot happen while the item is polled (non-final); kept loud if it does.
+                tracing::error!(id = %item.id, %detail, "Paysafe answer contradicts what we know");
+                Effect::Unchanged
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if !status.is_final() {
+            sqlx::query(
+                "UPDATE paysafe_items
+                 SET poll_attempts = poll_attempts + 1, last_polled_at = now(), last_poll_outcome = 'pending',
+                     next_poll_at = now() + $2 * interval '1 millisecond'
+                 WHERE id = $1",
+            )
+            .bind(&item.id)
+            .bind(poll_delay(&self.settings, attempts(item) + 1).as_millis() as f64)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "UPDATE paysafe_items SET last_polled_at = now(), last_poll_outcome = 'final' WHERE id = $1",
+            )
+            .bind(&item.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::info!(id = %item.id, %status, effect = ?effect, "polled");
+        Ok(())
+    }
+
+    async fn reschedule(
+        &self,
+        item: &Claimed,
+        delay: Duration,
+        outcome: PollOutcome,
+        count_attempt: bool,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE paysafe_items
+             SET next_poll_at = now() + $2 * interval '1 millisecond', last_polled_at = now(),
+                 last_poll_outcome = $3, poll_attempts = poll_attempts + $4
+             WHERE id = $1 AND tracking = 'polling'",
+        )
+        .bind(&item.id)
+        .bind(delay.as_millis() as f64)
+        .bind(outcome.as_str())
+        .bind(i32::from(count_attempt))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Items by kind and tracking state, and the oldest still polled, for the dashboards.
+    pub async fn refresh_gauges(&self) -> anyhow::Result<()> {
+        let counts: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT k.kind, t.tracking, count(p.id)
+             FROM (VALUES ('payment'), ('standalone_credit')) AS k(kind)
+             CROSS JOIN (VALUES ('polling'), ('final'), ('stale')) AS t(tracking)
+             LEFT JOIN paysafe_items p ON p.kind = k.kind AND p.tracking = t.tracking
+             GROUP BY k.kind, t.tracking",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for (kind, tracking, count) in counts {
+            metrics::paysafe_items(kind, tracking, count);
+        }
+        let oldest: Option<f64> = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM now() - min(created_at))::float8
+             FROM paysafe_items WHERE tracking = 'polling'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        metrics::paysafe_oldest_polling_age(oldest.unwrap_or(0.0));
+        Ok(())
+    }
+}
+
+fn attempts(item: &Claimed) -> u32 {
+    u32::try_from(item.attempts).unwrap_or(0)
+}
+
+/// What an HTTP answer means, with the transaction when there is one and Paysafe's
+/// `Retry-After` on a 429.
+async fn classify(
+    response: reqwest::Response,
+) -> (PollOutcome, Option<PaysafeTransaction>, Option<Duration>) {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    match status {
+        StatusCode::OK => match response.json::<PaysafeTransaction>().await {
+            Ok(transaction) => {
+                let outcome = match transaction.parsed_status() {
+                    Some(status) if status.is_final() => PollOutcome::Final,
+                    Some(_) => PollOutcome::Pending,
+                    None => PollOutcome::Unexpected,
+                };
+                (outcome, Some(transaction), None)
+            }
+            Err(_) => (PollOutcome::Unexpected, None, None),
+        },
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => (PollOutcome::Unauthorized, None, None),
+        StatusCode::NOT_FOUND => (PollOutcome::NotFound, None, None),
+        StatusCode::TOO_MANY_REQUESTS => (PollOutcome::RateLimited, None, retry_after),
+        s if s.is_server_error() => (PollOutcome::ServerError, None, None),
+        _ => (PollOutcome::Unexpected, None, None),
+    }
+}
