@@ -99,7 +99,12 @@ impl CorelinkHeaders {
         let idempotency_key = token(headers, "X-Idempotency-Key")?;
         let content_type = required(headers, "Content-Type")?;
         let signature = match single(headers, "X-Signature")? {
-            None | Some("") => return Err(ApiError::SignatureMissing),
+            None | Some("") => {
+                return Err(ApiError::SignatureMissing {
+                    header: names::SIGNATURE,
+                    reason: "is required",
+                });
+            }
             Some(s) if s.len() > MAX_SIGNATURE_LEN => {
                 return Err(ApiError::InvalidHeader {
                     header: "X-Signature",

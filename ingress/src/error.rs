@@ -23,10 +23,17 @@ pub enum ApiError {
         header: &'static str,
         reason: String,
     },
-    #[error("header X-Signature is required")]
-    SignatureMissing,
+    /// No usable signature header (absent, empty, or sent twice): `reason` says which.
+    #[error("header {header} {reason}")]
+    SignatureMissing {
+        header: &'static str,
+        reason: &'static str,
+    },
     #[error("{0}")]
     SignatureInvalid(#[from] SignatureError),
+    /// A webhook's `Signature` is not the HMAC of its body under any configured key.
+    #[error("header {0} is not the HMAC-SHA256 of this body under a configured key")]
+    HmacMismatch(&'static str),
     #[error(
         "X-Timestamp is {skew_secs} s away from the connector's clock; at most {tolerance_secs} s is accepted"
     )]
@@ -62,8 +69,9 @@ impl ApiError {
             | Self::ValidationFailed(_)
             | Self::MissingHeader(_)
             | Self::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
-            Self::SignatureMissing
+            Self::SignatureMissing { .. }
             | Self::SignatureInvalid(_)
+            | Self::HmacMismatch(_)
             | Self::TimestampOutOfWindow { .. }
             | Self::UnknownClient
             | Self::ClientCertRequired => StatusCode::UNAUTHORIZED,
@@ -84,8 +92,8 @@ impl ApiError {
             Self::ValidationFailed(_) => "VALIDATION_FAILED",
             Self::MissingHeader(_) => "MISSING_HEADER",
             Self::InvalidHeader { .. } => "INVALID_HEADER",
-            Self::SignatureMissing => "SIGNATURE_MISSING",
-            Self::SignatureInvalid(_) => "SIGNATURE_INVALID",
+            Self::SignatureMissing { .. } => "SIGNATURE_MISSING",
+            Self::SignatureInvalid(_) | Self::HmacMismatch(_) => "SIGNATURE_INVALID",
             Self::TimestampOutOfWindow { .. } => "TIMESTAMP_OUT_OF_WINDOW",
             Self::UnknownClient => "UNKNOWN_CLIENT",
             Self::ClientCertRequired => "CLIENT_CERT_REQUIRED",

@@ -20,11 +20,10 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::Request;
+use axum::http::HeaderMap;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::json;
 use tracing::{Instrument, field};
 use uuid::Uuid;
 
@@ -108,77 +107,6 @@ impl WebhookKeys {
     }
 }
 
-/// Why a webhook was not accepted, with the §3.3 error body it gets.
-#[derive(Debug)]
-pub enum Refusal {
-    /// No usable `Signature` header: absent, empty, or sent more than once (which one would be
-    /// Paysafe's?). The text says which.
-    SignatureMissing(&'static str),
-    /// Present, but not base64 of the body's HMAC under any configured key.
-    SignatureInvalid,
-    /// Every other refusal, as the other routes give it.
-    Api(ApiError),
-}
-
-impl From<ApiError> for Refusal {
-    fn from(error: ApiError) -> Self {
-        Self::Api(error)
-    }
-}
-
-impl Refusal {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::SignatureMissing(_) | Self::SignatureInvalid => StatusCode::UNAUTHORIZED,
-            Self::Api(error) => error.status(),
-        }
-    }
-
-    /// The contract's error code; also the `code` label of the request metrics.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::SignatureMissing(_) => "SIGNATURE_MISSING",
-            Self::SignatureInvalid => "SIGNATURE_INVALID",
-            Self::Api(error) => error.code(),
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::SignatureMissing(why) => write!(
-                f,
-                "header {SIGNATURE_HEADER} (base64 HMAC-SHA256 of the body) {why}"
-            ),
-            Self::SignatureInvalid => write!(
-                f,
-                "header {SIGNATURE_HEADER} is not the HMAC-SHA256 of this body under a configured key"
-            ),
-            Self::Api(error) => fmt::Display::fmt(error, f),
-        }
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        match self {
-            Self::Api(error) => error.into_response(),
-            // ApiError's texts name Corelink's X-Signature: same body, Paysafe's header.
-            signature => {
-                let body = json!({
-                    "error": {
-                        "code": signature.code(),
-                        "message": signature.to_string(),
-                        "details": [],
-                    }
-                });
-                (signature.status(), Json(body)).into_response()
-            }
-        }
-    }
-}
-
 /// The 200 body.
 #[derive(Debug, Serialize)]
 pub struct Accepted {
@@ -201,10 +129,10 @@ pub fn check(
     keys: &WebhookKeys,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<VerifiedWebhook, Refusal> {
+) -> Result<VerifiedWebhook, ApiError> {
     let signature = signature(headers)?;
     if !keys.verify(body, signature) {
-        return Err(Refusal::SignatureInvalid);
+        return Err(ApiError::HmacMismatch(SIGNATURE_HEADER));
     }
     let content_type = content_type(headers)?;
     let webhook = parse_webhook(body).map_err(ApiError::from)?;
@@ -219,25 +147,31 @@ pub fn check(
     })
 }
 
-fn signature(headers: &HeaderMap) -> Result<&str, Refusal> {
+fn signature(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let missing = |reason| ApiError::SignatureMissing {
+        header: SIGNATURE_HEADER,
+        reason,
+    };
     let mut values = headers.get_all(SIGNATURE_HEADER).iter();
     let Some(value) = values.next() else {
-        return Err(Refusal::SignatureMissing("is required"));
+        return Err(missing("is required"));
     };
     if values.next().is_some() {
-        return Err(Refusal::SignatureMissing("must be sent exactly once"));
+        return Err(missing("must be sent exactly once"));
     }
     // Not visible ASCII: cannot be base64, so cannot be a signature.
-    let value = value.to_str().map_err(|_| Refusal::SignatureInvalid)?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::HmacMismatch(SIGNATURE_HEADER))?;
     if value.trim().is_empty() {
-        return Err(Refusal::SignatureMissing("is empty"));
+        return Err(missing("is empty"));
     }
     Ok(value)
 }
 
 /// The `Content-Type` as sent: none, or one JSON media type (parameters such as a charset
 /// allowed).
-fn content_type(headers: &HeaderMap) -> Result<Option<&str>, Refusal> {
+fn content_type(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let mut values = headers.get_all(CONTENT_TYPE).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -248,7 +182,7 @@ fn content_type(headers: &HeaderMap) -> Result<Option<&str>, Refusal> {
     });
     match (json, values.next()) {
         (Some(text), None) => Ok(Some(text)),
-        _ => Err(ApiError::UnsupportedMediaType.into()),
+        _ => Err(ApiError::UnsupportedMediaType),
     }
 }
 
@@ -267,23 +201,23 @@ pub async fn handle(state: AppState, request: Request) -> Response {
     let result = accept(&state, request).instrument(span.clone()).await;
     let code = match &result {
         Ok(_) => "ACCEPTED",
-        Err(refusal) => refusal.code(),
+        Err(error) => error.code(),
     };
     metrics::record_request(ROUTE_NAME, code, started.elapsed());
     span.in_scope(|| match &result {
         Ok(_) => tracing::info!("accepted"),
-        Err(refusal) if refusal.status().is_server_error() => {
-            tracing::warn!(code, error = %refusal, "not accepted")
+        Err(error) if error.status().is_server_error() => {
+            tracing::warn!(code, %error, "not accepted")
         }
-        Err(refusal) => tracing::info!(code, error = %refusal, "rejected"),
+        Err(error) => tracing::info!(code, %error, "rejected"),
     });
     match result {
         Ok(accepted) => Json(accepted).into_response(),
-        Err(refusal) => refusal.into_response(),
+        Err(error) => error.into_response(),
     }
 }
 
-async fn accept(state: &AppState, request: Request) -> Result<Accepted, Refusal> {
+async fn accept(state: &AppState, request: Request) -> Result<Accepted, ApiError> {
     let received_at = state.clock.now();
     let limit = state.max_body_bytes;
     let (parts, body) = request.into_parts();
@@ -293,7 +227,7 @@ async fn accept(state: &AppState, request: Request) -> Result<Accepted, Refusal>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared_length.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::PayloadTooLarge { limit }.into());
+        return Err(ApiError::PayloadTooLarge { limit });
     }
     let body = crate::body::read(body, limit, state.body_timeout).await?;
 
@@ -343,10 +277,11 @@ mod tests {
     use std::time::Duration;
 
     use axum::body::Body;
-    use axum::http::{HeaderValue, header};
+    use axum::http::{HeaderValue, StatusCode, header};
     use connector_schema::paysafe::webhook_signature;
     use connector_schema::topology::TopologySettings;
     use serde_json::Value;
+    use serde_json::json;
     use tokio_util::sync::CancellationToken;
     use tower::ServiceExt as _;
 

@@ -8,7 +8,8 @@
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
 
-use connector_ingress::paysafe::{Refusal, WebhookKeys, check};
+use connector_ingress::error::ApiError;
+use connector_ingress::paysafe::{WebhookKeys, check};
 use connector_schema::paysafe::{SIGNATURE_HEADER, WebhookEvent};
 
 fn vectors() -> Vec<Value> {
@@ -32,11 +33,11 @@ fn body(vector: &Value) -> &[u8] {
 }
 
 /// The answer the route gives once the body has arrived: "ACCEPT" or the HTTP status.
-fn answer(keys: &WebhookKeys, vector: &Value) -> Result<(), Refusal> {
+fn answer(keys: &WebhookKeys, vector: &Value) -> Result<(), ApiError> {
     check(keys, &headers(vector), body(vector)).map(|_| ())
 }
 
-fn expected(result: &Result<(), Refusal>) -> String {
+fn expected(result: &Result<(), ApiError>) -> String {
     match result {
         Ok(()) => "ACCEPT".into(),
         Err(refusal) => refusal.status().as_u16().to_string(),
