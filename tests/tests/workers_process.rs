@@ -1,6 +1,6 @@
 //! The `connector-workers` binary as shipped, configured through the environment: it
-//! migrates, consumes, applies and relays with its real loops (no stepping), serves its
-//! metrics and readiness, and stops cleanly on SIGTERM.
+//! migrates, consumes, applies, relays and polls Paysafe (the simulator) with its real loops
+//! (no stepping), serves its metrics and readiness, and stops cleanly on SIGTERM.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use connector_e2e_tests::pipeline::spawn_pipeline;
 use connector_e2e_tests::{amqp_url, eventually, unit_body, workers_binary};
+use connector_schema::paysafe::{TrackCommand, TrackedKind};
+use connector_workers::admin;
+use paysafe_sim::{ItemScript, SimConfig, Step as SimStep};
 
 #[tokio::test]
 async fn the_workers_binary_turns_a_callback_into_a_ledger_event() {
@@ -81,6 +84,121 @@ async fn the_workers_binary_turns_a_callback_into_a_ledger_event() {
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
+
+    let pid = workers.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), workers.wait())
+        .await
+        .expect("stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exits cleanly: {status}");
+    p.teardown().await;
+}
+
+#[tokio::test]
+async fn the_poller_role_follows_a_tracked_payment_and_reports_its_metrics() {
+    let p = spawn_pipeline().await;
+    let sim = paysafe_sim::spawn(SimConfig::new("merchant", "api-password"))
+        .await
+        .unwrap();
+    sim.set_script(ItemScript::new(
+        TrackedKind::Payment,
+        "pay-bin-1",
+        "order-bin-1",
+        546,
+        "CAD",
+        vec![
+            SimStep::new("PROCESSING", Some(1)),
+            SimStep::new("COMPLETED", None),
+        ],
+    ))
+    .unwrap();
+    let ops_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut workers = tokio::process::Command::new(workers_binary())
+        .args([
+            "run", "--role", "apply", "--role", "relay", "--role", "poller",
+        ])
+        .env("CONNECTOR_DATABASE__URL", &p.db.url)
+        .env("CONNECTOR_BROKER__URL", amqp_url())
+        .env(
+            "CONNECTOR_TOPOLOGY__PREFIX",
+            &p.app.settings.topology.prefix,
+        )
+        .env("CONNECTOR_TOPOLOGY__QUEUE_EXPIRES_SECS", "600")
+        .env("CONNECTOR_OPS__LISTEN", format!("127.0.0.1:{ops_port}"))
+        .env("CONNECTOR_PAYSAFE__BASE_URL", sim.base_url())
+        .env("CONNECTOR_PAYSAFE__API_USERNAME", "merchant")
+        .env("CONNECTOR_PAYSAFE__API_PASSWORD", "api-password")
+        .env("CONNECTOR_PAYSAFE__FIRST_POLL_AFTER_SECS", "0")
+        .env("CONNECTOR_PAYSAFE__IDLE_INTERVAL_MS", "50")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ops = format!("http://127.0.0.1:{ops_port}");
+    let http = reqwest::Client::new();
+    let ready = eventually(Duration::from_secs(30), || async {
+        matches!(http.get(format!("{ops}/readyz")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    assert!(ready);
+
+    let (_connection, channel) = admin::confirm_channel(&amqp_url()).await.unwrap();
+    let command = TrackCommand {
+        kind: TrackedKind::Payment,
+        id: "pay-bin-1".into(),
+        merchant_ref_num: "order-bin-1".into(),
+        amount: 546,
+        currency_code: "CAD".into(),
+    };
+    admin::paysafe_track(&channel, &p.app.topology, &command)
+        .await
+        .unwrap();
+    let ledger = p.app.topology.ledger_queue.clone();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            p.depth(&ledger).await == 1
+        })
+        .await,
+        "the payment completes and its event arrives"
+    );
+    let events = p.ledger_events().await;
+    assert_eq!(events[0].0.event_type, "paysafe.payment.completed");
+    assert_eq!(sim.poll_count("pay-bin-1"), 2);
+
+    // The gauges are refreshed every 10 s.
+    let expected = [
+        r#"connector_paysafe_polls_total{kind="payment",outcome="pending"} 1"#,
+        r#"connector_paysafe_polls_total{kind="payment",outcome="final"} 1"#,
+        "connector_paysafe_poll_duration_seconds_bucket",
+        r#"connector_paysafe_items{kind="payment",tracking="final",status="COMPLETED"} 1"#,
+        r#"connector_paysafe_items{kind="payment",tracking="polling",status="PROCESSING"} 0"#,
+        "connector_paysafe_oldest_polling_age_seconds 0",
+        "connector_paysafe_poller_auth_failed 0",
+    ];
+    let scrape = || async {
+        http.get(format!("{ops}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let complete = eventually(Duration::from_secs(25), || async {
+        let metrics = scrape().await;
+        expected.iter().all(|name| metrics.contains(name))
+    })
+    .await;
+    let metrics = scrape().await;
+    assert!(complete, "{expected:#?} not all in:\n{metrics}");
 
     let pid = workers.id().unwrap();
     std::process::Command::new("kill")

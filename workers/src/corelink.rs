@@ -137,8 +137,9 @@ fn content_digest(batch_id: Option<&str>, sorted_orders: &[OrderStatusUpdate]) -
 }
 
 /// What one order's notification does, decided under its row lock.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Effect {
+pub enum Effect {
     Created,
     Applied,
     Unchanged,
@@ -157,7 +158,11 @@ impl Effect {
 }
 
 /// The §3.4 transition table; `Err` is a final-status conflict.
-fn transition(current: Option<OrderStatus>, incoming: OrderStatus) -> Result<Effect, OrderStatus> {
+#[doc(hidden)]
+pub fn transition(
+    current: Option<OrderStatus>,
+    incoming: OrderStatus,
+) -> Result<Effect, OrderStatus> {
     match current {
         None => Ok(Effect::Created),
         Some(OrderStatus::Pending) if incoming == OrderStatus::Pending => Ok(Effect::Unchanged),

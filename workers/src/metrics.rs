@@ -31,7 +31,7 @@ pub const NONCES_PURGED_TOTAL: &str = "connector_nonces_purged_total";
 /// timeout, network, unauthorized, not_found, unexpected).
 pub const PAYSAFE_POLLS_TOTAL: &str = "connector_paysafe_polls_total";
 pub const PAYSAFE_POLL_SECONDS: &str = "connector_paysafe_poll_duration_seconds";
-/// Tracked items by `kind` and `tracking` (polling, final, stale).
+/// Tracked items by `kind`, `tracking` (polling, final, stale) and Paysafe `status`.
 pub const PAYSAFE_ITEMS: &str = "connector_paysafe_items";
 /// Age of the oldest item still polled (non-final): a payment stuck in PROCESSING.
 pub const PAYSAFE_OLDEST_POLLING_AGE_SECONDS: &str = "connector_paysafe_oldest_polling_age_seconds";
@@ -91,8 +91,9 @@ pub fn paysafe_poll(kind: &'static str, outcome: &'static str, elapsed: Duration
     histogram!(PAYSAFE_POLL_SECONDS).record(elapsed.as_secs_f64());
 }
 
-pub fn paysafe_items(kind: String, tracking: String, count: i64) {
-    gauge!(PAYSAFE_ITEMS, "kind" => kind, "tracking" => tracking).set(count as f64);
+pub fn paysafe_items(kind: String, tracking: String, status: String, count: i64) {
+    gauge!(PAYSAFE_ITEMS, "kind" => kind, "tracking" => tracking, "status" => status)
+        .set(count as f64);
 }
 
 pub fn paysafe_oldest_polling_age(secs: f64) {

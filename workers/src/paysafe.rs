@@ -148,7 +148,8 @@ pub fn transition(
 }
 
 /// The ledger event a final status (or a reversal) emits.
-fn event_type(kind: TrackedKind, status: PaysafeStatus, effect: Effect) -> Option<EventType> {
+#[doc(hidden)]
+pub fn event_type(kind: TrackedKind, status: PaysafeStatus, effect: Effect) -> Option<EventType> {
     if effect == Effect::Reversed {
         return Some(EventType::PaysafeCreditReversed);
     }

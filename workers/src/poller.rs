@@ -20,7 +20,7 @@ use reqwest::StatusCode;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use connector_schema::paysafe::{PaysafeTransaction, TrackedKind};
+use connector_schema::paysafe::{PaysafeStatus, PaysafeTransaction, TrackedKind};
 
 use crate::config::PaysafeSettings;
 use crate::outcome::ApplyError;
@@ -135,6 +135,7 @@ impl Poller {
     /// Polls until `shutdown`, refreshing the tracking gauges as it goes.
     pub async fn run(self) {
         tracing::info!(base_url = %self.settings.base_url, "poller running");
+        metrics::paysafe_auth_failed(false);
         let mut gauges_at = Instant::now() - Duration::from_secs(3600);
         while !self.shutdown.is_cancelled() {
             if gauges_at.elapsed() >= Duration::from_secs(10) {
@@ -369,17 +370,23 @@ impl Poller {
 
     /// Items by kind and tracking state, and the oldest still polled, for the dashboards.
     pub async fn refresh_gauges(&self) -> anyhow::Result<()> {
-        let counts: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT k.kind, t.tracking, count(p.id)
+        // Every combination, zeros included, so a gauge falls back to 0 when its last item
+        // moves on instead of keeping its old value.
+        let statuses: Vec<&str> = PaysafeStatus::ALL.iter().map(|s| s.as_str()).collect();
+        let counts: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT k.kind, t.tracking, s.status, count(p.id)
              FROM (VALUES ('payment'), ('standalone_credit')) AS k(kind)
              CROSS JOIN (VALUES ('polling'), ('final'), ('stale')) AS t(tracking)
-             LEFT JOIN paysafe_items p ON p.kind = k.kind AND p.tracking = t.tracking
-             GROUP BY k.kind, t.tracking",
+             CROSS JOIN UNNEST($1::text[]) AS s(status)
+             LEFT JOIN paysafe_items p
+                    ON p.kind = k.kind AND p.tracking = t.tracking AND p.status = s.status
+             GROUP BY k.kind, t.tracking, s.status",
         )
+        .bind(&statuses)
         .fetch_all(&self.pool)
         .await?;
-        for (kind, tracking, count) in counts {
-            metrics::paysafe_items(kind, tracking, count);
+        for (kind, tracking, status, count) in counts {
+            metrics::paysafe_items(kind, tracking, status, count);
         }
         let oldest: Option<f64> = sqlx::query_scalar(
             "SELECT EXTRACT(EPOCH FROM now() - min(created_at))::float8
