@@ -13,6 +13,11 @@ use arc_swap::ArcSwap;
 
 use josekit::jwk::{Jwk, JwkSet};
 use josekit::jws::{ES256, EdDSA, JwsVerifier, PS256, RS256};
+use openssl::bn::{BigNum, BigNumContext};
+use openssl::ec::{EcGroup, EcKey, EcPoint};
+use openssl::ecdsa::EcdsaSig;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Public};
 
 use crate::config::{ClientSettings, ConfigError, KeySettings, Settings};
 
@@ -73,6 +78,14 @@ pub struct VerifyingKey {
     pub kid: String,
     pub alg: JwsAlgorithm,
     verifier: Box<dyn JwsVerifier>,
+    /// ES256 keys: the same public key as an OpenSSL EC key, loaded once, so a request's
+    /// signature is checked with one `ECDSA_do_verify` over its SHA-256 digest. josekit's
+    /// verifier (kept for the other algorithms, and for a key this could not be derived for)
+    /// builds an EVP verification context, DER-encodes the signature and allocates an error
+    /// chain on every call, which under OpenSSL 3 cost about as much again as the
+    /// verification itself (see ops/BENCHMARKS.md). Same curve, hash and checks: the result
+    /// is the same for every signature.
+    p256: Option<EcKey<Public>>,
 }
 
 impl fmt::Debug for VerifyingKey {
@@ -96,26 +109,83 @@ impl VerifyingKey {
             return Err(format!("has kid `{own}`, configured as `{kid}`"));
         }
         let verifier = alg.verifier_from_jwk(jwk).map_err(|e| e.to_string())?;
+        // Only once josekit has accepted the JWK (kty, crv, use, key_ops, alg, the point).
+        let p256 = (alg == JwsAlgorithm::Es256)
+            .then(|| p256_from_jwk(jwk))
+            .flatten();
         Ok(Self {
             kid: kid.to_owned(),
             alg,
             verifier,
+            p256,
         })
     }
 
     pub fn from_pem(kid: &str, alg: JwsAlgorithm, pem: &[u8]) -> Result<Self, String> {
         let verifier = alg.verifier_from_pem(pem).map_err(|e| e.to_string())?;
+        let p256 = (alg == JwsAlgorithm::Es256)
+            .then(|| p256_from_pem(pem))
+            .flatten();
         Ok(Self {
             kid: kid.to_owned(),
             alg,
             verifier,
+            p256,
         })
     }
 
     /// Checks `signature` over the JWS signing input (`header.payload`, ASCII).
     pub fn verify(&self, signing_input: &[u8], signature: &[u8]) -> bool {
-        self.verifier.verify(signing_input, signature).is_ok()
+        match &self.p256 {
+            Some(key) => verify_es256(key, signing_input, signature),
+            None => self.verifier.verify(signing_input, signature).is_ok(),
+        }
     }
+}
+
+/// ES256 (RFC 7518 §3.4): the signature is R || S, 32 bytes each, over SHA-256 of the input.
+fn verify_es256(key: &EcKey<Public>, signing_input: &[u8], signature: &[u8]) -> bool {
+    if signature.len() != 64 {
+        return false;
+    }
+    let (r, s) = signature.split_at(32);
+    let (Ok(r), Ok(s)) = (BigNum::from_slice(r), BigNum::from_slice(s)) else {
+        return false;
+    };
+    let Ok(signature) = EcdsaSig::from_private_components(r, s) else {
+        return false;
+    };
+    let digest = openssl::sha::sha256(signing_input);
+    // Err (OpenSSL could not evaluate it, e.g. r or s out of range) is a refusal too.
+    signature.verify(&digest, key).unwrap_or(false)
+}
+
+/// The P-256 point of a public JWK, decoded as josekit does (0x04 || x || y).
+fn p256_from_jwk(jwk: &Jwk) -> Option<EcKey<Public>> {
+    use base64::Engine as _;
+    let coordinate = |name: &str| match jwk.parameter(name) {
+        Some(serde_json::Value::String(value)) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(value)
+            .ok(),
+        _ => None,
+    };
+    let (x, y) = (coordinate("x")?, coordinate("y")?);
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).ok()?;
+    let mut ctx = BigNumContext::new().ok()?;
+    let point = EcPoint::from_bytes(&group, &[&[0x04][..], &x, &y].concat(), &mut ctx).ok()?;
+    let key = EcKey::from_public_key(&group, &point).ok()?;
+    key.check_key().ok()?;
+    Some(key)
+}
+
+/// The P-256 key of a SubjectPublicKeyInfo PEM.
+fn p256_from_pem(pem: &[u8]) -> Option<EcKey<Public>> {
+    let key = PKey::public_key_from_pem(pem).ok()?.ec_key().ok()?;
+    if key.group().curve_name() != Some(Nid::X9_62_PRIME256V1) {
+        return None;
+    }
+    key.check_key().ok()?;
+    Some(key)
 }
 
 /// A bank allowed to push callbacks.
@@ -388,6 +458,58 @@ mod tests {
             "a set is not a single key: {error}"
         );
         std::fs::remove_file(&file).unwrap();
+    }
+
+    #[test]
+    fn the_es256_fast_path_agrees_with_josekit() {
+        use josekit::jws::JwsSigner as _;
+        let (private, public) = generate_key_pair(JwsAlgorithm::Es256, "k1").unwrap();
+        let key = VerifyingKey::from_jwk("k1", JwsAlgorithm::Es256, &public).unwrap();
+        assert!(key.p256.is_some(), "an ES256 JWK gets the direct OpenSSL key");
+        let signer = ES256.signer_from_jwk(&private).unwrap();
+        let input = b"eyJhbGciOiJFUzI1NiJ9.eyJhIjoiYiJ9";
+        let good = signer.sign(input).unwrap();
+        let mut flipped = good.clone();
+        flipped[40] ^= 1;
+        let mut zero_r = good.clone();
+        zero_r[..32].fill(0);
+        let mut big_s = good.clone();
+        big_s[32..].fill(0xff);
+        let cases: [(&[u8], &[u8]); 7] = [
+            (input, &good),
+            (b"eyJhbGciOiJFUzI1NiJ9.eyJhIjoiYyJ9", &good),
+            (input, &flipped),
+            (input, &zero_r),
+            (input, &big_s),
+            (input, &good[..63]),
+            (input, &[good.as_slice(), &[0]].concat()),
+        ];
+        for (i, (message, signature)) in cases.iter().enumerate() {
+            let josekit = key.verifier.verify(message, signature).is_ok();
+            assert_eq!(key.verify(message, signature), josekit, "case {i}");
+            assert_eq!(josekit, i == 0, "case {i}");
+        }
+
+        // The same key as a PEM (SubjectPublicKeyInfo).
+        let (x, y) = (
+            public.parameter("x").unwrap().as_str().unwrap(),
+            public.parameter("y").unwrap().as_str().unwrap(),
+        );
+        use base64::Engine as _;
+        let decode = |v| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v).unwrap();
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let mut ctx = BigNumContext::new().unwrap();
+        let point =
+            EcPoint::from_bytes(&group, &[&[4][..], &decode(x), &decode(y)].concat(), &mut ctx)
+                .unwrap();
+        let pem = PKey::from_ec_key(EcKey::from_public_key(&group, &point).unwrap())
+            .unwrap()
+            .public_key_to_pem()
+            .unwrap();
+        let from_pem = VerifyingKey::from_pem("k1", JwsAlgorithm::Es256, &pem).unwrap();
+        assert!(from_pem.p256.is_some());
+        assert!(from_pem.verify(input, &good));
+        assert!(!from_pem.verify(input, &flipped));
     }
 
     #[test]

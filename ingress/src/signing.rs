@@ -158,6 +158,36 @@ pub fn generate_key_pair(alg: JwsAlgorithm, kid: &str) -> anyhow::Result<(Jwk, J
     Ok((private, public))
 }
 
+/// How a signing tool prints a request: one `Name: value` line per header, or a ready-to-paste
+/// curl command POSTing the body file.
+pub fn render_request(
+    curl: bool,
+    url: &str,
+    path: &str,
+    tls_options: &str,
+    headers: &[(&str, &str)],
+    body_file: &std::path::Path,
+) -> String {
+    if !curl {
+        return headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\n"))
+            .collect();
+    }
+    let mut command = format!("curl -sS -i -X POST '{}{path}'", url.trim_end_matches('/'));
+    if !tls_options.is_empty() {
+        command.push_str(&format!(" \\\n  {tls_options}"));
+    }
+    for (name, value) in headers {
+        command.push_str(&format!(" \\\n  -H '{name}: {value}'"));
+    }
+    command.push_str(&format!(
+        " \\\n  --data-binary @'{}'\n",
+        body_file.display()
+    ));
+    command
+}
+
 /// Writes a private key file readable by its owner only (0600 on Unix).
 pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;

@@ -5,15 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex, OnceLock};
-
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use serde_json::Value;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
 use connector_e2e_tests::pipeline::{Pipeline, spawn_pipeline_on};
-use connector_e2e_tests::{TestApp, TestPki, spawn_tls_app_with};
+use connector_e2e_tests::{TestApp, TestPki, logs, spawn_tls_app_with};
 use connector_ingress::snap::{BncPartner, sign};
 use connector_schema::bnc::string_to_sign;
 
@@ -32,42 +30,8 @@ fn body(reference: &str, token: &str) -> String {
     )
 }
 
-/// Every log line of this test binary, from any test or task.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        tracing_subscriber::fmt()
-            .with_writer(move || Writer(sink.clone()))
-            .with_env_filter(
-                "info,connector_ingress=trace,connector_workers=trace,connector_schema=trace,sqlx=debug",
-            )
-            .with_ansi(false)
-            .init();
-        logs
-    })
-    .clone()
-}
-
-struct Writer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Writer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn assert_no_secret_logged() {
-    let logs = captured_logs();
-    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-    assert!(!logs.is_empty(), "the capture works");
-    assert!(!logs.contains(TOKEN), "the token was logged");
-    assert!(!logs.contains(ACCOUNT_NO), "the account number was logged");
+    logs::assert_absent("bnc_callback", &[TOKEN, ACCOUNT_NO]);
 }
 
 /// A BNC partner: its client key and RSA private key (the ingress has the public half).
@@ -134,7 +98,7 @@ struct Bnc {
 }
 
 async fn spawn() -> Bnc {
-    captured_logs();
+    logs::install();
     let partner = Partner::new("BNC_PARTNER_1");
     let keys = tempfile::tempdir().unwrap();
     let settings = partner.settings(keys.path());

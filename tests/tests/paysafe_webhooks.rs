@@ -6,11 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex, OnceLock};
-
 use serde_json::Value;
 
-use connector_e2e_tests::{TestApp, TestPki, spawn_tls_app_with};
+use connector_e2e_tests::{TestApp, TestPki, logs, spawn_tls_app_with};
 use connector_schema::paysafe::webhook_signature;
 use connector_schema::{IntakeEnvelope, IntakeKind};
 
@@ -34,45 +32,11 @@ fn sign(key: &str, body: &str) -> String {
     webhook_signature(key.as_bytes(), body.as_bytes())
 }
 
-/// Every log line of this test binary, from any test or task.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        tracing_subscriber::fmt()
-            .with_writer(move || Writer(sink.clone()))
-            .with_env_filter("info,connector_ingress=trace,connector_schema=trace")
-            .with_ansi(false)
-            .init();
-        logs
-    })
-    .clone()
-}
-
-struct Writer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Writer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// No key and none of `signatures` in any log line; the event fields are there.
 fn assert_no_secret_logged(signatures: &[String]) {
-    let logs = captured_logs();
-    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-    assert!(logs.contains("paysafe_webhook"), "the capture works");
-    for secret in [KEY, NEXT_KEY, "not-the-configured-key"] {
-        assert!(!logs.contains(secret), "a key was logged");
-    }
-    for signature in signatures {
-        assert!(!logs.contains(signature.as_str()), "a signature was logged");
-    }
+    let mut secrets = vec![KEY, NEXT_KEY, "not-the-configured-key"];
+    secrets.extend(signatures.iter().map(String::as_str));
+    logs::assert_absent("paysafe_webhook", &secrets);
 }
 
 struct Paysafe {
@@ -83,7 +47,7 @@ struct Paysafe {
 }
 
 async fn spawn(configure: impl FnOnce(&mut connector_ingress::config::Settings)) -> Paysafe {
-    captured_logs();
+    logs::install();
     let (app, pki) = spawn_tls_app_with(configure).await;
     let client = pki.client(None);
     Paysafe {

@@ -6,22 +6,30 @@
 
 use std::time::Duration;
 
-use connector_e2e_tests::pipeline::spawn_pipeline;
+use connector_e2e_tests::pipeline::{Pipeline, spawn_pipeline};
 use connector_e2e_tests::{amqp_url, eventually, unit_body, workers_binary};
 use connector_schema::paysafe::{TrackCommand, TrackedKind};
 use connector_workers::admin;
 use paysafe_sim::{ItemScript, SimConfig, Step as SimStep};
 
-#[tokio::test]
-async fn the_workers_binary_turns_a_callback_into_a_ledger_event() {
-    let p = spawn_pipeline().await;
+/// The shipped binary running `roles` against `p`'s database and topology, configured through
+/// the environment (plus `env`); returns it with its ops URL once `/readyz` answers 200.
+async fn spawn_workers(
+    p: &Pipeline,
+    roles: &[&str],
+    env: &[(&str, String)],
+) -> (tokio::process::Child, String) {
     let ops_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut workers = tokio::process::Command::new(workers_binary())
-        .args(["run", "--role", "apply", "--role", "relay"])
+    let mut command = tokio::process::Command::new(workers_binary());
+    command.arg("run");
+    for role in roles {
+        command.args(["--role", role]);
+    }
+    command
         .env("CONNECTOR_DATABASE__URL", &p.db.url)
         .env("CONNECTOR_BROKER__URL", amqp_url())
         .env(
@@ -31,19 +39,40 @@ async fn the_workers_binary_turns_a_callback_into_a_ledger_event() {
         .env("CONNECTOR_TOPOLOGY__QUEUE_EXPIRES_SECS", "600")
         .env("CONNECTOR_OPS__LISTEN", format!("127.0.0.1:{ops_port}"))
         .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let workers = command.spawn().unwrap();
     let ops = format!("http://127.0.0.1:{ops_port}");
     let http = reqwest::Client::new();
     let ready = eventually(Duration::from_secs(30), || async {
         matches!(http.get(format!("{ops}/readyz")).send().await, Ok(r) if r.status() == 200)
     })
     .await;
-    assert!(
-        ready,
-        "/readyz: database reachable, apply and relay connected"
-    );
+    assert!(ready, "/readyz: database reachable, roles connected");
+    (workers, ops)
+}
+
+/// SIGTERM, then a clean exit within 20 s.
+async fn stop(mut workers: tokio::process::Child) {
+    let pid = workers.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), workers.wait())
+        .await
+        .expect("stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exits cleanly: {status}");
+}
+
+#[tokio::test]
+async fn the_workers_binary_turns_a_callback_into_a_ledger_event() {
+    let p = spawn_pipeline().await;
+    let (workers, ops) = spawn_workers(&p, &["apply", "relay"], &[]).await;
+    let http = reqwest::Client::new();
 
     let response = p
         .app
@@ -85,16 +114,7 @@ async fn the_workers_binary_turns_a_callback_into_a_ledger_event() {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
 
-    let pid = workers.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), workers.wait())
-        .await
-        .expect("stops on SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exits cleanly: {status}");
+    stop(workers).await;
     p.teardown().await;
 }
 
@@ -116,39 +136,15 @@ async fn the_poller_role_follows_a_tracked_payment_and_reports_its_metrics() {
         ],
     ))
     .unwrap();
-    let ops_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut workers = tokio::process::Command::new(workers_binary())
-        .args([
-            "run", "--role", "apply", "--role", "relay", "--role", "poller",
-        ])
-        .env("CONNECTOR_DATABASE__URL", &p.db.url)
-        .env("CONNECTOR_BROKER__URL", amqp_url())
-        .env(
-            "CONNECTOR_TOPOLOGY__PREFIX",
-            &p.app.settings.topology.prefix,
-        )
-        .env("CONNECTOR_TOPOLOGY__QUEUE_EXPIRES_SECS", "600")
-        .env("CONNECTOR_OPS__LISTEN", format!("127.0.0.1:{ops_port}"))
-        .env("CONNECTOR_PAYSAFE__BASE_URL", sim.base_url())
-        .env("CONNECTOR_PAYSAFE__API_USERNAME", "merchant")
-        .env("CONNECTOR_PAYSAFE__API_PASSWORD", "api-password")
-        .env("CONNECTOR_PAYSAFE__FIRST_POLL_AFTER_SECS", "0")
-        .env("CONNECTOR_PAYSAFE__IDLE_INTERVAL_MS", "50")
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let ops = format!("http://127.0.0.1:{ops_port}");
+    let env = [
+        ("CONNECTOR_PAYSAFE__BASE_URL", sim.base_url()),
+        ("CONNECTOR_PAYSAFE__API_USERNAME", "merchant".to_owned()),
+        ("CONNECTOR_PAYSAFE__API_PASSWORD", "api-password".to_owned()),
+        ("CONNECTOR_PAYSAFE__FIRST_POLL_AFTER_SECS", "0".to_owned()),
+        ("CONNECTOR_PAYSAFE__IDLE_INTERVAL_MS", "50".to_owned()),
+    ];
+    let (workers, ops) = spawn_workers(&p, &["apply", "relay", "poller"], &env).await;
     let http = reqwest::Client::new();
-    let ready = eventually(Duration::from_secs(30), || async {
-        matches!(http.get(format!("{ops}/readyz")).send().await, Ok(r) if r.status() == 200)
-    })
-    .await;
-    assert!(ready);
 
     let (_connection, channel) = admin::confirm_channel(&amqp_url()).await.unwrap();
     let command = TrackCommand {
@@ -200,15 +196,6 @@ async fn the_poller_role_follows_a_tracked_payment_and_reports_its_metrics() {
     let metrics = scrape().await;
     assert!(complete, "{expected:#?} not all in:\n{metrics}");
 
-    let pid = workers.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), workers.wait())
-        .await
-        .expect("stops on SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exits cleanly: {status}");
+    stop(workers).await;
     p.teardown().await;
 }

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use connector_ingress::keys::JwsAlgorithm;
 use connector_ingress::pki::DevCa;
 use connector_ingress::signing::{
-    RequestSigner, generate_key_pair, random_nonce, write_private_file,
+    RequestSigner, generate_key_pair, random_nonce, render_request, write_private_file,
 };
 
 #[derive(Debug, Parser)]
@@ -186,33 +186,23 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                 OffsetDateTime::now_utc(),
                 &nonce,
             )?;
-            Ok(match format {
-                Format::Headers => headers
-                    .pairs()
-                    .iter()
-                    .map(|(name, value)| format!("{name}: {value}\n"))
-                    .collect(),
-                Format::Curl => {
-                    let mut command = format!(
-                        "curl -sS -i -X POST '{}{}'",
-                        url.trim_end_matches('/'),
-                        path
-                    );
-                    if let (Some(cert), Some(key), Some(ca)) = (&cert, &cert_key, &cacert) {
-                        command.push_str(&format!(
-                            " \\\n  --cert '{}' --key '{}' --cacert '{}'",
-                            cert.display(),
-                            key.display(),
-                            ca.display()
-                        ));
-                    }
-                    for (name, value) in headers.pairs() {
-                        command.push_str(&format!(" \\\n  -H '{name}: {value}'"));
-                    }
-                    command.push_str(&format!(" \\\n  --data-binary @'{}'\n", body.display()));
-                    command
-                }
-            })
+            let tls_options = match (&cert, &cert_key, &cacert) {
+                (Some(cert), Some(key), Some(ca)) => format!(
+                    "--cert '{}' --key '{}' --cacert '{}'",
+                    cert.display(),
+                    key.display(),
+                    ca.display()
+                ),
+                _ => String::new(),
+            };
+            Ok(render_request(
+                matches!(format, Format::Curl),
+                &url,
+                &path,
+                &tls_options,
+                &headers.pairs(),
+                &body,
+            ))
         }
     }
 }

@@ -13,7 +13,7 @@ use openssl::rsa::Rsa;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
-use connector_ingress::signing::write_private_file;
+use connector_ingress::signing::{render_request, write_private_file};
 use connector_ingress::snap::sign;
 use connector_schema::bnc::{headers as names, string_to_sign};
 
@@ -141,27 +141,17 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                 (names::X_EXTERNAL_ID, external_id.as_str()),
                 (names::CHANNEL_ID, channel_id.as_str()),
             ];
-            Ok(match format {
-                Format::Headers => headers
-                    .iter()
-                    .map(|(name, value)| format!("{name}: {value}\n"))
-                    .collect(),
-                Format::Curl => {
-                    let mut command = format!(
-                        "curl -sS -i -X POST '{}{}'",
-                        url.trim_end_matches('/'),
-                        path
-                    );
-                    if let Some(ca) = &cacert {
-                        command.push_str(&format!(" --cacert '{}'", ca.display()));
-                    }
-                    for (name, value) in headers {
-                        command.push_str(&format!(" \\\n  -H '{name}: {value}'"));
-                    }
-                    command.push_str(&format!(" \\\n  --data-binary @'{}'\n", body.display()));
-                    command
-                }
-            })
+            let tls_options = cacert
+                .map(|ca| format!("--cacert '{}'", ca.display()))
+                .unwrap_or_default();
+            Ok(render_request(
+                matches!(format, Format::Curl),
+                &url,
+                &path,
+                &tls_options,
+                &headers,
+                &body,
+            ))
         }
     }
 }
