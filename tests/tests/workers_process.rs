@@ -109,6 +109,7 @@ async fn the_workers_binary_turns_a_callback_into_a_ledger_event() {
         "connector_relay_publish_duration_seconds_bucket",
         "connector_outbox_backlog",
         "connector_outbox_oldest_unpublished_age_seconds",
+        r#"connector_worker_quarantine_held{reason="FINAL_STATUS_CONFLICT"} 0"#,
         r#"connector_worker_broker_connected{role="apply"} 1"#,
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
@@ -176,7 +177,7 @@ async fn the_poller_role_follows_a_tracked_payment_and_reports_its_metrics() {
         "connector_paysafe_poll_duration_seconds_bucket",
         r#"connector_paysafe_items{kind="payment",tracking="final",status="COMPLETED"} 1"#,
         r#"connector_paysafe_items{kind="payment",tracking="polling",status="PROCESSING"} 0"#,
-        "connector_paysafe_oldest_polling_age_seconds 0",
+        r#"connector_paysafe_oldest_polling_age_seconds{kind="payment"} 0"#,
         "connector_paysafe_poller_auth_failed 0",
     ];
     let scrape = || async {

@@ -281,11 +281,15 @@ impl ApplyWorker {
     }
 }
 
+/// The message's kind for metrics: its AMQP `type`, else its routing key (a command published
+/// by another service may carry no `type`).
 fn kind_label(delivery: &Delivery) -> &'static str {
     delivery
         .properties
         .kind()
         .as_ref()
-        .and_then(|kind| connector_schema::IntakeKind::from_routing_key(kind.as_str()))
-        .map_or("unknown", connector_schema::IntakeKind::routing_key)
+        .map(|kind| kind.as_str())
+        .and_then(IntakeKind::from_routing_key)
+        .or_else(|| IntakeKind::from_routing_key(delivery.routing_key.as_str()))
+        .map_or("unknown", IntakeKind::routing_key)
 }

@@ -10,6 +10,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 pub const MESSAGES_TOTAL: &str = "connector_worker_messages_total";
 /// Quarantined messages by `reason`.
 pub const QUARANTINED_TOTAL: &str = "connector_worker_quarantined_total";
+/// Messages held in quarantine now, by `reason` (from the database).
+pub const QUARANTINE_HELD: &str = "connector_worker_quarantine_held";
 /// Time to apply one message (its transaction, retries included), by `kind`.
 pub const APPLY_DURATION_SECONDS: &str = "connector_worker_apply_duration_seconds";
 /// Transient failures retried while holding the message (database down, deadlock, ...).
@@ -33,7 +35,7 @@ pub const PAYSAFE_POLLS_TOTAL: &str = "connector_paysafe_polls_total";
 pub const PAYSAFE_POLL_SECONDS: &str = "connector_paysafe_poll_duration_seconds";
 /// Tracked items by `kind`, `tracking` (polling, final, stale) and Paysafe `status`.
 pub const PAYSAFE_ITEMS: &str = "connector_paysafe_items";
-/// Age of the oldest item still polled (non-final): a payment stuck in PROCESSING.
+/// Age of the oldest item still polled (non-final), by `kind`: a payment stuck in PROCESSING.
 pub const PAYSAFE_OLDEST_POLLING_AGE_SECONDS: &str = "connector_paysafe_oldest_polling_age_seconds";
 /// Items that reached their deadline still non-final, by `kind`.
 pub const PAYSAFE_STALE_TOTAL: &str = "connector_paysafe_stale_total";
@@ -55,6 +57,10 @@ pub fn message(kind: &'static str, outcome: &'static str, elapsed: Duration) {
 
 pub fn quarantined(reason: &'static str) {
     counter!(QUARANTINED_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn quarantine_held(reason: String, count: i64) {
+    gauge!(QUARANTINE_HELD, "reason" => reason).set(count as f64);
 }
 
 pub fn transient_retry() {
@@ -96,8 +102,8 @@ pub fn paysafe_items(kind: String, tracking: String, status: String, count: i64)
         .set(count as f64);
 }
 
-pub fn paysafe_oldest_polling_age(secs: f64) {
-    gauge!(PAYSAFE_OLDEST_POLLING_AGE_SECONDS).set(secs);
+pub fn paysafe_oldest_polling_age(kind: String, secs: f64) {
+    gauge!(PAYSAFE_OLDEST_POLLING_AGE_SECONDS, "kind" => kind).set(secs);
 }
 
 pub fn paysafe_stale(kind: String) {

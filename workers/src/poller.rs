@@ -388,13 +388,17 @@ impl Poller {
         for (kind, tracking, status, count) in counts {
             metrics::paysafe_items(kind, tracking, status, count);
         }
-        let oldest: Option<f64> = sqlx::query_scalar(
-            "SELECT EXTRACT(EPOCH FROM now() - min(created_at))::float8
-             FROM paysafe_items WHERE tracking = 'polling'",
+        let oldest: Vec<(String, Option<f64>)> = sqlx::query_as(
+            "SELECT k.kind, EXTRACT(EPOCH FROM now() - min(p.created_at))::float8
+             FROM (VALUES ('payment'), ('standalone_credit')) AS k(kind)
+             LEFT JOIN paysafe_items p ON p.kind = k.kind AND p.tracking = 'polling'
+             GROUP BY k.kind",
         )
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        metrics::paysafe_oldest_polling_age(oldest.unwrap_or(0.0));
+        for (kind, age) in oldest {
+            metrics::paysafe_oldest_polling_age(kind, age.unwrap_or(0.0));
+        }
         Ok(())
     }
 }

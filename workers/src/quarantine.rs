@@ -27,6 +27,15 @@ pub enum QuarantineReason {
 }
 
 impl QuarantineReason {
+    pub const ALL: [QuarantineReason; 6] = [
+        Self::IdempotencyKeyReused,
+        Self::FinalStatusConflict,
+        Self::NonceReused,
+        Self::OrderOfAnotherClient,
+        Self::BindingConflict,
+        Self::PaysafeConflict,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",

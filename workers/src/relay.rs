@@ -181,18 +181,6 @@ impl Relay {
         Ok(Step::Processed)
     }
 
-    /// Refreshes the backlog gauges.
-    pub async fn measure_backlog(&self) -> sqlx::Result<()> {
-        let (backlog, oldest): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8
-             FROM ledger_outbox WHERE published_at IS NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        metrics::outbox(backlog, oldest.unwrap_or(0.0));
-        Ok(())
-    }
-
     /// Relays until `shutdown`, reconnecting and backing off on failures.
     pub async fn run(self) {
         let mut retries = broker::retry_schedule(&self.broker);
@@ -223,9 +211,6 @@ impl Relay {
             match self.run_once(&channel).await? {
                 Step::Processed => retries.reset(),
                 Step::Idle => {
-                    if let Err(error) = self.measure_backlog().await {
-                        tracing::debug!(%error, "measuring the outbox backlog");
-                    }
                     tokio::select! {
                         () = self.shutdown.cancelled() => {
                             let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(200, "shutdown".into())).await;

@@ -18,7 +18,10 @@ use crate::config::Settings;
 use crate::ops::{self, Readiness};
 use crate::poller::Poller;
 use crate::relay::Relay;
-use crate::{broker, db, metrics, nonces};
+use crate::{broker, db, gauges, metrics, nonces};
+
+/// How often every process reads its database gauges (outbox backlog, quarantine).
+const GAUGES_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A job a workers process can do; a process runs any subset, so each scales on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -150,6 +153,11 @@ impl Workers {
         }
         if migrated {
             tracing::info!(roles = ?self.roles, "workers running");
+            roles.push(Box::pin(gauges::run(
+                self.pool.clone(),
+                GAUGES_INTERVAL,
+                stop.clone(),
+            )));
             futures_util::future::join_all(roles).await;
         }
         let served = ops.await.context("the ops listener task")?;
