@@ -131,14 +131,22 @@ async fn existing(
     .bind(&b.external_id)
     .fetch_all(&mut **tx)
     .await?;
+    let several = rows.len() > 1;
     let Some((reference, client_key, external_id, digest)) = rows.into_iter().next() else {
         return Ok(None);
     };
     let same_reference = reference == b.callback.partner_reference_no;
-    if same_reference && client_key == b.client_key && digest == b.content_digest {
+    // Two rows: the reference is one binding and the external id another's, a conflict
+    // whichever row came first.
+    if !several && same_reference && client_key == b.client_key && digest == b.content_digest {
         return Ok(Some(()));
     }
-    let detail = if !same_reference {
+    let detail = if several {
+        format!(
+            "X-EXTERNAL-ID {} of {} and partnerReferenceNo {} belong to two different bindings",
+            b.external_id, b.client_key, b.callback.partner_reference_no
+        )
+    } else if !same_reference {
         format!(
             "X-EXTERNAL-ID {external_id} of {client_key} already recorded partnerReferenceNo {reference}"
         )
