@@ -225,6 +225,20 @@ async fn a_signed_callback_is_applied_once_and_emits_one_event() {
         .unwrap();
     assert_eq!(token_now, TOKEN, "the first binding stands");
 
+    // Another binding, then the first one's content under the second one's external id.
+    let second = body("BEL2210170002", "1111aaaa2222bbbb3333cccc4444dddd");
+    assert_eq!(bnc.send(&second, "77778042022091500010").await.0, 200);
+    assert_eq!(bnc.send(&first, "77778042022091500010").await.0, 200);
+    assert_eq!(p.apply_all().await, 2);
+    let reasons: Vec<String> = p.quarantined().await.into_iter().map(|(r, _)| r).collect();
+    assert_eq!(reasons, ["BINDING_CONFLICT", "BINDING_CONFLICT"]);
+    p.relay_all().await;
+    assert_eq!(
+        p.ledger_events().await.len(),
+        1,
+        "only the second binding's event"
+    );
+
     assert_no_secret_logged();
     bnc.pipeline.teardown().await;
 }
