@@ -105,15 +105,137 @@ pub fn verify_request_signature(
     }
 
     // Only now, with the bank's signature proven, compare what it signed with what it sent.
-    let payload = decode_object(payload_b64).ok_or(SignatureError::MalformedPayload)?;
-    for (member, value) in expected.members() {
-        match payload.get(member) {
+    let expected = expected.members();
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload_b64)
+        .map_err(|_| SignatureError::MalformedPayload)?;
+    let signed = signed_claims(&payload, &expected).ok_or(SignatureError::MalformedPayload)?;
+    for ((member, value), signed) in expected.iter().zip(signed) {
+        match signed {
             None => return Err(SignatureError::MissingClaim(member)),
-            Some(Value::String(signed)) if signed == value => {}
+            Some(Claim::Text(signed)) if signed == *value => {}
             Some(_) => return Err(SignatureError::ClaimMismatch(member)),
         }
     }
     Ok(kid.clone())
+}
+
+/// The payload's members named in `expected`, in its order, as a `serde_json::Map` would hold
+/// them (for a repeated name, the last occurrence), without building the map: the other
+/// members are parsed as strictly (numbers in range, valid strings, nesting limit) and
+/// dropped. `None` if the payload is not one JSON object.
+fn signed_claims<'a>(
+    payload: &'a [u8],
+    expected: &[(&'static str, &str); 8],
+) -> Option<[Option<Claim<'a>>; 8]> {
+    use serde::de::DeserializeSeed as _;
+    let mut deserializer = serde_json::Deserializer::from_slice(payload);
+    let claims = ClaimsSeed(expected).deserialize(&mut deserializer).ok()?;
+    deserializer.end().ok()?;
+    Some(claims)
+}
+
+/// One JSON value: a string (borrowed unless it holds escapes), or anything else, which never
+/// matches a claim.
+enum Claim<'a> {
+    Text(std::borrow::Cow<'a, str>),
+    Other,
+}
+
+struct ClaimsSeed<'e, 'v>(&'e [(&'static str, &'v str); 8]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ClaimsSeed<'_, '_> {
+    type Value = [Option<Claim<'de>>; 8];
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ClaimsSeed<'_, '_> {
+    type Value = [Option<Claim<'de>>; 8];
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut claims: [Option<Claim<'de>>; 8] = Default::default();
+        while let Some(name) = map.next_key::<Claim<'de>>()? {
+            let value = map.next_value::<Claim<'de>>()?;
+            let index = match &name {
+                Claim::Text(name) => self.0.iter().position(|(member, _)| member == name),
+                Claim::Other => None,
+            };
+            if let Some(index) = index {
+                claims[index] = Some(value);
+            }
+        }
+        Ok(claims)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Claim<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ClaimVisitor)
+    }
+}
+
+/// Visits any value the way `serde_json::Value` does (so the same documents are refused),
+/// keeping only strings.
+struct ClaimVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ClaimVisitor {
+    type Value = Claim<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Claim::Text(std::borrow::Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Claim::Text(std::borrow::Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Claim::Text(std::borrow::Cow::Owned(v)))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Claim::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Claim::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Claim::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Claim::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Claim::Other)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<Claim<'de>>()?.is_some() {}
+        Ok(Claim::Other)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<Claim<'de>, Claim<'de>>()?.is_some() {}
+        Ok(Claim::Other)
+    }
 }
 
 fn decode_object(segment: &str) -> Option<Map<String, Value>> {
@@ -121,5 +243,84 @@ fn decode_object(segment: &str) -> Option<Map<String, Value>> {
     match serde_json::from_slice(&bytes).ok()? {
         Value::Object(map) => Some(map),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expected() -> SignedRequestClaims {
+        SignedRequestClaims {
+            method: "POST".into(),
+            path: "/p".into(),
+            client_id: "BANK_X".into(),
+            timestamp: "t".into(),
+            nonce: "n".into(),
+            idempotency_key: "k".into(),
+            content_type: "application/json".into(),
+            body_sha256: "h".into(),
+        }
+    }
+
+    /// What the comparison made of `payload` with a `serde_json::Map`, as before.
+    fn with_map(payload: &str) -> Result<(), SignatureError> {
+        let payload: Map<String, Value> = match serde_json::from_str(payload) {
+            Ok(Value::Object(map)) => map,
+            _ => return Err(SignatureError::MalformedPayload),
+        };
+        for (member, value) in expected().members() {
+            match payload.get(member) {
+                None => return Err(SignatureError::MissingClaim(member)),
+                Some(Value::String(signed)) if signed == value => {}
+                Some(_) => return Err(SignatureError::ClaimMismatch(member)),
+            }
+        }
+        Ok(())
+    }
+
+    fn with_claims(payload: &str) -> Result<(), SignatureError> {
+        let expected = expected();
+        let expected = expected.members();
+        let signed =
+            signed_claims(payload.as_bytes(), &expected).ok_or(SignatureError::MalformedPayload)?;
+        for ((member, value), signed) in expected.iter().zip(signed) {
+            match signed {
+                None => return Err(SignatureError::MissingClaim(member)),
+                Some(Claim::Text(signed)) if signed == *value => {}
+                Some(_) => return Err(SignatureError::ClaimMismatch(member)),
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_claims_are_read_as_a_json_map_would_read_them() {
+        let good = r#""method":"POST","path":"/p","client_id":"BANK_X","timestamp":"t","nonce":"n","idempotency_key":"k","content_type":"application/json","body_sha256":"h""#;
+        let cases = [
+            format!("{{{good}}}"),
+            format!(r#"{{{good},"extra":[1,{{"a":null}},true,-2.5e3,"x"]}}"#),
+            format!(r#"{{{good},"nonce":"other"}}"#),
+            format!(r#"{{"nonce":"other",{good}}}"#),
+            format!(r#"{{{good},"path":"\/p"}}"#),
+            format!(r#"{{{good},"path":"\u002fq"}}"#),
+            format!(r#"{{{good},"method":1}}"#),
+            format!(r#"{{{good},"big":1e400}}"#),
+            format!(r#"{{{good}}} x"#),
+            format!("[{{{good}}}]"),
+            format!(
+                r#"{{{good},"deep":{}{}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            ),
+            r#"{"method":"POST"}"#.to_owned(),
+            "null".to_owned(),
+            "{".to_owned(),
+        ];
+        for case in &cases {
+            assert_eq!(with_claims(case), with_map(case), "{case}");
+        }
+        assert_eq!(with_claims(&cases[0]), Ok(()));
+        assert_eq!(with_claims(&cases[4]), Ok(()), "escapes are decoded");
     }
 }

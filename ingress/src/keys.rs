@@ -155,7 +155,9 @@ fn verify_es256(key: &EcKey<Public>, signing_input: &[u8], signature: &[u8]) -> 
     let Ok(signature) = EcdsaSig::from_private_components(r, s) else {
         return false;
     };
-    let digest = openssl::sha::sha256(signing_input);
+    // sha2 (SHA-NI where the CPU has it): OpenSSL 3's one-shot digest fetches the algorithm
+    // from its provider on every call.
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(signing_input);
     // Err (OpenSSL could not evaluate it, e.g. r or s out of range) is a refusal too.
     signature.verify(&digest, key).unwrap_or(false)
 }
@@ -465,7 +467,10 @@ mod tests {
         use josekit::jws::JwsSigner as _;
         let (private, public) = generate_key_pair(JwsAlgorithm::Es256, "k1").unwrap();
         let key = VerifyingKey::from_jwk("k1", JwsAlgorithm::Es256, &public).unwrap();
-        assert!(key.p256.is_some(), "an ES256 JWK gets the direct OpenSSL key");
+        assert!(
+            key.p256.is_some(),
+            "an ES256 JWK gets the direct OpenSSL key"
+        );
         let signer = ES256.signer_from_jwk(&private).unwrap();
         let input = b"eyJhbGciOiJFUzI1NiJ9.eyJhIjoiYiJ9";
         let good = signer.sign(input).unwrap();
@@ -496,12 +501,19 @@ mod tests {
             public.parameter("y").unwrap().as_str().unwrap(),
         );
         use base64::Engine as _;
-        let decode = |v| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v).unwrap();
+        let decode = |v| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(v)
+                .unwrap()
+        };
         let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
         let mut ctx = BigNumContext::new().unwrap();
-        let point =
-            EcPoint::from_bytes(&group, &[&[4][..], &decode(x), &decode(y)].concat(), &mut ctx)
-                .unwrap();
+        let point = EcPoint::from_bytes(
+            &group,
+            &[&[4][..], &decode(x), &decode(y)].concat(),
+            &mut ctx,
+        )
+        .unwrap();
         let pem = PKey::from_ec_key(EcKey::from_public_key(&group, &point).unwrap())
             .unwrap()
             .public_key_to_pem()

@@ -1,6 +1,8 @@
-//! The raw broker baseline: the same bodies published straight to RabbitMQ the way the ingress
-//! publishes them (persistent, mandatory, one awaited confirm each, round-robin over confirm
-//! channels), so the ingress's own cost can be read off as a ratio.
+//! The raw broker baseline: the same messages published straight to RabbitMQ the way the
+//! ingress publishes them (persistent, mandatory, one awaited confirm each, round-robin over
+//! confirm channels), so the ingress's own cost can be read off as a ratio. Each message has
+//! the size of the ingress's: the same body and the same AMQP properties (the envelope's
+//! headers, with the request's six headers), built before the clock starts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,13 +11,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
 };
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use time::OffsetDateTime;
 
 use connector_ingress::config::BrokerSettings;
-use connector_schema::Topology;
-use connector_schema::envelope::PERSISTENT;
+use connector_schema::corelink::headers as names;
 use connector_schema::topology::QueueOptions;
+use connector_schema::{IntakeEnvelope, Topology};
 
 use crate::prepare::Prepared;
 use crate::stats::{ACCEPTED, RunStats, WorkerStats};
@@ -86,6 +90,8 @@ async fn publish_all(
     }
     let channels: Arc<[Channel]> = channels.into();
     let exchange: Arc<str> = topology.intake_exchange.as_str().into();
+    // The envelope the ingress would publish for each request, built before the clock.
+    let properties: Arc<[BasicProperties]> = messages.iter().map(envelope_properties).collect();
     let next = Arc::new(AtomicUsize::new(0));
     let next_channel = Arc::new(AtomicUsize::new(0));
 
@@ -94,6 +100,7 @@ async fn publish_all(
     for _ in 0..concurrency {
         let channels = channels.clone();
         let messages = messages.clone();
+        let properties = properties.clone();
         let exchange = exchange.clone();
         let next = next.clone();
         let next_channel = next_channel.clone();
@@ -101,13 +108,15 @@ async fn publish_all(
             let mut stats = WorkerStats::new()?;
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some(message) = messages.get(index) else {
+                let (Some(message), Some(properties)) =
+                    (messages.get(index), properties.get(index))
+                else {
                     break;
                 };
                 let channel =
                     &channels[next_channel.fetch_add(1, Ordering::Relaxed) % channels.len()];
                 let sent = Instant::now();
-                match publish(channel, &exchange, message).await {
+                match publish(channel, &exchange, message, properties.clone()).await {
                     Ok(outcome) => stats.record(sent.elapsed(), outcome, message.orders),
                     Err(error) => {
                         stats.record_transport_error(sent.elapsed(), "amqp", error.to_string())
@@ -130,9 +139,39 @@ async fn publish_all(
     )
 }
 
-/// Publishes one body persistent and mandatory and awaits its confirm; the outcome is
+/// The AMQP properties the ingress would publish `message` with (persistent).
+fn envelope_properties(message: &Prepared) -> BasicProperties {
+    let h = &message.headers;
+    IntakeEnvelope {
+        message_id: uuid::Uuid::now_v7(),
+        kind: message.kind,
+        received_at: OffsetDateTime::now_utc(),
+        client_id: Some(h.client_id.clone()),
+        request_path: Some(message.path.to_owned()),
+        headers: [
+            (names::CONTENT_TYPE, &h.content_type),
+            (names::CLIENT_ID, &h.client_id),
+            (names::TIMESTAMP, &h.timestamp),
+            (names::NONCE, &h.nonce),
+            (names::IDEMPOTENCY_KEY, &h.idempotency_key),
+            (names::SIGNATURE, &h.signature),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.clone()))
+        .collect(),
+        body: message.body.clone(),
+    }
+    .amqp_properties()
+}
+
+/// Publishes one message persistent and mandatory and awaits its confirm; the outcome is
 /// [`ACCEPTED`] for a plain ack.
-async fn publish(channel: &Channel, exchange: &str, message: &Prepared) -> lapin::Result<String> {
+async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    message: &Prepared,
+    properties: BasicProperties,
+) -> lapin::Result<String> {
     let confirm = channel
         .basic_publish(
             exchange.into(),
@@ -142,7 +181,7 @@ async fn publish(channel: &Channel, exchange: &str, message: &Prepared) -> lapin
                 ..BasicPublishOptions::default()
             },
             &message.body,
-            BasicProperties::default().with_delivery_mode(PERSISTENT),
+            properties,
         )
         .await?;
     Ok(match confirm.await? {
@@ -174,6 +213,27 @@ async fn delete_topology(connection: &Connection, topology: &Topology) -> anyhow
     }
     channel.close(200, "cleaned up".into()).await.ok();
     Ok(())
+}
+
+/// Empties `queue` (the ingress's intake queue, which nothing consumes during a load run), so
+/// that long or repeated runs do not pile messages up on the broker. Returns how many it held.
+pub async fn purge_queue(amqp_url: &str, queue: &str) -> anyhow::Result<u32> {
+    let connection = Connection::connect(
+        amqp_url,
+        ConnectionProperties::default().with_connection_name("corelink-load-purge".into()),
+    )
+    .await
+    .with_context(|| format!("connecting to the broker at {}", redact(amqp_url)))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    let purged = channel
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
+        .await
+        .with_context(|| format!("purging queue {queue}"));
+    connection.close(200, "purged".into()).await.ok();
+    purged
 }
 
 /// The URL without its password, for error messages.

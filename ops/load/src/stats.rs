@@ -172,15 +172,15 @@ pub fn comparison(ingress: &RunStats, raw: &RunStats) -> String {
     let _ = writeln!(out, "== ingress / raw broker");
     let _ = writeln!(
         out,
-        "  throughput  {:.3}  ({:.1}/s vs {:.1}/s)",
+        "  throughput  {:.3}  ({:.1}/s vs {:.1}/s; target at concurrency 64: >= 0.5)",
         ratio(ingress.throughput(), raw.throughput()),
         ingress.throughput(),
         raw.throughput()
     );
-    for (name, quantile) in [("p50", 0.50), ("p99", 0.99)] {
+    for (name, quantile, target) in [("p50", 0.50, "1.3"), ("p99", 0.99, "1.5")] {
         let _ = writeln!(
             out,
-            "  {name}         {:.2}  ({:.2} ms vs {:.2} ms)",
+            "  {name}         {:.2}  ({:.2} ms vs {:.2} ms; target at concurrency 1: <= {target})",
             ratio(ingress.latency_ms(quantile), raw.latency_ms(quantile)),
             ingress.latency_ms(quantile),
             raw.latency_ms(quantile)

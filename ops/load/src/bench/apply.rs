@@ -19,6 +19,7 @@ use connector_workers::config::{ApplySettings, BrokerSettings, DatabaseSettings}
 
 use crate::bench::env::{BenchDatabase, Env, close_pool, warm};
 use crate::bench::workload::{Message, Workload};
+use crate::procstat::{self, Breakdown, Group, Selector};
 
 /// How often the bench counts `received_messages`.
 const POLL: Duration = Duration::from_millis(20);
@@ -45,6 +46,8 @@ pub struct ApplyRun {
     /// Still on the intake queue at the end (only after a stall).
     pub left_on_queue: u32,
     pub preload: Duration,
+    /// CPU of this process (the apply workers), PostgreSQL and RabbitMQ over the timed window.
+    pub cpu: Breakdown,
 }
 
 impl ApplyRun {
@@ -58,6 +61,32 @@ impl ApplyRun {
 
     pub fn orders_per_second(&self) -> f64 {
         per_second((self.applied * self.batch_size as u64) as f64, self.elapsed)
+    }
+
+    pub fn orders(&self) -> u64 {
+        self.applied * self.batch_size as u64
+    }
+}
+
+/// The processes whose CPU the apply and baseline runs account for.
+pub fn cpu_groups() -> [Group; 3] {
+    [
+        Group::new(BENCH_PROCESS, Selector::Current),
+        Group::new(POSTGRES, Selector::Comm("postgres".into())),
+        Group::new(RABBITMQ, Selector::Listening("beam.smp".into(), 5672)),
+    ]
+}
+
+/// Labels of [`cpu_groups`].
+pub const BENCH_PROCESS: &str = "pipeline-bench (workers)";
+pub const POSTGRES: &str = "PostgreSQL";
+pub const RABBITMQ: &str = "RabbitMQ";
+
+/// CPU microseconds per order of the group `label`, formatted.
+pub fn micros_per_order(cpu: &Breakdown, label: &str, orders: u64) -> String {
+    match cpu.seconds(label) {
+        Some(seconds) if orders > 0 => format!("{:.1}", seconds * 1e6 / orders as f64),
+        _ => "-".into(),
     }
 }
 
@@ -126,6 +155,8 @@ async fn measure(
     };
 
     let stop = env.stop.child_token();
+    let groups = cpu_groups();
+    let cpu_before = procstat::snapshot(&groups);
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for pool in &pools {
@@ -139,6 +170,7 @@ async fn measure(
         tasks.spawn(worker.run());
     }
     let settled = wait_until_settled(&monitor, expected as u64, started, env).await;
+    let cpu = Breakdown::between(&groups, &cpu_before, &procstat::snapshot(&groups));
     stop.cancel();
     if tokio::time::timeout(STOP_GRACE, async {
         while tasks.join_next().await.is_some() {}
@@ -173,6 +205,7 @@ async fn measure(
         dead_lettered,
         left_on_queue,
         preload,
+        cpu,
     })
 }
 

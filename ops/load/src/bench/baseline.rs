@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::bench::apply::per_second;
+use crate::bench::apply::{cpu_groups, per_second};
 use crate::bench::env::{BenchDatabase, Env, close_pool, warm};
 use crate::bench::workload::{Message, Rows, Workload};
+use crate::procstat::{self, Breakdown};
 
 /// From `claim_nonce`.
 const INSERT_NONCE: &str =
@@ -65,6 +66,10 @@ pub struct BaselineRun {
     pub recorded: u64,
     pub errors: u64,
     pub first_error: Option<String>,
+    /// CPU of this process (the sqlx client), PostgreSQL and RabbitMQ over the timed window.
+    pub cpu: Breakdown,
+    /// Run with `plan_cache_mode = force_custom_plan`, as the workers' connections are.
+    pub custom_plans: bool,
 }
 
 impl BaselineRun {
@@ -74,6 +79,10 @@ impl BaselineRun {
 
     pub fn transactions_per_second(&self) -> f64 {
         per_second(self.recorded as f64, self.elapsed)
+    }
+
+    pub fn orders(&self) -> u64 {
+        self.recorded * self.batch_size as u64
     }
 
     pub fn orders_per_second(&self) -> f64 {
@@ -91,9 +100,10 @@ pub async fn run(
     workload: &Workload,
     workers: usize,
     concurrency: usize,
+    custom_plans: bool,
 ) -> anyhow::Result<BaselineRun> {
     let database = env.create_database().await?;
-    let result = measure(workload, workers, concurrency, &database).await;
+    let result = measure(workload, workers, concurrency, &database, custom_plans).await;
     let dropped = env.drop_database(&database).await;
     let run = result?;
     dropped?;
@@ -105,18 +115,26 @@ async fn measure(
     workers: usize,
     concurrency: usize,
     database: &BenchDatabase,
+    custom_plans: bool,
 ) -> anyhow::Result<BaselineRun> {
     let parallel = (workers * concurrency).max(1);
+    let mut options: PgConnectOptions = database.url.parse().context("the bench database URL")?;
+    if custom_plans {
+        // As the workers' connections run (workers/src/db.rs): every execution planned.
+        options = options.options([("plan_cache_mode", "force_custom_plan")]);
+    }
     let pool = PgPoolOptions::new()
         .max_connections(u32::try_from(parallel).unwrap_or(u32::MAX))
         .acquire_timeout(Duration::from_secs(5))
-        .connect(&database.url)
+        .connect_with(options)
         .await
         .context("connecting the baseline pool")?;
     warm(&pool, parallel).await?;
 
     let messages: Arc<[Message]> = workload.messages.clone();
     let next = Arc::new(AtomicUsize::new(0));
+    let groups = cpu_groups();
+    let cpu_before = procstat::snapshot(&groups);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(parallel);
     for _ in 0..parallel {
@@ -149,6 +167,7 @@ async fn measure(
         }
     }
     let elapsed = started.elapsed();
+    let cpu = Breakdown::between(&groups, &cpu_before, &procstat::snapshot(&groups));
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM received_messages")
         .fetch_one(&pool)
         .await?;
@@ -162,6 +181,8 @@ async fn measure(
         recorded: recorded.max(0).unsigned_abs(),
         errors,
         first_error,
+        cpu,
+        custom_plans,
     })
 }
 

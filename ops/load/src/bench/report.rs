@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
-use crate::bench::apply::ApplyRun;
+use crate::bench::apply::{self, ApplyRun};
 use crate::bench::baseline::BaselineRun;
 use crate::bench::env::ServerFacts;
 use crate::bench::latency::LatencyRun;
@@ -125,6 +125,14 @@ pub fn apply_table(runs: &[ApplyRun], concurrency: usize, prefetch: u16) -> Stri
                 r.quarantined.to_string(),
                 r.dead_lettered.to_string(),
                 format!("{:.2}", r.preload.as_secs_f64()),
+                apply::micros_per_order(&r.cpu, apply::BENCH_PROCESS, r.orders()),
+                apply::micros_per_order(&r.cpu, apply::POSTGRES, r.orders()),
+                apply::micros_per_order(&r.cpu, apply::RABBITMQ, r.orders()),
+                format!(
+                    "{:.0} %",
+                    100.0 * r.cpu.machine_busy
+                        / (r.cpu.elapsed.as_secs_f64() * r.cpu.cores as f64).max(1e-9)
+                ),
             ]
         })
         .collect();
@@ -140,9 +148,17 @@ pub fn apply_table(runs: &[ApplyRun], concurrency: usize, prefetch: u16) -> Stri
             "quarantined",
             "dead-lettered",
             "preload s",
+            "workers CPU µs/order",
+            "PostgreSQL µs/order",
+            "RabbitMQ µs/order",
+            "machine busy",
         ],
         rows,
     ));
+    let _ = writeln!(
+        out,
+        "  CPU over each timed window, per applied order: workers = this process (the W apply workers: consume, decode, hash, apply through sqlx, ack; the tokio runtime; the 20 ms progress query); PostgreSQL = every postgres process (backends, WAL writer, checkpointer); RabbitMQ = beam.smp; machine busy = all cores, everything"
+    );
     for run in runs.iter().filter(|r| r.left_on_queue > 0) {
         let _ = writeln!(
             out,
@@ -158,7 +174,12 @@ pub fn baseline_table(runs: &[BaselineRun], apply: &[ApplyRun], concurrency: usi
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "== 2. SQL baseline: the same orders and statements through sqlx, one transaction per message, W x {concurrency} at once, no broker and no worker logic"
+        "== 2. SQL baseline: the same orders and statements through sqlx, one transaction per message, W x {concurrency} at once, no broker and no worker logic{}",
+        if runs.iter().any(|r| r.custom_plans) {
+            "; plan_cache_mode = force_custom_plan, as the workers"
+        } else {
+            "; default plan cache (the workers force custom plans)"
+        }
     );
     let rows = runs
         .iter()
@@ -178,6 +199,13 @@ pub fn baseline_table(runs: &[BaselineRun], apply: &[ApplyRun], concurrency: usi
                 format!("{:.0}", b.transactions_per_second()),
                 format!("{:.0}", b.orders_per_second()),
                 ratio,
+                apply::micros_per_order(&b.cpu, apply::BENCH_PROCESS, b.orders()),
+                apply::micros_per_order(&b.cpu, apply::POSTGRES, b.orders()),
+                format!(
+                    "{:.0} %",
+                    100.0 * b.cpu.machine_busy
+                        / (b.cpu.elapsed.as_secs_f64() * b.cpu.cores as f64).max(1e-9)
+                ),
             ]
         })
         .collect();
@@ -191,6 +219,9 @@ pub fn baseline_table(runs: &[BaselineRun], apply: &[ApplyRun], concurrency: usi
             "tx/s",
             "orders/s",
             "worker/baseline",
+            "sqlx client CPU µs/order",
+            "PostgreSQL µs/order",
+            "machine busy",
         ],
         rows,
     ));
@@ -274,7 +305,7 @@ fn percentiles(label: &str, histogram: &Histogram<u64>) -> Vec<String> {
 /// A Markdown table with aligned columns (first column left, the others right), each at least
 /// three wide so that its delimiter (`--:`) stays valid Markdown.
 pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len().max(3)).collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count().max(3)).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());

@@ -10,6 +10,10 @@
 
 #[path = "../bench/mod.rs"]
 mod bench;
+// Shared with corelink-load, which uses more of it.
+#[allow(dead_code)]
+#[path = "../procstat.rs"]
+mod procstat;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -38,6 +42,10 @@ struct Cli {
     /// Skip part 2 (SQL baseline).
     #[arg(long)]
     skip_baseline: bool,
+    /// Part 2 with the workers' session setting `plan_cache_mode = force_custom_plan` (every
+    /// statement planned with its arguments), to show what that setting costs PostgreSQL.
+    #[arg(long)]
+    baseline_custom_plans: bool,
     /// Skip part 3 (end-to-end latency).
     #[arg(long)]
     skip_latency: bool,
@@ -150,7 +158,14 @@ async fn run(cli: &Cli, env: &Env) -> anyhow::Result<bool> {
                         "pipeline-bench: baseline: {count} transactions x {batch_size} orders, {} at once ...",
                         workers * settings.concurrency
                     );
-                    let run = baseline::run(env, &work, workers, settings.concurrency).await?;
+                    let run = baseline::run(
+                        env,
+                        &work,
+                        workers,
+                        settings.concurrency,
+                        cli.baseline_custom_plans,
+                    )
+                    .await?;
                     complete &= run.complete();
                     baselines.push(run);
                 }
