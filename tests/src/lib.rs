@@ -155,8 +155,10 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let task = tokio::spawn(application.run_until_stopped(async {
         let _ = stopped.await;
     }));
+    // Generous: a shared broker can stall for a minute while it deletes many expired quorum
+    // queues (earlier runs' throw-away topologies), which is not what these tests are about.
     tokio::time::timeout(
-        std::time::Duration::from_secs(30),
+        std::time::Duration::from_secs(180),
         publisher.wait_until_connected(),
     )
     .await
