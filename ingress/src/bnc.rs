@@ -114,10 +114,7 @@ async fn accept(state: &AppState, request: Request) -> Result<(), Refusal> {
             retry_after_secs: None,
             close: matches!(error, ApiError::RequestTimeout(_)),
         })?;
-    let path_as_sent = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let path_as_sent = crate::body::target_as_sent(&parts.uri);
     let (headers, callback) = check_request(
         &state.bnc_partners,
         |name| parts.headers.get(name),

@@ -24,3 +24,10 @@ pub async fn read(body: Body, limit: usize, timeout: Duration) -> Result<bytes::
         ))),
     }
 }
+
+/// The request target as the sender wrote it: path and query. What signatures cover and what the
+/// envelope records.
+pub fn target_as_sent(uri: &axum::http::Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned())
+}

@@ -302,10 +302,7 @@ async fn accept(
     }
 
     let body = crate::body::read(body, limit, state.body_timeout).await?;
-    let received_path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let received_path = crate::body::target_as_sent(&parts.uri);
     let signed_path = format!("{}{received_path}", state.corelink.external_path_prefix);
     authenticate(
         &state.keys.current(),

@@ -243,10 +243,7 @@ async fn accept(state: &AppState, request: Request) -> Result<Accepted, ApiError
         span.record("attempt_number", attempt);
     }
 
-    let request_path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let request_path = crate::body::target_as_sent(&parts.uri);
     let envelope = IntakeEnvelope {
         message_id: Uuid::now_v7(),
         kind: IntakeKind::PaysafeWebhook,
