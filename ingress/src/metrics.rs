@@ -19,34 +19,9 @@ pub const BROKER_CONNECTED: &str = "connector_ingress_broker_connected";
 /// Connections lost and re-established.
 pub const BROKER_RECONNECTS_TOTAL: &str = "connector_ingress_broker_reconnects_total";
 
-/// How often histogram samples are folded into their buckets when nothing scrapes `/metrics`.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
-/// The process's recorder; the handle renders `/metrics`.
-///
-/// The recorder keeps every histogram sample (two per request) until something folds them into
-/// the buckets, which rendering `/metrics` does. Without a scrape (Prometheus down, scraping
-/// not configured, a benchmark) they would pile up, about 1 MiB per 50 000 requests, for ever:
-/// a thread folds them every few seconds, which rendering also does first, so what `/metrics`
-/// shows is unchanged.
+/// The process's recorder (shared, with its upkeep thread); the handle renders `/metrics`.
 pub fn install() -> PrometheusHandle {
-    let handle = connector_runtime::metrics::prometheus();
-    static UPKEEP: std::sync::Once = std::sync::Once::new();
-    UPKEEP.call_once(|| {
-        let handle = handle.clone();
-        let spawned = std::thread::Builder::new()
-            .name("metrics-upkeep".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(UPKEEP_INTERVAL);
-                    handle.run_upkeep();
-                }
-            });
-        if let Err(error) = spawned {
-            tracing::warn!(%error, "cannot start the metrics upkeep thread; histograms are folded only when /metrics is scraped");
-        }
-    });
-    handle
+    connector_runtime::metrics::prometheus()
 }
 
 pub fn record_request(route: &'static str, code: &'static str, elapsed: Duration) {

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use lapin::types::FieldTable;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
 use connector_e2e_tests::pipeline::{Pipeline, TestDatabase, spawn_pipeline, worker_settings};
@@ -279,5 +280,99 @@ async fn the_broker_gone_during_relay_delays_events_but_never_doubles_them() {
     ids.sort();
     ids.dedup();
     assert_eq!((events.len(), ids.len()), (5, 5), "every event once");
+    p.teardown().await;
+}
+
+#[tokio::test]
+async fn the_database_gone_between_confirm_and_mark_publishes_nothing_twice() {
+    let p = spawn_pipeline().await;
+    post(
+        &p,
+        BATCH,
+        &batch_body("B-M", &["PAY-M1", "PAY-M2", "PAY-M3"]),
+        "B-M",
+    )
+    .await;
+    p.apply_all().await;
+
+    // A relay that reaches the broker and the database through proxies.
+    let options: PgConnectOptions = p.db.url.parse().unwrap();
+    let upstream = tokio::net::lookup_host((options.get_host().to_owned(), options.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .expect("the test database is reached over TCP");
+    let database = FaultProxy::start(upstream).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_with(options.host("127.0.0.1").port(database.addr().port()))
+        .await
+        .unwrap();
+    let broker = FaultProxy::start(amqp_addr()).await.unwrap();
+    let connection = lapin::Connection::connect(
+        &format!("amqp://guest:guest@{}/%2f", broker.addr()),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut settings = worker_settings(&p.app, &p.db.url);
+    settings.broker.retry_initial_ms = 100;
+    settings.broker.retry_max_ms = 500;
+    let relay = Relay::new(
+        pool,
+        p.app.topology.clone(),
+        settings.broker,
+        settings.relay,
+        CancellationToken::new(),
+    );
+    relay.prepare(&channel).await.unwrap();
+
+    // The confirms are held up while the database goes away: the relay cannot mark them.
+    broker.stall();
+    let step = tokio::spawn(async move {
+        let step = relay.run_once(&channel).await.map_err(|e| format!("{e:#}"));
+        drop(connection);
+        step
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            p.db.count("SELECT count(*) FROM ledger_outbox WHERE claimed_until IS NOT NULL")
+                .await
+                == 3
+        })
+        .await,
+        "the relay claimed the three events"
+    );
+    database.cut();
+    broker.restore();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM ledger_outbox WHERE published_at IS NULL")
+            .await,
+        3,
+        "confirmed, but not marked while the database is away"
+    );
+    // Another relay must leave claimed rows alone.
+    assert_eq!(
+        p.relay.run_once(&p.relay_channel).await.unwrap(),
+        Step::Idle
+    );
+
+    database.restore();
+    assert_eq!(step.await.unwrap(), Ok(Step::Processed));
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM ledger_outbox WHERE published_at IS NULL OR claimed_until IS NOT NULL")
+            .await,
+        0,
+        "marked once the database is back"
+    );
+    p.relay_all().await;
+    let events = p.ledger_events().await;
+    let mut ids: Vec<_> = events.iter().map(|e| e.0.event_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((events.len(), ids.len()), (3, 3), "every event once");
     p.teardown().await;
 }

@@ -103,12 +103,16 @@ impl Default for ApplySettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelaySettings {
-    /// Outbox rows claimed and published per transaction.
+    /// Outbox rows claimed and published at a time.
     pub batch_size: i64,
     /// Polling fallback when no NOTIFY arrives.
     pub poll_interval_ms: u64,
     /// A publish not confirmed within this is a failure (the row stays unpublished).
     pub confirm_timeout_ms: u64,
+    /// How long claimed rows belong to one relay: long enough for the confirms and for
+    /// recording them through a database restart; a relay that dies leaves its rows
+    /// unpublished this long before another takes them.
+    pub claim_lease_secs: u64,
 }
 
 impl Default for RelaySettings {
@@ -117,6 +121,7 @@ impl Default for RelaySettings {
             batch_size: 100,
             poll_interval_ms: 1_000,
             confirm_timeout_ms: 5_000,
+            claim_lease_secs: 30,
         }
     }
 }
@@ -127,7 +132,7 @@ pub struct NonceSettings {
     /// How long a seen nonce is remembered. It must exceed the longest time a message can
     /// wait in the intake queue plus the ingress's timestamp window, or a late replay would
     /// be applied as new (it would still be idempotent per order, only not recognised).
-    pub retention_hours: u64,
+    pub retention_secs: u64,
     /// How often the purge runs.
     pub purge_interval_secs: u64,
 }
@@ -135,7 +140,7 @@ pub struct NonceSettings {
 impl Default for NonceSettings {
     fn default() -> Self {
         Self {
-            retention_hours: 7 * 24,
+            retention_secs: 7 * 24 * 3_600,
             purge_interval_secs: 3_600,
         }
     }
@@ -268,7 +273,7 @@ impl Settings {
             ("relay.batch_size", self.relay.batch_size.max(0) as u64),
             ("relay.poll_interval_ms", self.relay.poll_interval_ms),
             ("relay.confirm_timeout_ms", self.relay.confirm_timeout_ms),
-            ("nonces.retention_hours", self.nonces.retention_hours),
+            ("nonces.retention_secs", self.nonces.retention_secs),
             (
                 "nonces.purge_interval_secs",
                 self.nonces.purge_interval_secs,
@@ -302,6 +307,14 @@ impl Settings {
             return Err(ConfigError::new(
                 "apply.prefetch",
                 "must be at least apply.concurrency",
+            ));
+        }
+        // The confirms, then at least a few seconds to record them before the claim lapses.
+        if self.relay.claim_lease_secs.saturating_mul(1000) < self.relay.confirm_timeout_ms + 5_000
+        {
+            return Err(ConfigError::new(
+                "relay.claim_lease_secs",
+                "must exceed relay.confirm_timeout_ms by at least 5 s, or confirmed events could not be recorded before another relay takes them",
             ));
         }
         if self.broker.retry_max_ms < self.broker.retry_initial_ms {
@@ -368,6 +381,12 @@ mod tests {
         let mut settings = Settings::default();
         settings.database.url = "mysql://x".into();
         assert_eq!(settings.validate().unwrap_err().key, "database.url");
+        let mut settings = Settings::default();
+        settings.relay.claim_lease_secs = settings.relay.confirm_timeout_ms / 1000;
+        assert_eq!(
+            settings.validate().unwrap_err().key,
+            "relay.claim_lease_secs"
+        );
     }
 
     #[test]

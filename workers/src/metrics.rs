@@ -22,6 +22,8 @@ pub const BROKER_CONNECTED: &str = "connector_worker_broker_connected";
 pub const RELAY_PUBLISHED_TOTAL: &str = "connector_relay_published_total";
 /// Ledger events not confirmed, by `reason` (nack, unroutable, timeout, channel).
 pub const RELAY_FAILURES_TOTAL: &str = "connector_relay_failures_total";
+/// Confirmed ledger events whose marking as published failed and was retried (database away).
+pub const RELAY_RECORD_RETRIES_TOTAL: &str = "connector_relay_record_retries_total";
 /// Time from publish to confirm of one relay batch.
 pub const RELAY_PUBLISH_SECONDS: &str = "connector_relay_publish_duration_seconds";
 /// Outbox rows not yet published, and the age of the oldest.
@@ -77,6 +79,10 @@ pub fn relay_published(event_type: String) {
 
 pub fn relay_failure(reason: &'static str) {
     counter!(RELAY_FAILURES_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn relay_record_retry() {
+    counter!(RELAY_RECORD_RETRIES_TOTAL).increment(1);
 }
 
 pub fn relay_batch(elapsed: Duration) {

@@ -1,18 +1,26 @@
 //! The relay role: publishes the ledger outbox to the `connector.ledger` exchange (persistent,
 //! mandatory, confirmed) in order of creation, and marks a row published only once the broker
-//! has confirmed it. Rows are claimed with `FOR UPDATE SKIP LOCKED`, so any number of relays
-//! share the outbox. It wakes on `LISTEN ledger_outbox` and polls as a fallback.
+//! has confirmed it. It wakes on `LISTEN ledger_outbox` and polls as a fallback.
 //!
-//! A row whose publish is nacked, returned (unroutable) or unconfirmed stays unpublished, has
-//! its attempt counted and its error recorded, and is retried after a backoff. If marking rows
-//! published fails after the broker confirmed them, they go out again later: consumers dedupe
-//! by the deterministic `event_id` (§6).
+//! Rows are claimed for `claim_lease_secs` by one statement (`FOR UPDATE SKIP LOCKED` inside),
+//! committed before anything is published: no transaction stays open across the broker, and a
+//! claim outlives a lost database connection. That is what keeps a publish from being repeated
+//! needlessly: confirmed rows are marked as their confirms arrive (each time the relay would
+//! otherwise wait), and a mark that fails because the database is away is retried for as long
+//! as the claim holds, while no other relay may take the rows.
+//!
+//! A row whose publish is nacked, returned (unroutable) or unconfirmed is released, with its
+//! attempt counted and its error recorded, and retried after a backoff. What remains
+//! at-least-once is what no relay can know: a confirm lost with the connection, or a process
+//! killed between a confirm and its mark. Those rows go out again once their claim lapses, with
+//! the same deterministic `event_id`, which consumers dedupe (§2.4, §6).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use backoff::backoff::Backoff;
+use futures_util::FutureExt as _;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Confirmation};
 use sqlx::PgPool;
@@ -28,6 +36,10 @@ use crate::{Step, broker, metrics};
 
 /// The NOTIFY channel the outbox trigger signals.
 pub const OUTBOX_CHANNEL: &str = "ledger_outbox";
+
+/// Recording stops this long before a claim lapses, so that it never races a relay that
+/// takes the rows over (clocks: the lease is the database's, the deadline ours).
+const CLAIM_MARGIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct Relay {
@@ -81,17 +93,26 @@ impl Relay {
     /// Claims up to `batch_size` unpublished rows, publishes them and records the outcome.
     /// `Err` when any row was not confirmed (after recording it), so the caller backs off.
     pub async fn run_once(&self, channel: &Channel) -> anyhow::Result<Step> {
-        let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, Uuid, String, String)> = sqlx::query_as(
-            "SELECT id, event_id, event_type, body FROM ledger_outbox
-             WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        let lease = Duration::from_secs(self.settings.claim_lease_secs);
+        let claimed_at = Instant::now();
+        let mut rows: Vec<(i64, Uuid, String, String)> = sqlx::query_as(
+            "UPDATE ledger_outbox o SET claimed_until = now() + make_interval(secs => $2)
+             FROM (SELECT id FROM ledger_outbox
+                   WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until < now())
+                   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) AS claim
+             WHERE o.id = claim.id
+             RETURNING o.id, o.event_id, o.event_type, o.body",
         )
         .bind(self.settings.batch_size)
-        .fetch_all(&mut *tx)
+        .bind(lease.as_secs_f64())
+        .fetch_all(&self.pool)
         .await?;
         if rows.is_empty() {
             return Ok(Step::Idle);
         }
+        rows.sort_unstable_by_key(|row| row.0);
+        // Past this, another relay may have taken the rows: stop trying to record anything.
+        let claim_ends = claimed_at + lease.saturating_sub(CLAIM_MARGIN);
 
         let started = Instant::now();
         // Publish them all first (in id order, pipelined), then collect the confirms.
@@ -112,20 +133,37 @@ impl Relay {
             pending.push((*id, event_type, publish));
         }
         let timeout = Duration::from_millis(self.settings.confirm_timeout_ms);
-        let mut published = Vec::with_capacity(rows.len());
+        // Confirmed, not yet marked: what a crash now would publish a second time.
+        let mut unmarked = Vec::with_capacity(rows.len());
+        // Off after a failed mark: the database is away, and each attempt would wait for it.
+        let mut marking = true;
         let mut failures = Vec::new();
         for (id, event_type, publish) in pending {
             let failure = |reason, detail: String| Failure { id, reason, detail };
             let confirm = match publish {
-                Ok(confirm) => confirm,
+                Ok(confirm) => tokio::time::timeout(timeout, confirm),
                 Err(error) => {
                     failures.push(failure("channel", error.to_string()));
                     continue;
                 }
             };
-            match tokio::time::timeout(timeout, confirm).await {
+            tokio::pin!(confirm);
+            let outcome = match (&mut confirm).now_or_never() {
+                Some(outcome) => outcome,
+                None => {
+                    // Waiting anyway: mark what is confirmed so far meanwhile (group commit).
+                    if marking && !unmarked.is_empty() {
+                        match self.mark_published(&unmarked).await {
+                            Ok(()) => unmarked.clear(),
+                            Err(_) => marking = false,
+                        }
+                    }
+                    confirm.await
+                }
+            };
+            match outcome {
                 Ok(Ok(Confirmation::Ack(None))) => {
-                    published.push(id);
+                    unmarked.push(id);
                     metrics::relay_published(event_type.clone());
                 }
                 Ok(Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)))) => {
@@ -144,27 +182,7 @@ impl Relay {
             }
         }
         metrics::relay_batch(started.elapsed());
-
-        sqlx::query("UPDATE ledger_outbox SET published_at = now() WHERE id = ANY($1)")
-            .bind(&published)
-            .execute(&mut *tx)
-            .await?;
-        if !failures.is_empty() {
-            let ids: Vec<i64> = failures.iter().map(|f| f.id).collect();
-            let errors: Vec<String> = failures
-                .iter()
-                .map(|f| format!("{}: {}", f.reason, f.detail))
-                .collect();
-            sqlx::query(
-                "UPDATE ledger_outbox o SET attempts = o.attempts + 1, last_error = u.error
-                 FROM UNNEST($1::bigint[], $2::text[]) AS u(id, error) WHERE o.id = u.id",
-            )
-            .bind(&ids)
-            .bind(&errors)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        self.record(&unmarked, &failures, claim_ends).await?;
 
         if let Some(first) = failures.first() {
             for failure in &failures {
@@ -179,6 +197,73 @@ impl Relay {
             );
         }
         Ok(Step::Processed)
+    }
+
+    async fn mark_published(&self, ids: &[i64]) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE ledger_outbox SET published_at = now(), claimed_until = NULL
+             WHERE id = ANY($1) AND published_at IS NULL",
+        )
+        .bind(ids)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+    }
+
+    /// Marks the confirmed rows published and releases the failed ones with their error, in
+    /// one transaction, retried while the claim holds (the database may be restarting).
+    async fn record(
+        &self,
+        published: &[i64],
+        failures: &[Failure],
+        claim_ends: Instant,
+    ) -> anyhow::Result<()> {
+        if published.is_empty() && failures.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = failures.iter().map(|f| f.id).collect();
+        let errors: Vec<String> = failures
+            .iter()
+            .map(|f| format!("{}: {}", f.reason, f.detail))
+            .collect();
+        let mut retries = broker::retry_schedule(&self.broker);
+        loop {
+            let attempt = async {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "UPDATE ledger_outbox SET published_at = now(), claimed_until = NULL
+                     WHERE id = ANY($1) AND published_at IS NULL",
+                )
+                .bind(published)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE ledger_outbox o
+                     SET attempts = o.attempts + 1, last_error = u.error, claimed_until = NULL
+                     FROM UNNEST($1::bigint[], $2::text[]) AS u(id, error) WHERE o.id = u.id",
+                )
+                .bind(&ids)
+                .bind(&errors)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await
+            };
+            let error = match attempt.await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let wait = retries.next_backoff().unwrap_or(Duration::from_secs(1));
+            if Instant::now() + wait >= claim_ends || self.shutdown.is_cancelled() {
+                return Err(anyhow::Error::new(error).context(format!(
+                    "recording {} published and {} failed ledger events; they go out again once their claim lapses",
+                    published.len(),
+                    failures.len()
+                )));
+            }
+            tracing::warn!(%error, "recording relayed events failed; retrying while the claim holds");
+            metrics::relay_record_retry();
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Relays until `shutdown`, reconnecting and backing off on failures.

@@ -115,7 +115,7 @@ impl Workers {
                 }
                 Role::Purge => roles.push(Box::pin(nonces::run(
                     self.pool.clone(),
-                    Duration::from_secs(self.settings.nonces.retention_hours * 3600),
+                    Duration::from_secs(self.settings.nonces.retention_secs),
                     Duration::from_secs(self.settings.nonces.purge_interval_secs),
                     stop.clone(),
                 ))),

@@ -18,6 +18,22 @@ pub struct LedgerMessage {
     pub message_id: Option<String>,
 }
 
+impl LedgerMessage {
+    /// What the checks need of a ledger message (fields missing from a malformed body stay
+    /// empty, and the checks count it as unknown).
+    pub fn parse(properties: &lapin::BasicProperties, body: &[u8]) -> Self {
+        let event: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let text = |field: &str| event[field].as_str().unwrap_or_default().to_owned();
+        Self {
+            event_id: text("event_id"),
+            event_type: text("event_type"),
+            reference: text("reference"),
+            status: text("status"),
+            message_id: properties.message_id().as_ref().map(|s| s.to_string()),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Report {
     /// Distinct orders with at least one 200 (conflict pairs included).
@@ -38,9 +54,9 @@ pub struct Report {
     /// ... of which the first publish was not confirmed (connection lost before the confirm):
     /// the relay recorded the failure and published again.
     pub republished_after_unconfirmed: usize,
-    /// ... of which the broker confirmed, but the commit that marks the row published did not
-    /// happen (database cut or restarted, process killed): published again.
-    pub republished_after_lost_commit: usize,
+    /// ... of which the broker confirmed, but the row was never marked published (the relay
+    /// was killed in between, or the database stayed away past the claim): published again.
+    pub republished_after_lost_mark: usize,
     /// (reference, type) pairs with more than one distinct event on the queue.
     pub ledger_duplicated: usize,
     pub outbox_unpublished: usize,
@@ -268,7 +284,7 @@ pub async fn check(inputs: Inputs<'_>) -> anyhow::Result<Report> {
             if attempts.get(*id).copied().unwrap_or(0) > 0 {
                 report.republished_after_unconfirmed += 1;
             } else {
-                report.republished_after_lost_commit += 1;
+                report.republished_after_lost_mark += 1;
             }
         }
     }

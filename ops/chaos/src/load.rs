@@ -22,6 +22,14 @@ pub const PENDING: Status = "PENDING";
 pub const SUCCESS: Status = "SUCCESS";
 pub const FAILED: Status = "FAILED";
 
+/// A fixed schedule of request starts shared by the client tasks.
+#[derive(Debug)]
+struct Pace {
+    start: tokio::time::Instant,
+    interval: Duration,
+    next: u64,
+}
+
 /// One logical request: what a retry or a duplicate sends again, byte for byte.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -122,6 +130,8 @@ pub struct Bank {
     acked_pool: Mutex<Vec<Arc<Request>>>,
     accepting: AtomicBool,
     retrying: AtomicBool,
+    /// Soak: new logical requests are started at a fixed rate instead of back to back.
+    pace: Mutex<Option<Pace>>,
     log: Mutex<std::fs::File>,
     started: Instant,
 }
@@ -151,6 +161,7 @@ impl Bank {
             acked_pool: Mutex::new(Vec::new()),
             accepting: AtomicBool::new(true),
             retrying: AtomicBool::new(true),
+            pace: Mutex::new(None),
             log: Mutex::new(std::fs::File::create(log_path)?),
             started: Instant::now(),
         }))
@@ -166,8 +177,22 @@ impl Bank {
         self.retrying.store(false, Ordering::SeqCst);
     }
 
-    /// Starts `concurrency` client tasks; they end after [`Self::stop_new`].
-    pub fn start(self: &Arc<Self>, concurrency: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    /// Starts `concurrency` client tasks; they end after [`Self::stop_new`]. With `rate`, the
+    /// tasks together start that many new orders (or batches) per second, on a fixed schedule
+    /// that does not wait for answers (open loop); without, each starts the next as soon as
+    /// its last is done.
+    pub fn start(
+        self: &Arc<Self>,
+        concurrency: usize,
+        rate: Option<f64>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        self.accepting.store(true, Ordering::SeqCst);
+        self.retrying.store(true, Ordering::SeqCst);
+        *self.pace.lock().unwrap_or_else(|e| e.into_inner()) = rate.map(|rate| Pace {
+            start: tokio::time::Instant::now(),
+            interval: Duration::from_secs_f64(1.0 / rate),
+            next: 0,
+        });
         (0..concurrency)
             .map(|i| {
                 let bank = Arc::clone(self);
@@ -179,6 +204,7 @@ impl Bank {
     async fn client_task(self: Arc<Self>, task: u64) {
         let mut rng = Rng::new(task);
         while self.accepting.load(Ordering::SeqCst) {
+            self.wait_turn().await;
             let n = self.seq.fetch_add(1, Ordering::Relaxed);
             let roll = rng.below(100);
             if roll < 45 {
@@ -203,6 +229,24 @@ impl Bank {
                 }
             }
         }
+    }
+
+    /// New orders or batches started so far (the unit of `rate`).
+    pub fn started(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed)
+    }
+
+    /// Paced: sleeps until this task's next slot on the shared schedule (at once when the
+    /// schedule is behind, so a slow answer is caught up rather than dropped).
+    async fn wait_turn(&self) {
+        let slot = {
+            let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(pace) = pace.as_mut() else { return };
+            let slot = pace.start + pace.interval.mul_f64(pace.next as f64);
+            pace.next += 1;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
     }
 
     fn final_status(rng: &mut Rng) -> Status {

@@ -8,6 +8,7 @@ mod check;
 mod load;
 mod proxy;
 mod services;
+mod soak;
 
 use std::collections::HashSet;
 use std::io::Write as _;
@@ -35,6 +36,7 @@ use crate::check::{Inputs, LedgerMessage, Report};
 use crate::load::{Bank, Snapshot};
 use crate::proxy::Balancer;
 use crate::services::{Postgres, Proc, RabbitNode, free_port};
+use crate::soak::{LedgerCollector, SoakPlan, SoakSummary};
 
 const CLIENT_ID: &str = "BANK_CHAOS";
 const KID: &str = "chaos-es256-1";
@@ -72,6 +74,43 @@ struct Cli {
     /// acknowledged requests still queued are really lost. The run must then fail.
     #[arg(long)]
     sabotage_purge_intake: bool,
+    /// A soak instead of fault rounds: this many seconds of load paced at `--soak-load` of
+    /// the capacity measured first in the same run, no faults, sampling memory, table sizes
+    /// and the nonce purge every `--sample-secs`.
+    #[arg(long, value_name = "SECS", conflicts_with_all = ["rounds", "cluster", "sabotage_purge_intake"])]
+    soak: Option<u64>,
+    /// Soak: the fraction of the measured capacity to run at.
+    #[arg(long, default_value_t = 0.5)]
+    soak_load: f64,
+    /// Soak: skip the capacity measurement and start this many orders-or-batches per second.
+    #[arg(long)]
+    soak_rate: Option<f64>,
+    /// Soak: seconds of closed-loop load that measure the capacity.
+    #[arg(long, default_value_t = 60)]
+    calibrate_secs: u64,
+    /// Soak: seconds between samples.
+    #[arg(long, default_value_t = 60)]
+    sample_secs: u64,
+    /// Soak: the workers' nonce retention, short so that the purge reaches its steady state
+    /// within the run (it must still exceed the ingress's 300 s timestamp window).
+    #[arg(long, default_value_t = 600)]
+    nonce_retention_secs: u64,
+}
+
+impl Cli {
+    fn soak_plan(&self) -> Option<SoakPlan> {
+        Some(SoakPlan {
+            seconds: self.soak?,
+            load: self.soak_load,
+            rate: self.soak_rate,
+            calibrate_secs: self.calibrate_secs,
+            sample_secs: self.sample_secs,
+            // Enough open requests for the paced schedule to hold through slow answers.
+            concurrency: self.concurrency.max(16),
+            nonce_retention_secs: self.nonce_retention_secs,
+            purge_interval_secs: 60,
+        })
+    }
 }
 
 fn out(line: impl AsRef<str>) {
@@ -258,10 +297,13 @@ async fn main() -> ExitCode {
 impl Harness {
     async fn run(&mut self, cli: &Cli) -> anyhow::Result<Report> {
         let bin_dir = binaries(cli.no_build)?;
+        let soak = cli.soak_plan();
         out(format!(
-            "fault-harness: {} rounds of {} s, {}; work directory {}",
-            cli.rounds,
-            cli.round_secs,
+            "fault-harness: {}, {}; work directory {}",
+            match soak {
+                Some(plan) => format!("soak of {} s, no faults", plan.seconds),
+                None => format!("{} rounds of {} s", cli.rounds, cli.round_secs),
+            },
             if cli.cluster {
                 "three-node RabbitMQ cluster"
             } else {
@@ -356,7 +398,10 @@ impl Harness {
         for i in 0..2 {
             let ops = free_port()?;
             let config = self.dir.join(format!("workers-{}.toml", i + 1));
-            std::fs::write(&config, workers_config(ops, &broker_url, &db_url))?;
+            std::fs::write(
+                &config,
+                workers_config(ops, &broker_url, &db_url, soak.as_ref()),
+            )?;
             if i == 0 {
                 run_to_end(
                     std::process::Command::new(bin_dir.join("connector-workers"))
@@ -397,11 +442,108 @@ impl Harness {
         }
         out("connector: 2 ingress (plain HTTP), 2 workers (apply, relay, purge): ready");
 
-        // Load, then the rounds.
+        // Load, then the rounds (or the soak).
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let bank = Bank::new(signer, targets, run_id, &self.dir.join("client-200s.jsonl"))?;
         self.bank = Some(Arc::clone(&bank));
-        let clients = bank.start(cli.concurrency);
+        let mut collector = None;
+        let mut soak_summary = None;
+        let (clients, load_secs) = match soak {
+            Some(plan) => {
+                let node = self.nodes.first().context("a node")?;
+                let ledger = LedgerCollector::start(
+                    &format!("amqp://guest:guest@{}/%2f", node.addr()),
+                    &self.topology.ledger_queue,
+                )
+                .await?;
+                let started = Instant::now();
+                let (clients, summary) = self.soak(plan, &bank, &db, &ledger).await?;
+                collector = Some(ledger);
+                soak_summary = Some(summary);
+                (clients, started.elapsed().as_secs_f64())
+            }
+            None => self.rounds(cli, &bank).await?,
+        };
+
+        // Stop the load: no new requests; those under way retry for a while, then give up.
+        bank.stop_new();
+        let grace = Instant::now() + Duration::from_secs(30);
+        while clients.iter().any(|c| !c.is_finished()) && Instant::now() < grace {
+            self.tick(Duration::from_millis(500)).await;
+        }
+        bank.stop_retrying();
+        for client in clients {
+            let _ = client.await;
+        }
+        let totals = bank.counters.snapshot();
+        out(format!(
+            "load stopped: {} requests sent, {} answered 200, {} abandoned at the end",
+            totals.sent, totals.ok, totals.abandoned
+        ));
+
+        // Drain: the intake queue empty and every outbox event published.
+        self.drain(&db, Duration::from_secs(180)).await?;
+        for process in self.workers.iter_mut().chain(self.ingress.iter_mut()) {
+            process.terminate(Duration::from_secs(15)).await;
+        }
+
+        // Consume the ledger queue and the dead-letter queues, then check.
+        let connection = self.inspect_connection().await?;
+        let channel = connection.create_channel().await?;
+        let mut ledger = match collector {
+            Some(collector) => collector.finish().await?,
+            None => Vec::new(),
+        };
+        for (properties, body) in take_all(&channel, &self.topology.ledger_queue).await? {
+            ledger.push(LedgerMessage::parse(&properties, &body));
+        }
+        let message_ids = |messages: Vec<(BasicProperties, Vec<u8>)>| -> Vec<String> {
+            messages
+                .into_iter()
+                .map(|(p, _)| {
+                    p.message_id()
+                        .as_ref()
+                        .map_or_else(|| "<no message_id>".into(), |s| s.to_string())
+                })
+                .collect()
+        };
+        let intake_dlq =
+            message_ids(take_all(&channel, &self.topology.intake_dead_letter_queue).await?);
+        let ledger_dlq =
+            message_ids(take_all(&channel, &self.topology.ledger_dead_letter_queue).await?);
+        let _ = connection.close(200, "done".into()).await;
+
+        let mut report = check::check(Inputs {
+            bank: &bank,
+            db: &db,
+            ledger: &ledger,
+            intake_dlq: &intake_dlq,
+            ledger_dlq: &ledger_dlq,
+            poison: &poison,
+        })
+        .await?;
+        db.close().await;
+        if let Some(summary) = &soak_summary {
+            report.problems.extend(summary.problems.iter().cloned());
+        }
+        if self.unexpected_exits > 0 {
+            report.notes.push(format!(
+                "{} connector processes exited on their own and were restarted (see their logs)",
+                self.unexpected_exits
+            ));
+        }
+        self.print(cli, &report, totals, load_secs, soak_summary.as_ref());
+        Ok(report)
+    }
+
+    /// The fault rounds under closed-loop load; returns the client tasks, still running, and
+    /// the seconds of load.
+    async fn rounds(
+        &mut self,
+        cli: &Cli,
+        bank: &Arc<Bank>,
+    ) -> anyhow::Result<(Vec<tokio::task::JoinHandle<()>>, f64)> {
+        let clients = bank.start(cli.concurrency, None);
         self.tick(Duration::from_secs(2)).await;
         let load_started = Instant::now();
         out(format!(
@@ -458,78 +600,7 @@ impl Harness {
                 process.spawn()?;
             }
         }
-
-        // Stop the load: no new requests; those under way retry for a while, then give up.
-        bank.stop_new();
-        let grace = Instant::now() + Duration::from_secs(30);
-        while clients.iter().any(|c| !c.is_finished()) && Instant::now() < grace {
-            self.tick(Duration::from_millis(500)).await;
-        }
-        bank.stop_retrying();
-        for client in clients {
-            let _ = client.await;
-        }
-        let totals = bank.counters.snapshot();
-        out(format!(
-            "load stopped: {} requests sent, {} answered 200, {} abandoned at the end",
-            totals.sent, totals.ok, totals.abandoned
-        ));
-
-        // Drain: the intake queue empty and every outbox event published.
-        self.drain(&db, Duration::from_secs(180)).await?;
-        for process in self.workers.iter_mut().chain(self.ingress.iter_mut()) {
-            process.terminate(Duration::from_secs(15)).await;
-        }
-
-        // Consume the ledger queue and the dead-letter queues, then check.
-        let connection = self.inspect_connection().await?;
-        let channel = connection.create_channel().await?;
-        let mut ledger = Vec::new();
-        for (properties, body) in take_all(&channel, &self.topology.ledger_queue).await? {
-            let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let text = |field: &str| event[field].as_str().unwrap_or_default().to_owned();
-            ledger.push(LedgerMessage {
-                event_id: text("event_id"),
-                event_type: text("event_type"),
-                reference: text("reference"),
-                status: text("status"),
-                message_id: properties.message_id().as_ref().map(|s| s.to_string()),
-            });
-        }
-        let message_ids = |messages: Vec<(BasicProperties, Vec<u8>)>| -> Vec<String> {
-            messages
-                .into_iter()
-                .map(|(p, _)| {
-                    p.message_id()
-                        .as_ref()
-                        .map_or_else(|| "<no message_id>".into(), |s| s.to_string())
-                })
-                .collect()
-        };
-        let intake_dlq =
-            message_ids(take_all(&channel, &self.topology.intake_dead_letter_queue).await?);
-        let ledger_dlq =
-            message_ids(take_all(&channel, &self.topology.ledger_dead_letter_queue).await?);
-        let _ = connection.close(200, "done".into()).await;
-
-        let mut report = check::check(Inputs {
-            bank: &bank,
-            db: &db,
-            ledger: &ledger,
-            intake_dlq: &intake_dlq,
-            ledger_dlq: &ledger_dlq,
-            poison: &poison,
-        })
-        .await?;
-        db.close().await;
-        if self.unexpected_exits > 0 {
-            report.notes.push(format!(
-                "{} connector processes exited on their own and were restarted (see their logs)",
-                self.unexpected_exits
-            ));
-        }
-        self.print(cli, &report, totals, load_secs);
-        Ok(report)
+        Ok((clients, load_secs))
     }
 
     /// Declares the topology on the (formed) cluster and publishes the poison messages.
@@ -782,34 +853,56 @@ impl Harness {
         })
     }
 
-    fn print(&self, cli: &Cli, report: &Report, totals: Snapshot, load_secs: f64) {
-        let mode = if cli.cluster {
-            "3-node cluster"
-        } else {
-            "single node"
+    fn print(
+        &self,
+        cli: &Cli,
+        report: &Report,
+        totals: Snapshot,
+        load_secs: f64,
+        soak: Option<&SoakSummary>,
+    ) {
+        let mode = match (cli.soak, cli.cluster) {
+            (Some(_), _) => "soak, single node",
+            (None, true) => "3-node cluster",
+            (None, false) => "single node",
         };
         out("");
-        out("| rounds | faults injected | requests sent | 200s | applied | lost | duplicated |");
-        out("|---:|---:|---:|---:|---:|---:|---:|");
+        if let Some(soak) = soak {
+            for line in &soak.lines {
+                out(format!("  {line}"));
+            }
+            out("");
+        }
+        out(
+            "| rounds | faults injected | requests sent | 200s | applied | lost | duplicated | ledger events republished (same event_id) |",
+        );
+        out("|---:|---:|---:|---:|---:|---:|---:|---:|");
         out(format!(
-            "| {} | {} | {} | {} | {} / {} | {} | {} |",
-            cli.rounds,
+            "| {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+            if cli.soak.is_some() { 0 } else { cli.rounds },
             self.faults,
             totals.sent,
             totals.ok,
             report.applied,
             report.acked_orders,
             report.lost,
-            report.duplicated
+            report.duplicated,
+            report.ledger_republished
         ));
         out("");
         let rows: Vec<(String, String)> = vec![
             (
                 "mode".into(),
-                format!(
-                    "{mode}, {} s rounds, {:.0} s of load, {} client tasks",
-                    cli.round_secs, load_secs, cli.concurrency
-                ),
+                match cli.soak_plan() {
+                    Some(plan) => format!(
+                        "{mode}, {load_secs:.0} s of load (capacity measurement included), {} client tasks",
+                        plan.concurrency
+                    ),
+                    None => format!(
+                        "{mode}, {} s rounds, {load_secs:.0} s of load, {} client tasks",
+                        cli.round_secs, cli.concurrency
+                    ),
+                },
             ),
             (
                 "requests sent (HTTP)".into(),
@@ -874,10 +967,10 @@ impl Harness {
             (
                 "ledger: same event_id twice (relay republish)".into(),
                 format!(
-                    "{} ({} after a lost confirm, {} after a lost commit of published_at)",
+                    "{} ({} after a lost confirm, {} confirmed but never marked published)",
                     report.ledger_republished,
                     report.republished_after_unconfirmed,
-                    report.republished_after_lost_commit
+                    report.republished_after_lost_mark
                 ),
             ),
             (
@@ -1097,7 +1190,13 @@ filter = "info"
     )
 }
 
-fn workers_config(ops: u16, broker_url: &str, db_url: &str) -> String {
+fn workers_config(ops: u16, broker_url: &str, db_url: &str, soak: Option<&SoakPlan>) -> String {
+    let nonces = soak.map_or_else(String::new, |plan| {
+        format!(
+            "\n[nonces]\nretention_secs = {}\npurge_interval_secs = {}\n",
+            plan.nonce_retention_secs, plan.purge_interval_secs
+        )
+    });
     format!(
         r#"# Written by fault-harness.
 [database]
@@ -1118,7 +1217,7 @@ poll_interval_ms = 500
 
 [ops]
 listen = "127.0.0.1:{ops}"
-
+{nonces}
 [log]
 format = "json"
 filter = "info"

@@ -276,6 +276,15 @@ impl RabbitNode {
         self.child.is_some()
     }
 
+    /// The Erlang VM's process id, from the pid file RabbitMQ writes once booted.
+    pub fn beam_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     fn env(&self, command: &mut Command) {
         let root = self.home.parent().unwrap_or(&self.home);
         command
@@ -489,6 +498,11 @@ impl Proc {
         }
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref()?.id()
+    }
+
     /// The exit status, if it exited on its own since the last look.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         let status = self.child.as_mut()?.try_wait().ok()??;
@@ -518,4 +532,18 @@ impl Proc {
             }
         }
     }
+}
+
+/// Resident memory of a process in MiB (`VmRSS`), if it is alive.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
