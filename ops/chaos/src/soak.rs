@@ -351,14 +351,20 @@ impl Harness {
                 .iter()
                 .filter_map(|s| s.rss.get(index).and_then(|(_, m)| *m))
                 .fold(0.0, f64::max);
+            // RabbitMQ's memory follows its quorum-queue write-ahead log, a saw-tooth that a
+            // trend would misread: its range is what to size the broker for.
+            if name == "rabbitmq" {
+                let min = series.iter().map(|(_, m)| *m).fold(f64::INFINITY, f64::min);
+                summary.lines.push(format!(
+                    "memory {name}: between {min:.1} and {max:.1} MiB since {from_secs:.0} s (write-ahead log filling and rolling over), {to:.1} MiB at the end"
+                ));
+                continue;
+            }
             let slope = mib_per_hour(&series);
             summary.lines.push(format!(
                 "memory {name}: {from:.1} MiB at {from_secs:.0} s, {to:.1} MiB at the end, at most {max:.1} MiB; trend since {from_secs:.0} s {slope:+.1} MiB/h"
             ));
-            // RabbitMQ's own memory follows its write-ahead log (a saw-tooth), not ours.
-            if name != "rabbitmq"
-                && let Some(leak) = growing(&series)
-            {
+            if let Some(leak) = growing(&series) {
                 summary.problems.push(format!("{name}: {leak}"));
             }
         }
