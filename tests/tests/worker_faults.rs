@@ -376,3 +376,67 @@ async fn the_database_gone_between_confirm_and_mark_publishes_nothing_twice() {
     assert_eq!((events.len(), ids.len()), (3, 3), "every event once");
     p.teardown().await;
 }
+
+#[tokio::test]
+async fn a_stalled_broker_fails_the_batch_once_and_releases_its_claim() {
+    let p = spawn_pipeline().await;
+    post(
+        &p,
+        BATCH,
+        &batch_body("B-S", &["PAY-S1", "PAY-S2", "PAY-S3"]),
+        "B-S",
+    )
+    .await;
+    p.apply_all().await;
+
+    let broker = FaultProxy::start(amqp_addr()).await.unwrap();
+    let connection = lapin::Connection::connect(
+        &format!("amqp://guest:guest@{}/%2f", broker.addr()),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut settings = worker_settings(&p.app, &p.db.url);
+    settings.relay.confirm_timeout_ms = 1_000;
+    let relay = Relay::new(
+        p.db.pool.clone(),
+        p.app.topology.clone(),
+        settings.broker,
+        settings.relay,
+        CancellationToken::new(),
+    );
+    relay.prepare(&channel).await.unwrap();
+
+    // Nothing comes back from the broker: the batch fails as a whole, within its deadline.
+    broker.stall();
+    let error = tokio::time::timeout(Duration::from_secs(30), relay.run_once(&channel))
+        .await
+        .expect("the relay gives up on its own")
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("3 of 3 ledger events not confirmed (first: timeout"),
+        "{error}"
+    );
+    let (attempts, claimed): (i64, i64) = sqlx::query_as(
+        "SELECT sum(attempts)::bigint, count(claimed_until) FROM ledger_outbox
+         WHERE published_at IS NULL",
+    )
+    .fetch_one(&p.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (attempts, claimed),
+        (3, 0),
+        "each failure counted, and the rows released at once for another try"
+    );
+
+    // The stalled publishes die with the connection; a healthy relay publishes each once.
+    broker.cut();
+    p.relay_all().await;
+    let events = p.ledger_events().await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    p.teardown().await;
+}

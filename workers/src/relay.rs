@@ -37,6 +37,10 @@ use crate::{Step, broker, metrics};
 /// The NOTIFY channel the outbox trigger signals.
 pub const OUTBOX_CHANNEL: &str = "ledger_outbox";
 
+/// Marks confirmed rows published and releases their claim.
+const MARK_PUBLISHED: &str = "UPDATE ledger_outbox SET published_at = now(), claimed_until = NULL
+     WHERE id = ANY($1) AND published_at IS NULL";
+
 /// Recording stops this long before a claim lapses, so that it never races a relay that
 /// takes the rows over (clocks: the lease is the database's, the deadline ours).
 const CLAIM_MARGIN: Duration = Duration::from_secs(2);
@@ -133,6 +137,8 @@ impl Relay {
             pending.push((*id, event_type, publish));
         }
         let timeout = Duration::from_millis(self.settings.confirm_timeout_ms);
+        // One deadline for the whole batch: a stalled broker costs one timeout, not one each.
+        let confirms_due = tokio::time::Instant::now() + timeout;
         // Confirmed, not yet marked: what a crash now would publish a second time.
         let mut unmarked = Vec::with_capacity(rows.len());
         // Off after a failed mark: the database is away, and each attempt would wait for it.
@@ -141,7 +147,7 @@ impl Relay {
         for (id, event_type, publish) in pending {
             let failure = |reason, detail: String| Failure { id, reason, detail };
             let confirm = match publish {
-                Ok(confirm) => tokio::time::timeout(timeout, confirm),
+                Ok(confirm) => tokio::time::timeout_at(confirms_due, confirm),
                 Err(error) => {
                     failures.push(failure("channel", error.to_string()));
                     continue;
@@ -200,14 +206,11 @@ impl Relay {
     }
 
     async fn mark_published(&self, ids: &[i64]) -> sqlx::Result<()> {
-        sqlx::query(
-            "UPDATE ledger_outbox SET published_at = now(), claimed_until = NULL
-             WHERE id = ANY($1) AND published_at IS NULL",
-        )
-        .bind(ids)
-        .execute(&self.pool)
-        .await
-        .map(drop)
+        sqlx::query(MARK_PUBLISHED)
+            .bind(ids)
+            .execute(&self.pool)
+            .await
+            .map(drop)
     }
 
     /// Marks the confirmed rows published and releases the failed ones with their error, in
@@ -230,13 +233,10 @@ impl Relay {
         loop {
             let attempt = async {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query(
-                    "UPDATE ledger_outbox SET published_at = now(), claimed_until = NULL
-                     WHERE id = ANY($1) AND published_at IS NULL",
-                )
-                .bind(published)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(MARK_PUBLISHED)
+                    .bind(published)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query(
                     "UPDATE ledger_outbox o
                      SET attempts = o.attempts + 1, last_error = u.error, claimed_until = NULL
