@@ -1,7 +1,8 @@
-//! The bank: correctly signed Corelink requests, unit and batch, sent without pause by a few
-//! client tasks, each retried (fresh nonce, timestamp and signature; same idempotency key and
-//! body) after a 503, a timeout or a lost connection until it gets a 200 or the run ends, and
-//! some re-sent on purpose after their 200 (duplicates). Every 200 goes into the client's log.
+//! The bank: correctly signed Corelink requests, unit and batch, sent by a few client tasks
+//! without pause (or, in a soak, on a fixed schedule). Each is retried (fresh nonce, timestamp
+//! and signature; same idempotency key and body) after a 503, a timeout or a lost connection
+//! until it gets a 200 or the run ends, and some are re-sent on purpose after their 200
+//! (duplicates). Every 200 goes into the client's log.
 
 use std::collections::HashMap;
 use std::io::Write as _;

@@ -2,7 +2,8 @@
 //! processes are SIGKILLed, RabbitMQ and PostgreSQL restarted and connections cut; then every
 //! 200 in the client's log is checked against the database, the ledger queue and the
 //! dead-letter queues. Everything runs on loopback, on services the harness starts and stops
-//! itself. See ops/chaos/README.md.
+//! itself. `--soak` replaces the rounds with a long faultless run at a fraction of the measured
+//! capacity (`soak.rs`). See ops/chaos/README.md.
 
 mod check;
 mod load;
