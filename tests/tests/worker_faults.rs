@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use lapin::types::FieldTable;
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +16,7 @@ use connector_e2e_tests::proxy::FaultProxy;
 use connector_e2e_tests::{amqp_addr, amqp_url, batch_body, eventually, unit_body, workers_binary};
 use connector_workers::Step;
 use connector_workers::apply::ApplyWorker;
+use connector_workers::config::Settings;
 use connector_workers::relay::Relay;
 
 const UNIT: &str = "/callbacks/orders/status";
@@ -22,6 +24,47 @@ const BATCH: &str = "/callbacks/orders/status/batch";
 
 async fn post(p: &Pipeline, path: &str, body: &str, key: &str) {
     assert_eq!(p.app.post_signed(path, body, key).await.status(), 200);
+}
+
+/// Takes the ledger queue: `expected` events, each once.
+async fn assert_each_event_once(p: &Pipeline, expected: usize) {
+    let events = p.ledger_events().await;
+    let mut ids: Vec<_> = events.iter().map(|e| e.0.event_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        (events.len(), ids.len()),
+        (expected, expected),
+        "every event once"
+    );
+}
+
+/// A stepped relay on `pool` whose broker connection goes through `broker`, with the
+/// pipeline's settings as `tune` leaves them; the connection must outlive the steps.
+async fn relay_via(
+    p: &Pipeline,
+    broker: &FaultProxy,
+    pool: PgPool,
+    tune: impl FnOnce(&mut Settings),
+) -> (Relay, lapin::Connection, lapin::Channel) {
+    let connection = lapin::Connection::connect(
+        &format!("amqp://guest:guest@{}/%2f", broker.addr()),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut settings = worker_settings(&p.app, &p.db.url);
+    tune(&mut settings);
+    let relay = Relay::new(
+        pool,
+        p.app.topology.clone(),
+        settings.broker,
+        settings.relay,
+        CancellationToken::new(),
+    );
+    relay.prepare(&channel).await.unwrap();
+    (relay, connection, channel)
 }
 
 #[tokio::test]
@@ -275,11 +318,7 @@ async fn the_broker_gone_during_relay_delays_events_but_never_doubles_them() {
     stop.cancel();
     running.await.unwrap();
 
-    let events = p.ledger_events().await;
-    let mut ids: Vec<_> = events.iter().map(|e| e.0.event_id).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!((events.len(), ids.len()), (5, 5), "every event once");
+    assert_each_event_once(&p, 5).await;
     p.teardown().await;
 }
 
@@ -310,24 +349,11 @@ async fn the_database_gone_between_confirm_and_mark_publishes_nothing_twice() {
         .await
         .unwrap();
     let broker = FaultProxy::start(amqp_addr()).await.unwrap();
-    let connection = lapin::Connection::connect(
-        &format!("amqp://guest:guest@{}/%2f", broker.addr()),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let mut settings = worker_settings(&p.app, &p.db.url);
-    settings.broker.retry_initial_ms = 100;
-    settings.broker.retry_max_ms = 500;
-    let relay = Relay::new(
-        pool,
-        p.app.topology.clone(),
-        settings.broker,
-        settings.relay,
-        CancellationToken::new(),
-    );
-    relay.prepare(&channel).await.unwrap();
+    let (relay, connection, channel) = relay_via(&p, &broker, pool, |settings| {
+        settings.broker.retry_initial_ms = 100;
+        settings.broker.retry_max_ms = 500;
+    })
+    .await;
 
     // The confirms are held up while the database goes away: the relay cannot mark them.
     broker.stall();
@@ -369,11 +395,7 @@ async fn the_database_gone_between_confirm_and_mark_publishes_nothing_twice() {
         "marked once the database is back"
     );
     p.relay_all().await;
-    let events = p.ledger_events().await;
-    let mut ids: Vec<_> = events.iter().map(|e| e.0.event_id).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!((events.len(), ids.len()), (3, 3), "every event once");
+    assert_each_event_once(&p, 3).await;
     p.teardown().await;
 }
 
@@ -390,23 +412,10 @@ async fn a_stalled_broker_fails_the_batch_once_and_releases_its_claim() {
     p.apply_all().await;
 
     let broker = FaultProxy::start(amqp_addr()).await.unwrap();
-    let connection = lapin::Connection::connect(
-        &format!("amqp://guest:guest@{}/%2f", broker.addr()),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let mut settings = worker_settings(&p.app, &p.db.url);
-    settings.relay.confirm_timeout_ms = 1_000;
-    let relay = Relay::new(
-        p.db.pool.clone(),
-        p.app.topology.clone(),
-        settings.broker,
-        settings.relay,
-        CancellationToken::new(),
-    );
-    relay.prepare(&channel).await.unwrap();
+    let (relay, _connection, channel) = relay_via(&p, &broker, p.db.pool.clone(), |settings| {
+        settings.relay.confirm_timeout_ms = 1_000;
+    })
+    .await;
 
     // Nothing comes back from the broker: the batch fails as a whole, within its deadline.
     broker.stall();
