@@ -143,17 +143,20 @@ impl Breakdown {
             .map(|(_, _, s)| *s)
     }
 
+    /// `seconds` of CPU as a share of all cores over the window (`-` for an empty window).
+    pub fn share_of_cores(&self, seconds: f64) -> String {
+        let capacity = self.elapsed.as_secs_f64() * self.cores as f64;
+        if capacity > 0.0 {
+            format!("{:.0} %", 100.0 * seconds / capacity)
+        } else {
+            "-".into()
+        }
+    }
+
     /// A Markdown table: CPU seconds, share of all cores over the window, and microseconds per
     /// `unit` (`count` of them were done in the window).
     pub fn table(&self, count: u64, unit: &str) -> String {
-        let capacity = self.elapsed.as_secs_f64() * self.cores as f64;
-        let share = |seconds: f64| {
-            if capacity > 0.0 {
-                format!("{:.0} %", 100.0 * seconds / capacity)
-            } else {
-                "-".into()
-            }
-        };
+        let share = |seconds: f64| self.share_of_cores(seconds);
         let per = |seconds: f64| {
             if count > 0 {
                 format!("{:.1}", seconds * 1e6 / count as f64)

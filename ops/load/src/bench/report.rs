@@ -9,6 +9,7 @@ use crate::bench::apply::{self, ApplyRun};
 use crate::bench::baseline::BaselineRun;
 use crate::bench::env::ServerFacts;
 use crate::bench::latency::LatencyRun;
+use crate::procstat::table;
 
 /// Where the figures were taken: printed first, since every figure depends on it.
 #[derive(Debug)]
@@ -128,11 +129,7 @@ pub fn apply_table(runs: &[ApplyRun], concurrency: usize, prefetch: u16) -> Stri
                 apply::micros_per_order(&r.cpu, apply::BENCH_PROCESS, r.orders()),
                 apply::micros_per_order(&r.cpu, apply::POSTGRES, r.orders()),
                 apply::micros_per_order(&r.cpu, apply::RABBITMQ, r.orders()),
-                format!(
-                    "{:.0} %",
-                    100.0 * r.cpu.machine_busy
-                        / (r.cpu.elapsed.as_secs_f64() * r.cpu.cores as f64).max(1e-9)
-                ),
+                r.cpu.share_of_cores(r.cpu.machine_busy),
             ]
         })
         .collect();
@@ -201,11 +198,7 @@ pub fn baseline_table(runs: &[BaselineRun], apply: &[ApplyRun], concurrency: usi
                 ratio,
                 apply::micros_per_order(&b.cpu, apply::BENCH_PROCESS, b.orders()),
                 apply::micros_per_order(&b.cpu, apply::POSTGRES, b.orders()),
-                format!(
-                    "{:.0} %",
-                    100.0 * b.cpu.machine_busy
-                        / (b.cpu.elapsed.as_secs_f64() * b.cpu.cores as f64).max(1e-9)
-                ),
+                b.cpu.share_of_cores(b.cpu.machine_busy),
             ]
         })
         .collect();
@@ -300,45 +293,6 @@ fn percentiles(label: &str, histogram: &Histogram<u64>) -> Vec<String> {
         ms(histogram.max()),
         histogram.len().to_string(),
     ]
-}
-
-/// A Markdown table with aligned columns (first column left, the others right), each at least
-/// three wide so that its delimiter (`--:`) stays valid Markdown.
-pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count().max(3)).collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut text = String::from("|");
-        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
-            if i == 0 {
-                let _ = write!(text, " {cell:<width$} |");
-            } else {
-                let _ = write!(text, " {cell:>width$} |");
-            }
-        }
-        text.push('\n');
-        text
-    };
-    let mut out = line(headers.to_vec());
-    let mut rule = String::from("|");
-    for (i, width) in widths.iter().enumerate() {
-        let dashes = "-".repeat(*width);
-        if i == 0 {
-            let _ = write!(rule, " {dashes} |");
-        } else {
-            let _ = write!(rule, " {}: |", "-".repeat(width.saturating_sub(1)));
-        }
-    }
-    rule.push('\n');
-    out.push_str(&rule);
-    for row in &rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    out
 }
 
 #[cfg(test)]
