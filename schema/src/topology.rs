@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use serde::{Deserialize, Serialize};
@@ -25,8 +28,10 @@ pub struct QueueOptions {
     /// the broker nacks further publishes, and the ingress answers 503 so senders retry
     /// later instead of the broker running out of memory or disk.
     pub intake_max_length: Option<u32>,
-    /// Deletes an unused queue after this long (`x-expires`). Tests set it so abandoned
-    /// per-test queues go away; production leaves it unset.
+    /// Deletes an unused queue after this long (`x-expires`): set for throw-away topologies
+    /// (tests, benches, the local check), whose abandoned queues then go even when their run
+    /// was killed, and which alone `connector-workers topology delete` agrees to delete.
+    /// Production leaves it unset.
     pub expires: Option<Duration>,
 }
 
@@ -132,7 +137,8 @@ impl Topology {
     pub async fn declare_intake(&self, channel: &Channel) -> lapin::Result<()> {
         self.declare_dead_letter_queue(channel, &self.intake_dead_letter_queue)
             .await?;
-        declare_exchange(channel, &self.intake_exchange, ExchangeKind::Topic).await?;
+        self.declare_exchange(channel, &self.intake_exchange, ExchangeKind::Topic)
+            .await?;
         let mut arguments = self.dead_lettering_arguments(&self.intake_dead_letter_queue);
         if let Some(max) = self.options.intake_max_length {
             arguments.insert("x-max-length".into(), int(max));
@@ -155,11 +161,38 @@ impl Topology {
     pub async fn declare_ledger(&self, channel: &Channel) -> lapin::Result<()> {
         self.declare_dead_letter_queue(channel, &self.ledger_dead_letter_queue)
             .await?;
-        declare_exchange(channel, &self.ledger_exchange, ExchangeKind::Topic).await?;
+        self.declare_exchange(channel, &self.ledger_exchange, ExchangeKind::Topic)
+            .await?;
         let arguments = self.dead_lettering_arguments(&self.ledger_dead_letter_queue);
         self.declare_quorum_queue(channel, &self.ledger_queue, arguments)
             .await?;
         bind(channel, &self.ledger_queue, &self.ledger_exchange, "#").await
+    }
+
+    /// Deletes every queue and exchange of this topology, and the messages on them: the end of
+    /// a throw-away topology, never production's. Missing ones are fine (RabbitMQ's deletes are
+    /// idempotent, and a part declares only what it uses).
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        for queue in [
+            &self.intake_queue,
+            &self.intake_dead_letter_queue,
+            &self.ledger_queue,
+            &self.ledger_dead_letter_queue,
+        ] {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [
+            &self.intake_exchange,
+            &self.ledger_exchange,
+            &self.dead_letter_exchange,
+        ] {
+            channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Arguments of a queue that dead-letters into `dead_letter_queue`, at least once.
@@ -183,10 +216,26 @@ impl Topology {
     }
 
     async fn declare_dead_letter_queue(&self, channel: &Channel, queue: &str) -> lapin::Result<()> {
-        declare_exchange(channel, &self.dead_letter_exchange, ExchangeKind::Direct).await?;
+        self.declare_exchange(channel, &self.dead_letter_exchange, ExchangeKind::Direct)
+            .await?;
         self.declare_quorum_queue(channel, queue, FieldTable::default())
             .await?;
         bind(channel, queue, &self.dead_letter_exchange, queue).await
+    }
+
+    async fn declare_exchange(
+        &self,
+        channel: &Channel,
+        name: &str,
+        kind: ExchangeKind,
+    ) -> lapin::Result<()> {
+        let options = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(name.into(), kind, options, FieldTable::default())
+            .await
     }
 
     async fn declare_quorum_queue(
@@ -209,16 +258,6 @@ impl Topology {
             .await
             .map(drop)
     }
-}
-
-async fn declare_exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> lapin::Result<()> {
-    let options = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    channel
-        .exchange_declare(name.into(), kind, options, FieldTable::default())
-        .await
 }
 
 async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {

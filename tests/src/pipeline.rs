@@ -23,7 +23,7 @@ pub fn database_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// A database of its own, migrated, dropped by [`TestDatabase::drop_database`].
+/// A database of its own, migrated, dropped when this is dropped, test passed or failed.
 #[derive(Debug)]
 pub struct TestDatabase {
     pub name: String,
@@ -65,16 +65,9 @@ impl TestDatabase {
         }
     }
 
+    /// Closes the pool, then drops the database (as [`Drop`] does for a test that failed).
     pub async fn drop_database(self) {
         self.pool.close().await;
-        if let Ok(admin) = PgPool::connect(&database_admin_url()).await {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .execute(&admin)
-            .await;
-        }
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
@@ -82,6 +75,21 @@ impl TestDatabase {
             .fetch_one(&self.pool)
             .await
             .expect("count query")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        crate::cleanup::run_detached(async move {
+            // FORCE ends the connections a failed test's pool still holds.
+            if let Ok(admin) = PgPool::connect(&database_admin_url()).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&admin)
+                    .await;
+                admin.close().await;
+            }
+        });
     }
 }
 

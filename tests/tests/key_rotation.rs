@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures_util::FutureExt as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use connector_e2e_tests::cleanup::TopologyGuard;
 use connector_e2e_tests::{BrokerInspector, TestBank, amqp_url, eventually, unit_body};
 use connector_ingress::clock::SystemClock;
 use connector_ingress::config::Settings;
@@ -75,6 +76,7 @@ async fn a_key_rotates_without_a_restart_while_requests_flow() {
     write_config(&config, &prefix, &[old.as_ref()]);
     let settings = Settings::load(Some(&config)).unwrap();
     let topology = settings.topology.topology();
+    let _cleanup = TopologyGuard::new(topology.clone());
     let application =
         Application::build_with(settings, Arc::new(SystemClock), Some(config.clone()))
             .await
@@ -170,6 +172,7 @@ async fn an_edited_key_file_is_picked_up_without_a_signal() {
     let config = dir.path().join("ingress.toml");
     write_config(&config, &prefix, &[&old]);
     let settings = Settings::load(Some(&config)).unwrap();
+    let _cleanup = TopologyGuard::new(settings.topology.topology());
     let application =
         Application::build_with(settings, Arc::new(SystemClock), Some(config.clone()))
             .await

@@ -200,3 +200,49 @@ async fn the_poller_role_follows_a_tracked_payment_and_reports_its_metrics() {
     stop(workers).await;
     p.teardown().await;
 }
+
+#[tokio::test]
+async fn topology_delete_removes_a_throw_away_topology_and_refuses_any_other() {
+    let app = connector_e2e_tests::spawn_app().await;
+    let prefix = app.settings.topology.prefix.clone();
+    let delete = |expires: Option<&str>| {
+        let mut command = std::process::Command::new(workers_binary());
+        command
+            .args(["topology", "delete"])
+            .env("CONNECTOR_BROKER__URL", amqp_url())
+            .env("CONNECTOR_TOPOLOGY__PREFIX", &prefix);
+        if let Some(secs) = expires {
+            command.env("CONNECTOR_TOPOLOGY__QUEUE_EXPIRES_SECS", secs);
+        }
+        command.output().unwrap()
+    };
+    let exists = || async {
+        let channel = app.broker.connection().create_channel().await.unwrap();
+        channel
+            .queue_declare(
+                app.topology.intake_queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .is_ok()
+    };
+
+    // Without queue expiry the configuration is a long-lived one: nothing is touched.
+    let refused = delete(None);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("not a throw-away topology"), "{said}");
+    assert!(exists().await, "the refused command deleted nothing");
+
+    let deleted = delete(Some("600"));
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    assert!(!exists().await, "the intake queue is gone");
+}

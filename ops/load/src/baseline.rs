@@ -9,10 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-    QueuePurgeOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use time::OffsetDateTime;
 
@@ -59,7 +56,10 @@ pub async fn run(
         Ok(()) => publish_all(&connection, &topology, prepared, concurrency).await,
         Err(error) => Err(error),
     };
-    let cleanup = delete_topology(&connection, &topology).await;
+    // Nothing is left on the broker.
+    let cleanup = async { topology.delete(&connection.create_channel().await?).await }
+        .await
+        .context("deleting the baseline topology");
     connection.close(200, "baseline done".into()).await.ok();
     let stats = result?;
     cleanup?;
@@ -190,29 +190,6 @@ async fn publish(
         Confirmation::Nack(None) => "nack".into(),
         Confirmation::NotRequested => "no confirm".into(),
     })
-}
-
-/// Deletes the baseline's queues and exchanges (and so the messages on them): nothing is left
-/// on the broker.
-async fn delete_topology(connection: &Connection, topology: &Topology) -> anyhow::Result<()> {
-    let channel = connection
-        .create_channel()
-        .await
-        .context("opening a channel to clean up")?;
-    for queue in [&topology.intake_queue, &topology.intake_dead_letter_queue] {
-        channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .with_context(|| format!("deleting queue {queue}"))?;
-    }
-    for exchange in [&topology.intake_exchange, &topology.dead_letter_exchange] {
-        channel
-            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await
-            .with_context(|| format!("deleting exchange {exchange}"))?;
-    }
-    channel.close(200, "cleaned up".into()).await.ok();
-    Ok(())
 }
 
 /// Empties `queue` (the ingress's intake queue, which nothing consumes during a load run), so

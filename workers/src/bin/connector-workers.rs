@@ -30,7 +30,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run worker roles until SIGTERM (all of them unless some are named).
+    /// Run worker roles until SIGTERM or Ctrl-C (all of them unless some are named).
     Run {
         #[arg(long = "role", value_enum)]
         roles: Vec<Role>,
@@ -46,9 +46,19 @@ enum Command {
     /// An order's history.
     #[command(subcommand)]
     Order(OrderCommand),
+    /// The broker topology of this configuration.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
     /// Paysafe payments and standalone credits.
     #[command(subcommand)]
     Paysafe(PaysafeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopologyCommand {
+    /// Delete the queues (and their messages) and exchanges of a throw-away topology, one with
+    /// `topology.queue_expires_secs` set; refused for any other.
+    Delete,
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +205,11 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<String>
                     admin::dead_letters_replay(&connection, &topology, queue, limit).await
                 }
             }
+        }
+        Command::Topology(TopologyCommand::Delete) => {
+            let connection =
+                connector_workers::broker::connect(&settings.broker.url, "admin").await?;
+            admin::topology_delete(&connection, &topology).await
         }
         Command::Paysafe(PaysafeCommand::Track {
             kind,

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use sqlx::PgPool;
@@ -229,42 +229,14 @@ impl Env {
         Ok(depth)
     }
 
-    /// Deletes every queue and exchange of `topology` (and so the messages on them). Missing
-    /// ones are fine: a part declares only what it uses.
+    /// Deletes every queue and exchange of `topology` (and so the messages on them).
     pub async fn delete_topology(&self, topology: &Topology) -> anyhow::Result<()> {
-        let mut failures = Vec::new();
-        for queue in [
-            &topology.intake_queue,
-            &topology.intake_dead_letter_queue,
-            &topology.ledger_queue,
-            &topology.ledger_dead_letter_queue,
-        ] {
-            let channel = self.channel().await?;
-            if let Err(error) = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await
-            {
-                failures.push(format!("queue {queue}: {error}"));
-            }
-            channel.close(200, "done".into()).await.ok();
-        }
-        for exchange in [
-            &topology.intake_exchange,
-            &topology.ledger_exchange,
-            &topology.dead_letter_exchange,
-        ] {
-            let channel = self.channel().await?;
-            if let Err(error) = channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await
-            {
-                failures.push(format!("exchange {exchange}: {error}"));
-            }
-            channel.close(200, "done".into()).await.ok();
-        }
-        if !failures.is_empty() {
-            anyhow::bail!("deleting the bench topology: {}", failures.join("; "));
-        }
+        let channel = self.channel().await?;
+        topology
+            .delete(&channel)
+            .await
+            .with_context(|| format!("deleting the bench topology {}", topology.intake_exchange))?;
+        channel.close(200, "done".into()).await.ok();
         self.lock()
             .topologies
             .retain(|t| t.intake_queue != topology.intake_queue);
