@@ -1,10 +1,22 @@
 //! Reading a request body with the two limits every route applies: its size (413) and the time
 //! it may take to arrive (408, the connection then closed), so neither a huge nor a trickling
-//! body can hold memory or a connection.
+//! body can hold memory or a connection. And the honest end of a connection whose body was
+//! never read: routes refuse on headers first, without reading what an unauthenticated caller
+//! sends.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::Request;
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use axum::http::{HeaderValue, Version};
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::error::ApiError;
@@ -30,4 +42,62 @@ pub async fn read(body: Body, limit: usize, timeout: Duration) -> Result<bytes::
 pub fn target_as_sent(uri: &axum::http::Uri) -> String {
     uri.path_and_query()
         .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned())
+}
+
+/// Says `Connection: close` on an HTTP/1 answer given before the request's body was read to
+/// its end. The server cannot reuse such a connection (the unread bytes are still on it) and
+/// closes it after the answer; without the header a client would send its next request on a
+/// connection that is about to vanish.
+pub async fn close_if_body_unread(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let has_body = headers
+        .get(CONTENT_LENGTH)
+        .map_or(headers.contains_key(TRANSFER_ENCODING), |length| {
+            length != "0"
+        });
+    if request.version() > Version::HTTP_11 || !has_body {
+        return next.run(request).await;
+    }
+    let ended = Arc::new(AtomicBool::new(false));
+    let tracked = {
+        let ended = ended.clone();
+        request.map(|inner| Body::new(TrackEnd { inner, ended }))
+    };
+    let mut response = next.run(tracked).await;
+    if !ended.load(Ordering::Relaxed) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A request body that notes when it was read to its end.
+struct TrackEnd {
+    inner: Body,
+    ended: Arc<AtomicBool>,
+}
+
+impl http_body::Body for TrackEnd {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -11,12 +11,12 @@ use axum::http::header::CONTENT_LENGTH;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tracing::{Instrument, field};
 use uuid::Uuid;
 
 use connector_schema::corelink::{self, SignedRequestClaims, headers as names};
 use connector_schema::envelope::rfc3339;
+use connector_schema::validation::is_visible_ascii;
 use connector_schema::{IntakeEnvelope, IntakeKind};
 
 use crate::error::ApiError;
@@ -88,20 +88,20 @@ impl CorelinkHeaders {
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
         let client_id = token(headers, "X-Client-Id")?;
         let timestamp = required(headers, "X-Timestamp")?;
-        let timestamp_at = OffsetDateTime::parse(timestamp, &Rfc3339)
-            .ok()
-            .filter(|t| t.offset().is_utc())
+        let timestamp_at = corelink::parse_request_timestamp(timestamp)
             .ok_or(ApiError::InvalidHeader {
-                header: "X-Timestamp",
-                reason: "must be an RFC 3339 UTC date-time such as 2025-11-19T07:15:00Z".into(),
-            })?;
+            header: "X-Timestamp",
+            reason:
+                "must be an RFC 3339 UTC date-time such as 2025-11-19T07:15:00Z (or with +00:00)"
+                    .into(),
+        })?;
         let nonce = token(headers, "X-Nonce")?;
         let idempotency_key = token(headers, "X-Idempotency-Key")?;
         let content_type = required(headers, "Content-Type")?;
         let signature = match single(headers, "X-Signature")? {
             None | Some("") => {
                 return Err(ApiError::SignatureMissing {
-                    header: names::SIGNATURE,
+                    header: "X-Signature",
                     reason: "is required",
                 });
             }
@@ -138,11 +138,6 @@ impl CorelinkHeaders {
         .map(|(name, value)| (name.to_owned(), value.clone()))
         .collect()
     }
-}
-
-/// 1..=`max` characters, each visible ASCII (0x21..=0x7E), as §3 requires of ids and nonces.
-pub fn is_visible_ascii(s: &str, max: usize) -> bool {
-    (1..=max).contains(&s.len()) && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
 fn single<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
@@ -186,11 +181,6 @@ fn token<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, ApiE
             reason: "must be 1..128 visible ASCII characters".into(),
         })
     }
-}
-
-fn is_json(content_type: &str) -> bool {
-    let media_type = content_type.split(';').next().unwrap_or_default().trim();
-    media_type.eq_ignore_ascii_case("application/json")
 }
 
 /// Authenticates a request as of `now`: known client, the connection's client certificate
@@ -297,7 +287,7 @@ async fn accept(
     let span = tracing::Span::current();
     span.record("client_id", headers.client_id.as_str());
     span.record("idempotency_key", headers.idempotency_key.as_str());
-    if !is_json(&headers.content_type) {
+    if !corelink::is_json_content_type(&headers.content_type) {
         return Err(ApiError::UnsupportedMediaType);
     }
 

@@ -23,7 +23,7 @@ pub enum ApiError {
         header: &'static str,
         reason: String,
     },
-    /// No usable signature header (absent, empty, or sent twice): `reason` says which.
+    /// No signature header, or an empty one: `reason` says which.
     #[error("header {header} {reason}")]
     SignatureMissing {
         header: &'static str,
@@ -111,6 +111,7 @@ impl ApiError {
         match self {
             Self::ValidationFailed(errors) => errors.clone(),
             Self::MissingHeader(name) => vec![FieldError::new(*name, "is required")],
+            Self::SignatureMissing { header, reason } => vec![FieldError::new(*header, *reason)],
             Self::InvalidHeader { header, reason } => {
                 vec![FieldError::new(*header, reason.clone())]
             }

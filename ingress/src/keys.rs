@@ -255,7 +255,7 @@ impl ClientRegistry {
         let mut seen_ids = std::collections::HashSet::new();
         for (i, client) in settings.iter().enumerate() {
             let at = format!("corelink.clients[{i}]");
-            if !crate::corelink::is_visible_ascii(&client.id, 128) {
+            if !connector_schema::validation::is_visible_ascii(&client.id, 128) {
                 return Err(ConfigError::new(
                     format!("{at}.id"),
                     "must be 1..128 visible ASCII characters",

@@ -486,7 +486,11 @@ mod tests {
                 .unwrap()
                 .starts_with("header Signature ")
         );
-        assert_eq!(body["error"]["details"], json!([]));
+        // Named in `details`, as every missing header is.
+        assert_eq!(
+            body["error"]["details"],
+            json!([{"field": "Signature", "message": "is required"}])
+        );
 
         let response = send(&router, Some("bm90IGl0"), Body::from(BODY)).await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);

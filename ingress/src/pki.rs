@@ -1,6 +1,7 @@
 //! A development PKI: a CA, the server's certificate and bank client certificates, so the
-//! local run and the tests exercise real mTLS. Never for production, where the banks' CA and
-//! a real server certificate are configured instead.
+//! local run and the tests exercise real mTLS, and a second bank can be onboarded locally from
+//! the same CA. Never for production, where the banks' CA and a real server certificate are
+//! configured instead.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -42,6 +43,21 @@ impl DevCa {
             issuer: Issuer::new(params, key),
             cert_pem,
         })
+    }
+
+    /// The CA written by [`DevCa::new`] earlier (its certificate and key, PEM): issues more
+    /// certificates that chain to the same root.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, rcgen::Error> {
+        let key = KeyPair::from_pem(key_pem)?;
+        Ok(Self {
+            issuer: Issuer::from_ca_cert_pem(cert_pem, key)?,
+            cert_pem: cert_pem.to_owned(),
+        })
+    }
+
+    /// The CA's private key, PEM: kept beside the CA so a development PKI can issue later.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// The server's certificate, for `hosts` (names or IP addresses).

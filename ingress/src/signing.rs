@@ -131,29 +131,34 @@ pub fn random_nonce() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A new key pair for `alg`, both halves carrying `kid` and `alg`: (private, public).
+/// A new key pair for `alg`, both halves carrying `kid` and `alg`: (private, public). The
+/// private JWK is complete as RFC 7518 §6 and RFC 8037 define it (EC: `crv x y d`, OKP:
+/// `crv x d`, RSA: `n e d p q dp dq qi`), so any JOSE library loads it.
 pub fn generate_key_pair(alg: JwsAlgorithm, kid: &str) -> anyhow::Result<(Jwk, Jwk)> {
     let (mut private, mut public) = match alg {
         JwsAlgorithm::Es256 => {
             let pair = ES256.generate_key_pair()?;
-            (pair.to_jwk_private_key(), pair.to_jwk_public_key())
+            (pair.to_jwk_key_pair(), pair.to_jwk_public_key())
         }
         JwsAlgorithm::Ps256 => {
             let pair = PS256.generate_key_pair(2048)?;
-            (pair.to_jwk_private_key(), pair.to_jwk_public_key())
+            (pair.to_jwk_key_pair(), pair.to_jwk_public_key())
         }
         JwsAlgorithm::Rs256 => {
             let pair = RS256.generate_key_pair(2048)?;
-            (pair.to_jwk_private_key(), pair.to_jwk_public_key())
+            (pair.to_jwk_key_pair(), pair.to_jwk_public_key())
         }
         JwsAlgorithm::EdDsa => {
             let pair = EdDSA.generate_key_pair(josekit::jwk::alg::ed::EdCurve::Ed25519)?;
-            (pair.to_jwk_private_key(), pair.to_jwk_public_key())
+            (pair.to_jwk_key_pair(), pair.to_jwk_public_key())
         }
     };
     for jwk in [&mut private, &mut public] {
         jwk.set_key_id(kid);
         jwk.set_algorithm(alg.name());
+        // josekit adds `use` to some key types only; the members RFC 7517 requires, plus
+        // `kid` and `alg`, are what every library writes and reads.
+        jwk.set_parameter("use", None)?;
     }
     Ok((private, public))
 }

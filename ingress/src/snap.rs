@@ -179,7 +179,7 @@ impl BncPartners {
     }
 
     fn check_client_key(&self, client_key: &str, at: &str) -> Result<(), ConfigError> {
-        if !crate::corelink::is_visible_ascii(
+        if !connector_schema::validation::is_visible_ascii(
             client_key,
             connector_schema::bnc::MAX_CLIENT_KEY_CHARS,
         ) {

@@ -262,7 +262,8 @@ pub fn public_router(state: AppState) -> Router {
             &state.paysafe_path,
             post(|State(state): State<AppState>, request: Request| paysafe::handle(state, request)),
         )
-        .with_state(state);
+        .with_state(state)
+        .layer(axum::middleware::from_fn(crate::body::close_if_body_unread));
     match proxies {
         Some(proxies) => router.layer(axum::middleware::from_fn_with_state(
             proxies,

@@ -1,5 +1,5 @@
-//! The error shapes shared by every body validator, so the ingress can answer a precise,
-//! machine-readable list of problems whatever the source (Corelink, BNC, Paysafe).
+//! The error shapes and field rules shared by every validator, so the ingress can answer a
+//! precise, machine-readable list of problems whatever the source (Corelink, BNC, Paysafe).
 
 use serde::Serialize;
 
@@ -30,4 +30,10 @@ pub enum BodyError {
     /// Well-formed JSON that breaks the contract; every problem found is listed.
     #[error("body failed validation ({} problem(s))", .0.len())]
     Invalid(Vec<FieldError>),
+}
+
+/// 1..=`max` characters, each visible ASCII (0x21..=0x7E): what §3 requires of ids, nonces and
+/// keys, and what configured client ids must be so a bank can send them.
+pub fn is_visible_ascii(s: &str, max: usize) -> bool {
+    (1..=max).contains(&s.len()) && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cleanup;
 pub mod logs;
 pub mod pipeline;
 pub mod proxy;
@@ -124,6 +125,8 @@ pub struct TestApp {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _key_dir: tempfile::TempDir,
+    /// Last: the topology goes once the ingress has been told to stop.
+    _topology: cleanup::TopologyGuard,
 }
 
 /// Starts an ingress on ephemeral ports against the real broker, with `configure` applied to
@@ -171,10 +174,11 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         bank,
         settings,
         broker: BrokerInspector::connect(topology.clone()).await,
-        topology,
+        topology: topology.clone(),
         shutdown: Some(shutdown),
         task: Some(task),
         _key_dir: key_dir,
+        _topology: cleanup::TopologyGuard::new(topology.clone()),
     }
 }
 
@@ -323,34 +327,37 @@ where
     }
 }
 
-/// The `connector-workers` binary, for tests that must kill a real process. Built (or found
-/// up to date) once per test process, so a test never runs a stale binary.
+/// The `connector-workers` binary, for tests that must kill a real process.
 pub fn workers_binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let mut build = std::process::Command::new(env!("CARGO"));
-            build.args([
-                "build",
-                "--quiet",
-                "-p",
-                "connector-workers",
-                "--bin",
-                "connector-workers",
-            ]);
-            if !cfg!(debug_assertions) {
-                build.arg("--release");
-            }
-            let status = build.status().expect("cargo build");
-            assert!(status.success(), "building connector-workers");
-            let exe = std::env::current_exe().expect("test executable path");
-            // target/<profile>/deps/<test> → target/<profile>/connector-workers
-            exe.parent()
-                .and_then(std::path::Path::parent)
-                .expect("target directory")
-                .join("connector-workers")
-        })
-        .clone()
+    binary("connector-workers", "connector-workers")
+}
+
+/// Binary `name` of package `package`, built (or found up to date) once per test process, so a
+/// test never runs a stale binary: for tests that run what an operator or a bank runs.
+pub fn binary(package: &str, name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
+        return path.clone();
+    }
+    let mut build = std::process::Command::new(env!("CARGO"));
+    build.args(["build", "--quiet", "-p", package, "--bin", name]);
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo build");
+    assert!(status.success(), "building {name}");
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target directory")
+        .join(name);
+    built.push((name.to_owned(), path.clone()));
+    path
 }
 
 /// A development PKI for TLS tests: the CA, and BANK_X's client certificate.

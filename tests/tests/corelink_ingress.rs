@@ -579,3 +579,42 @@ async fn the_signed_path_is_the_target_as_sent_with_query_and_external_prefix() 
     }
     assert_eq!(app.broker.intake_depth().await, 1);
 }
+
+#[tokio::test]
+async fn an_answer_given_before_the_body_was_read_closes_its_connection() {
+    let app = spawn_app().await;
+    let body = unit_body("PAY-CLOSE", "SUCCESS");
+    let close = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("connection")
+            .map(|value| value.to_str().unwrap().to_owned())
+    };
+
+    // Refused on its headers: the body is never read, so the connection cannot be reused, and
+    // the client is told so.
+    let refused = app
+        .post(UNIT, &[("Content-Type", "application/json")], body.clone())
+        .await;
+    assert_eq!(refused.status(), 400);
+    assert_eq!(close(&refused).as_deref(), Some("close"));
+    let too_large = app
+        .post(
+            UNIT,
+            &[("Content-Type", "application/json")],
+            "x".repeat(2 * 1024 * 1024),
+        )
+        .await;
+    assert_eq!(too_large.status(), 413);
+    assert_eq!(close(&too_large).as_deref(), Some("close"));
+
+    // Read to its end, accepted or refused: the connection stays open for the next request.
+    let accepted = app.post_signed(UNIT, &body, "PAY-CLOSE").await;
+    assert_eq!(accepted.status(), 200);
+    assert_eq!(close(&accepted), None);
+    let other_body = body.replace("PAY-CLOSE", "PAY-CLOSE-2");
+    let signed = app.bank.sign(UNIT, b"another body", "PAY-CLOSE-2");
+    let forged = app.post(UNIT, &signed.pairs(), other_body).await;
+    assert_eq!(forged.status(), 401);
+    assert_eq!(close(&forged), None);
+}

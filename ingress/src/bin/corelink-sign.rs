@@ -1,7 +1,9 @@
 //! `corelink-sign`: the integrator's tool for the Corelink signature (DESIGN.md §3.1).
 //!
 //! `corelink-sign keygen` makes a key pair; `corelink-sign request` prints the headers, or a
-//! complete curl command, of a correctly signed request for a body file.
+//! complete curl command, of a correctly signed request for a body file; `dev-pki` and
+//! `dev-client-cert` make development certificates for the local run and for onboarding a bank
+//! locally.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,20 +31,30 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Generate a signing key pair as JWK files (the private one readable by its owner only).
+    /// Generate a bank's signing key pair as JWK files: the complete private JWK (readable by
+    /// its owner only; any JOSE library loads it) and the public JWK to give the connector.
     Keygen {
+        /// ES256, PS256, RS256 or EdDSA (Ed25519).
         #[arg(long, default_value = "ES256")]
         alg: String,
+        /// The key id the bank's signatures name in their `kid` header.
         #[arg(long)]
         kid: String,
         #[arg(long)]
         private_out: PathBuf,
         #[arg(long)]
         public_out: PathBuf,
+        /// Also write the public key as a JWK set (`{"keys": [...]}`), for banks that publish
+        /// their keys that way.
+        #[arg(long)]
+        jwks_out: Option<PathBuf>,
     },
-    /// Generate a development PKI: a CA, the server's certificate and a bank's client
-    /// certificate (never for production). Prints the bank certificate's SHA-256 fingerprint,
-    /// which the connector binds the bank to.
+    /// Generate a development PKI in OUT_DIR: a CA (ca.pem, and its key ca.key so more bank
+    /// certificates can be issued later with dev-client-cert), the server's certificate
+    /// (server.pem, server.key) and a bank's client certificate (<bank>.pem, <bank>.key).
+    /// Prints the bank certificate's SHA-256 fingerprint, which the connector binds the bank
+    /// to. Development only: in production the banks' CA and a real server certificate are
+    /// used, and no CA key lies beside a certificate.
     DevPki {
         #[arg(long)]
         out_dir: PathBuf,
@@ -52,6 +64,16 @@ enum Command {
         /// Names and addresses the server certificate is valid for.
         #[arg(long, default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
         host: Vec<String>,
+    },
+    /// Issue another bank's client certificate from the development CA that dev-pki wrote in
+    /// PKI_DIR (ca.pem, ca.key): writes <bank>.pem and <bank>.key there and prints the
+    /// certificate's SHA-256 fingerprint, for the bank's `certificate_sha256`. Development only.
+    DevClientCert {
+        #[arg(long)]
+        pki_dir: PathBuf,
+        /// Client id the certificate is issued to (its common name).
+        #[arg(long)]
+        bank: String,
     },
     /// Print the signed headers (or a curl command) for POSTing a body file.
     Request {
@@ -119,18 +141,26 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             kid,
             private_out,
             public_out,
+            jwks_out,
         } => {
             let alg = JwsAlgorithm::from_name(&alg)
                 .context("--alg must be ES256, PS256, RS256 or EdDSA")?;
             let (private, public) = generate_key_pair(alg, &kid)?;
             write_private(&private_out, private.to_string().as_bytes())?;
-            std::fs::write(&public_out, public.to_string())
-                .with_context(|| format!("writing {}", public_out.display()))?;
-            Ok(format!(
-                "wrote {} (keep it secret) and {} (give it to the connector)\n",
+            write_public(&public_out, &public.to_string())?;
+            let mut written = format!(
+                "wrote {} (keep it secret) and {} (give it to the connector)",
                 private_out.display(),
                 public_out.display()
-            ))
+            );
+            if let Some(jwks_out) = jwks_out {
+                write_public(&jwks_out, &format!("{{\"keys\":[{public}]}}"))?;
+                written.push_str(&format!(
+                    ", and the same as a JWK set in {}",
+                    jwks_out.display()
+                ));
+            }
+            Ok(written + "\n")
         }
         Command::DevPki {
             out_dir,
@@ -142,17 +172,25 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             let ca = DevCa::new("connector development CA")?;
             let hosts: Vec<&str> = host.iter().map(String::as_str).collect();
             let server = ca.server(&hosts)?;
-            let client = ca.client(&bank)?;
-            let stem = bank.to_ascii_lowercase();
-            std::fs::write(out_dir.join("ca.pem"), &ca.cert_pem)?;
-            std::fs::write(out_dir.join("server.pem"), &server.cert_pem)?;
+            write_public(&out_dir.join("ca.pem"), &ca.cert_pem)?;
+            write_private(&out_dir.join("ca.key"), ca.key_pem().as_bytes())?;
+            write_public(&out_dir.join("server.pem"), &server.cert_pem)?;
             write_private(&out_dir.join("server.key"), server.key_pem.as_bytes())?;
-            std::fs::write(out_dir.join(format!("{stem}.pem")), &client.cert_pem)?;
-            write_private(
-                &out_dir.join(format!("{stem}.key")),
-                client.key_pem.as_bytes(),
-            )?;
-            Ok(format!("{}\n", client.sha256))
+            write_client_certificate(&out_dir, &bank, &ca)
+        }
+        Command::DevClientCert { pki_dir, bank } => {
+            let read = |name: &str| {
+                let path = pki_dir.join(name);
+                std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "reading {} (written by corelink-sign dev-pki)",
+                        path.display()
+                    )
+                })
+            };
+            let ca = DevCa::from_pem(&read("ca.pem")?, &read("ca.key")?)
+                .context("ca.pem and ca.key are not a CA certificate and its key")?;
+            write_client_certificate(&pki_dir, &bank, &ca)
         }
         Command::Request {
             key,
@@ -217,6 +255,19 @@ fn default_idempotency_key(body: &[u8]) -> anyhow::Result<String> {
     bail!("the body has neither batch_id nor reference: pass --idempotency-key")
 }
 
+/// `<bank>.pem` and `<bank>.key` in `dir`; answers the certificate's fingerprint.
+fn write_client_certificate(dir: &Path, bank: &str, ca: &DevCa) -> anyhow::Result<String> {
+    let client = ca.client(bank)?;
+    let stem = bank.to_ascii_lowercase();
+    write_public(&dir.join(format!("{stem}.pem")), &client.cert_pem)?;
+    write_private(&dir.join(format!("{stem}.key")), client.key_pem.as_bytes())?;
+    Ok(format!("{}\n", client.sha256))
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     write_private_file(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_public(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
