@@ -1,5 +1,10 @@
 //! Structured logs: JSON lines in production, human-readable in a terminal. `RUST_LOG`
 //! overrides the configured filter.
+//!
+//! Logging never fails a request nor blocks a shutdown: when stderr is gone (a log collector or
+//! journald restarting, the `tee` of a terminal killed by Ctrl-C first), a line is dropped and
+//! counted in `connector_log_lines_dropped_total` instead of an error reaching the caller. (The
+//! subscriber's own report of a failed write would go to the same broken stderr and panic.)
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
@@ -34,9 +39,12 @@ pub enum LogFormat {
 pub fn init(settings: &LogSettings) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    // Colours only for a terminal: escape codes in a file or a pipe garble what reads it.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
+        .with_writer(|| DroppingStderr);
     let _ = match settings.format {
         LogFormat::Json => builder
             .json()
@@ -45,4 +53,22 @@ pub fn init(settings: &LogSettings) {
             .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+}
+
+/// Stderr whose failed writes drop the line (counted) instead of failing the caller.
+#[derive(Debug)]
+struct DroppingStderr;
+
+impl std::io::Write for DroppingStderr {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        if std::io::stderr().write_all(line).is_err() {
+            metrics::counter!("connector_log_lines_dropped_total").increment(1);
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
