@@ -9,7 +9,9 @@ use connector_ingress::config::Settings;
 use connector_ingress::startup::Application;
 use connector_runtime::{shutdown, telemetry};
 
-/// The connector's HTTP ingress.
+/// The connector's HTTP ingress: authenticates bank (mTLS + JWS), BNC (SNAP RSA) and Paysafe
+/// (HMAC) callbacks and answers 200 only once each is durably on RabbitMQ. SIGHUP reloads the
+/// banks and their keys; SIGTERM or Ctrl-C stops it gracefully.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {

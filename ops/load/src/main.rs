@@ -64,12 +64,13 @@ struct Cli {
     /// Only measure the ingress.
     #[arg(long)]
     skip_baseline: bool,
-    /// mTLS: the bank's client certificate (PEM), its key, and the CA of the server's
-    /// certificate; use with an https:// --url.
+    /// mTLS: the bank's client certificate (PEM); use with an https:// --url.
     #[arg(long, requires_all = ["cert_key", "cacert"])]
     cert: Option<std::path::PathBuf>,
+    /// mTLS: the private key of --cert (PEM).
     #[arg(long)]
     cert_key: Option<std::path::PathBuf>,
+    /// mTLS: the CA that issued the ingress's server certificate (PEM).
     #[arg(long)]
     cacert: Option<std::path::PathBuf>,
     /// A new connection (and TLS handshake) for every request.
