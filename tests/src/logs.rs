@@ -1,8 +1,9 @@
 //! Every log line a test binary writes, kept in memory so a test can assert that no secret
 //! (a card token, an account number, an HMAC key, a signature) was ever logged.
 //!
-//! The subscriber is process-wide: install it (with [`captured`]) before anything logs, and
-//! expect the lines of every test of the binary, which must all be secret-free anyway.
+//! The subscriber is process-wide and the end-to-end tests are one binary: whichever test logs
+//! first installs it ([`install`]), and it holds the lines of every test, which must all be
+//! secret-free anyway. Each line also goes to the test's own output, shown when it fails.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -55,6 +56,7 @@ impl std::io::Write for Writer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend_from_slice(bytes);
+        tracing_subscriber::fmt::TestWriter::new().write_all(bytes)?;
         Ok(bytes.len())
     }
 

@@ -111,12 +111,8 @@ pub async fn spawn_pipeline() -> Pipeline {
 
 /// A pipeline behind `app`, an ingress the test configured itself (TLS, BNC partners, ...).
 pub async fn spawn_pipeline_on(app: TestApp) -> Pipeline {
-    // Logs go to the test's captured output, shown when it fails (unless the test installed
-    // its own subscriber first, to read them).
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("info")
-        .try_init();
+    // Logs go to the test's output, shown when it fails.
+    crate::logs::install();
     let db = TestDatabase::create().await;
     let shutdown = CancellationToken::new();
     let settings = worker_settings(&app, &db.url);

@@ -2,8 +2,6 @@
 //! 200 only once the whole request is durably on the intake queue; every refusal the contract
 //! names, with nothing enqueued. Only the ops listener and shutdown are tested over plain HTTP.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
 use lapin::types::AMQPValue;

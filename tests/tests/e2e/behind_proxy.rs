@@ -2,8 +2,6 @@
 //! in a header, which is believed only from the configured proxy addresses. The ingress runs
 //! plain HTTP here, as it does behind such a proxy; the test plays the proxy from 127.0.0.1.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use serde_json::Value;
 
 use connector_e2e_tests::{TestApp, spawn_app_with, unit_body};

@@ -2,8 +2,6 @@
 //! each gets the contract's status and code, and nothing is ever enqueued. The certificate
 //! cases are in `mtls.rs`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use josekit::jws::{ES256, HS256, JwsSigner as _};

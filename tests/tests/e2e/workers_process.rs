@@ -2,8 +2,6 @@
 //! migrates, consumes, applies, relays and polls Paysafe (the simulator) with its real loops
 //! (no stepping), serves its metrics and readiness, and stops cleanly on SIGTERM.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
 use connector_e2e_tests::pipeline::{Pipeline, spawn_pipeline};

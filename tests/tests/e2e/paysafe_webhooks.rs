@@ -4,8 +4,6 @@
 //! enqueues nothing. Every log line written meanwhile is captured, and must contain neither a
 //! key nor a signature.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use serde_json::Value;
 
 use connector_e2e_tests::{TestApp, TestPki, logs, spawn_tls_app_with};

@@ -5,8 +5,6 @@
 //! webhooks (signed and sent by the simulator to the ingress) before, after and during polls,
 //! the two COMPLETED webhooks, a credit reversal and a payment conflict.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
 use paysafe_sim::{Fault, ItemScript, SimConfig, SimHandle, Step as SimStep, WebhookRequest};

@@ -4,8 +4,6 @@
 //! the integration guide documents are accepted (and only those), and a second bank is
 //! onboarded exactly as the README's "Onboard a bank" section says, with the real binaries.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -28,7 +26,7 @@ const UNIT: &str = "/callbacks/orders/status";
 /// The shared private JWKs, made by Python's jwcrypto: `(alg, private, public)`.
 fn shared_keys() -> Vec<(String, Value, Value)> {
     let file: Value = serde_json::from_str(include_str!(
-        "../../ingress/tests/vectors/private-jwks.json"
+        "../../../ingress/tests/vectors/private-jwks.json"
     ))
     .unwrap();
     file["keys"]

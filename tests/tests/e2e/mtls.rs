@@ -2,8 +2,6 @@
 //! accepted; none, another bank's, an expired one or one from no configured CA are refused,
 //! at the handshake or with the contract's code; nothing refused is enqueued.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use serde_json::Value;
 use time::{Duration, OffsetDateTime};
 

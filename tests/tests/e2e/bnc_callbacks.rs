@@ -3,8 +3,6 @@
 //! to PostgreSQL and the ledger. Every log line written meanwhile is captured, and must contain
 //! neither the card token nor the account number.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use serde_json::Value;

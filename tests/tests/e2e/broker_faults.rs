@@ -2,8 +2,6 @@
 //! an unroutable publish and a broker nack each give 503 `ENQUEUE_UNAVAILABLE` with
 //! `Retry-After`, and the ingress accepts again once the broker is back, without a restart.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
 use lapin::types::FieldTable;

@@ -2,8 +2,6 @@
 //! and reloaded, the bank switches, the old key is removed and reloaded; no request in flight is
 //! refused, and a reload that fails validation keeps the keys in force.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::sync::Arc;
 
 use futures_util::FutureExt as _;

@@ -1,8 +1,6 @@
 //! End to end, HTTP → RabbitMQ → apply worker → PostgreSQL → relay → ledger queue, against the
 //! real broker and database: every effect once, every ledger event once (DESIGN.md §3.4, §6).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use lapin::BasicProperties;
 use uuid::Uuid;
 

@@ -2,8 +2,6 @@
 //! middle of a batch, the database unreachable while messages arrive, the ledger unroutable
 //! and the broker gone during relay. Nothing lost, nothing applied or emitted twice.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
 use lapin::types::FieldTable;

@@ -1,0 +1,19 @@
+//! The end-to-end tests, against the real RabbitMQ and PostgreSQL: one binary (the whole stack
+//! linked once, not once per file), one module per area of the contract. Each test makes its
+//! own database and topology, so they run in parallel, and deletes them when it ends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod bank_integration;
+mod behind_proxy;
+mod bnc_callbacks;
+mod broker_faults;
+mod corelink_ingress;
+mod hostile_inputs;
+mod key_rotation;
+mod mtls;
+mod paysafe_tracking;
+mod paysafe_webhooks;
+mod worker_faults;
+mod workers_pipeline;
+mod workers_process;
