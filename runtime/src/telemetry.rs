@@ -1,10 +1,15 @@
 //! Structured logs: JSON lines in production, human-readable in a terminal. `RUST_LOG`
 //! overrides the configured filter.
 //!
-//! Logging never fails a request nor blocks a shutdown: when stderr is gone (a log collector or
-//! journald restarting, the `tee` of a terminal killed by Ctrl-C first), a line is dropped and
-//! counted in `connector_log_lines_dropped_total` instead of an error reaching the caller. (The
-//! subscriber's own report of a failed write would go to the same broken stderr and panic.)
+//! Logging never fails a request nor holds up a shutdown. Lines go through a bounded queue to
+//! a thread of their own that writes stderr: when the reader is slow or stalled (a log collector
+//! busy, a terminal paused), the queue fills and further lines are dropped; when it is gone (a
+//! collector or journald restarting, the `tee` of a terminal killed by Ctrl-C first), the
+//! write fails and the line is dropped. Either way the loss is counted in
+//! `connector_log_lines_dropped_total`, and no error reaches the code that logged (the
+//! subscriber's own report of a failed write would go to the same broken stderr, and panic).
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
@@ -17,6 +22,11 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// A `tracing` filter such as `info,connector_ingress=debug`; `RUST_LOG` wins when set.
     pub filter: String,
+    /// Lines waiting to be written at most, when stderr's reader is slower than the process
+    /// (or stalled); beyond, lines are dropped and counted rather than anything waiting. The
+    /// default, about 16 MiB of JSON lines, is seconds of a busy process: a collector's restart
+    /// loses nothing.
+    pub queued_lines: usize,
 }
 
 impl Default for LogSettings {
@@ -24,6 +34,7 @@ impl Default for LogSettings {
         Self {
             format: LogFormat::Json,
             filter: "info".into(),
+            queued_lines: 50_000,
         }
     }
 }
@@ -35,17 +46,40 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// The counter of lines lost to a full queue or a failed write.
+const DROPPED: &str = "connector_log_lines_dropped_total";
+
+/// Writes that failed (stderr gone), counted by the writer thread.
+static FAILED_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// Keeps the log writer thread; dropping it writes what is still queued, for at most about a
+/// second (a stalled reader cannot hold up the exit). Hold it in `main`.
+#[must_use = "logs stop being written once the guard is dropped"]
+#[derive(Debug)]
+pub struct LogGuard {
+    _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
 /// Installs the global subscriber (logs on stderr); later calls, as in tests, are no-ops.
-pub fn init(settings: &LogSettings) {
+pub fn init(settings: &LogSettings) -> LogGuard {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    let (queue, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(settings.queued_lines.max(1))
+        .lossy(true)
+        .thread_name("log-writer")
+        .finish(DroppingStderr);
+    let writer = CountingQueue {
+        queue,
+        last_reported: std::sync::Arc::new(AtomicU64::new(0)),
+    };
     // Colours only for a terminal: escape codes in a file or a pipe garble what reads it.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false)
-        .with_writer(|| DroppingStderr);
-    let _ = match settings.format {
+        .with_writer(writer);
+    let installed = match settings.format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -53,16 +87,45 @@ pub fn init(settings: &LogSettings) {
             .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+    LogGuard {
+        _writer: installed.ok().map(|()| guard),
+    }
 }
 
-/// Stderr whose failed writes drop the line (counted) instead of failing the caller.
+/// The queue to the writer thread, reporting lines it dropped to the metrics.
+#[derive(Clone)]
+struct CountingQueue {
+    queue: tracing_appender::non_blocking::NonBlocking,
+    last_reported: std::sync::Arc<AtomicU64>,
+}
+
+impl CountingQueue {
+    fn report_drops(&self) {
+        let dropped = self.queue.error_counter().dropped_lines() as u64
+            + FAILED_WRITES.load(Ordering::Relaxed);
+        if self.last_reported.swap(dropped, Ordering::Relaxed) != dropped {
+            metrics::counter!(DROPPED).absolute(dropped);
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CountingQueue {
+    type Writer = tracing_appender::non_blocking::NonBlocking;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.report_drops();
+        self.queue.clone()
+    }
+}
+
+/// Stderr, from the writer thread: a failed write drops the line and counts it.
 #[derive(Debug)]
 struct DroppingStderr;
 
 impl std::io::Write for DroppingStderr {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
         if std::io::stderr().write_all(line).is_err() {
-            metrics::counter!("connector_log_lines_dropped_total").increment(1);
+            FAILED_WRITES.fetch_add(1, Ordering::Relaxed);
         }
         Ok(line.len())
     }

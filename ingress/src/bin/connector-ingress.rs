@@ -30,7 +30,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log);
+    let _logs = telemetry::init(&settings.log);
     let application =
         match Application::build_with(settings, std::sync::Arc::new(SystemClock), cli.config).await
         {

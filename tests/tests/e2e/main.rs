@@ -11,6 +11,7 @@ mod broker_faults;
 mod corelink_ingress;
 mod hostile_inputs;
 mod key_rotation;
+mod log_pipes;
 mod mtls;
 mod paysafe_tracking;
 mod paysafe_webhooks;

@@ -139,7 +139,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log);
+    let _logs = telemetry::init(&settings.log);
     match execute(cli.command, settings).await {
         Ok(output) => {
             let _ = std::io::stdout().write_all(output.as_bytes());
