@@ -21,7 +21,7 @@ use connector_schema::corelink::body_sha256;
 use connector_schema::events::{EventType, LedgerEvent, Source};
 
 use crate::audit::{self, Received};
-use crate::corelink::insert_events;
+use crate::outbox;
 use crate::outcome::{ApplyError, Outcome};
 use crate::quarantine::QuarantineReason;
 
@@ -218,5 +218,5 @@ async fn insert(
             "account_currency": c.account_currency,
         }),
     );
-    insert_events(tx, &[event]).await
+    outbox::write(tx, &[event]).await
 }

@@ -9,18 +9,13 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics;
 use crate::quarantine::QuarantineReason;
+use crate::{metrics, outbox};
 
 /// Reads the gauges once.
 pub async fn refresh(pool: &PgPool) -> sqlx::Result<()> {
-    let (backlog, oldest): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8
-         FROM ledger_outbox WHERE published_at IS NULL",
-    )
-    .fetch_one(pool)
-    .await?;
-    metrics::outbox(backlog, oldest.unwrap_or(0.0));
+    let backlog = outbox::backlog(pool).await?;
+    metrics::outbox(backlog.unpublished, backlog.oldest_age_secs.unwrap_or(0.0));
 
     // Every reason, zeros included, so a released or discarded message clears its gauge.
     let reasons: Vec<&str> = QuarantineReason::ALL.iter().map(|r| r.as_str()).collect();

@@ -18,7 +18,7 @@ use connector_schema::{IntakeEnvelope, IntakeKind};
 
 use crate::audit::{self, Received};
 use crate::config::PaysafeSettings;
-use crate::corelink::insert_events;
+use crate::outbox;
 use crate::outcome::{ApplyError, Outcome};
 use crate::quarantine::QuarantineReason;
 
@@ -345,7 +345,7 @@ pub async fn observe(
                 "event_name": o.event_name,
             }),
         );
-        insert_events(tx, &[event]).await?;
+        outbox::write(tx, &[event]).await?;
     }
     Ok(effect)
 }

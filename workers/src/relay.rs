@@ -24,22 +24,13 @@ use futures_util::FutureExt as _;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Confirmation};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use connector_schema::Topology;
 use connector_schema::events::LedgerEvent;
 
 use crate::config::{BrokerSettings, RelaySettings};
-use crate::{Step, broker, metrics};
-
-/// The NOTIFY channel the outbox trigger signals.
-pub const OUTBOX_CHANNEL: &str = "ledger_outbox";
-
-/// Marks confirmed rows published and releases their claim.
-const MARK_PUBLISHED: &str = "UPDATE ledger_outbox SET published_at = now(), claimed_until = NULL
-     WHERE id = ANY($1) AND published_at IS NULL";
+use crate::{Step, broker, metrics, outbox};
 
 /// Recording stops this long before a claim lapses, so that it never races a relay that
 /// takes the rows over (clocks: the lease is the database's, the deadline ours).
@@ -99,42 +90,30 @@ impl Relay {
     pub async fn run_once(&self, channel: &Channel) -> anyhow::Result<Step> {
         let lease = Duration::from_secs(self.settings.claim_lease_secs);
         let claimed_at = Instant::now();
-        let mut rows: Vec<(i64, Uuid, String, String)> = sqlx::query_as(
-            "UPDATE ledger_outbox o SET claimed_until = now() + make_interval(secs => $2)
-             FROM (SELECT id FROM ledger_outbox
-                   WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until < now())
-                   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) AS claim
-             WHERE o.id = claim.id
-             RETURNING o.id, o.event_id, o.event_type, o.body",
-        )
-        .bind(self.settings.batch_size)
-        .bind(lease.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = outbox::claim(&self.pool, self.settings.batch_size, lease).await?;
         if rows.is_empty() {
             return Ok(Step::Idle);
         }
-        rows.sort_unstable_by_key(|row| row.0);
         // Past this, another relay may have taken the rows: stop trying to record anything.
         let claim_ends = claimed_at + lease.saturating_sub(CLAIM_MARGIN);
 
         let started = Instant::now();
         // Publish them all first (in id order, pipelined), then collect the confirms.
         let mut pending = Vec::with_capacity(rows.len());
-        for (id, event_id, event_type, body) in &rows {
+        for row in &rows {
             let publish = channel
                 .basic_publish(
                     self.topology.ledger_exchange.as_str().into(),
-                    event_type.as_str().into(),
+                    row.event_type.as_str().into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    body.as_bytes(),
-                    LedgerEvent::amqp_properties(*event_id, event_type),
+                    row.body.as_bytes(),
+                    LedgerEvent::amqp_properties(row.event_id, &row.event_type),
                 )
                 .await;
-            pending.push((*id, event_type, publish));
+            pending.push((row.id, &row.event_type, publish));
         }
         let timeout = Duration::from_millis(self.settings.confirm_timeout_ms);
         // One deadline for the whole batch: a stalled broker costs one timeout, not one each.
@@ -159,7 +138,7 @@ impl Relay {
                 None => {
                     // Waiting anyway: mark what is confirmed so far meanwhile (group commit).
                     if marking && !unmarked.is_empty() {
-                        match self.mark_published(&unmarked).await {
+                        match outbox::mark_published(&self.pool, &unmarked).await {
                             Ok(()) => unmarked.clear(),
                             Err(_) => marking = false,
                         }
@@ -205,14 +184,6 @@ impl Relay {
         Ok(Step::Processed)
     }
 
-    async fn mark_published(&self, ids: &[i64]) -> sqlx::Result<()> {
-        sqlx::query(MARK_PUBLISHED)
-            .bind(ids)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-    }
-
     /// Marks the confirmed rows published and releases the failed ones with their error, in
     /// one transaction, retried while the claim holds (the database may be restarting).
     async fn record(
@@ -224,31 +195,13 @@ impl Relay {
         if published.is_empty() && failures.is_empty() {
             return Ok(());
         }
-        let ids: Vec<i64> = failures.iter().map(|f| f.id).collect();
-        let errors: Vec<String> = failures
+        let released: Vec<(i64, String)> = failures
             .iter()
-            .map(|f| format!("{}: {}", f.reason, f.detail))
+            .map(|f| (f.id, format!("{}: {}", f.reason, f.detail)))
             .collect();
         let mut retries = broker::retry_schedule(&self.broker);
         loop {
-            let attempt = async {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query(MARK_PUBLISHED)
-                    .bind(published)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "UPDATE ledger_outbox o
-                     SET attempts = o.attempts + 1, last_error = u.error, claimed_until = NULL
-                     FROM UNNEST($1::bigint[], $2::text[]) AS u(id, error) WHERE o.id = u.id",
-                )
-                .bind(&ids)
-                .bind(&errors)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await
-            };
-            let error = match attempt.await {
+            let error = match outbox::settle(&self.pool, published, &released).await {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
@@ -288,8 +241,7 @@ impl Relay {
         let connection = broker::connect(&self.broker.url, "relay").await?;
         let channel = connection.create_channel().await?;
         self.prepare(&channel).await?;
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(OUTBOX_CHANNEL).await?;
+        let mut listener = outbox::listen(&self.pool).await?;
         self.set_connected(true);
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
         loop {

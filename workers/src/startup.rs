@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::ApplyWorker;
 use crate::config::Settings;
-use crate::ops::{self, Readiness};
 use crate::poller::Poller;
+use crate::probes::{self, Readiness};
 use crate::relay::Relay;
 use crate::{broker, db, gauges, metrics, nonces};
 
@@ -130,7 +130,7 @@ impl Workers {
         let ops = tokio::spawn(
             axum::serve(
                 self.ops_listener,
-                ops::router(readiness, metrics::install()),
+                probes::router(readiness, metrics::install()),
             )
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .into_future(),

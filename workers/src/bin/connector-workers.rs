@@ -2,7 +2,7 @@
 //!
 //! `connector-workers run` (all roles) or `run --role apply --role relay`; `migrate`;
 //! `quarantine list|show|release|discard`; `dead-letters list|replay`; `order timeline REF`;
-//! `paysafe track|show`.
+//! `paysafe track|show`; `topology delete`. The commands themselves are in `admin`.
 
 use std::io::Write as _;
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! Part 2, the SQL baseline: the same orders written with the same statements a worker runs
-//! for a new message (copied from `workers/src/corelink.rs`), one transaction per message, at
-//! the same parallelism (W × apply concurrency), but with no broker and no worker logic
+//! for a new message (copied from `workers/src/corelink/`, except the outbox write, which is
+//! the workers' own `outbox::write_columns`), one transaction per message, at the same
+//! parallelism (W × apply concurrency), but with no broker and no worker logic
 //! (decoding, state machine, retries, acks). Worker throughput over this baseline shows how
 //! much of the apply cost is PostgreSQL itself.
 
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use connector_workers::outbox::{self, EventColumns};
 
 use crate::bench::apply::{cpu_groups, per_second};
 use crate::bench::env::{BenchDatabase, Env, close_pool, warm};
@@ -43,10 +46,6 @@ const INSERT_HISTORY: &str =
                      $7::text[], $8::text[])
               AS u(reference, status, bank_reference, reason_code, reason_message, processed_at,
                    previous_status, effect)";
-/// From `insert_events`.
-const INSERT_EVENTS: &str = "INSERT INTO ledger_outbox (event_id, event_type, reference, body)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
-         ON CONFLICT (event_id) DO NOTHING";
 /// From `record_message`.
 const INSERT_RECEIVED: &str = "INSERT INTO received_messages (message_id, kind, client_id, idempotency_key, nonce, body_sha256,
                                         outcome, received_at, request_path, headers, body)
@@ -236,13 +235,13 @@ async fn apply(pool: &PgPool, r: &Rows) -> sqlx::Result<()> {
         .bind(r.received_at)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(INSERT_EVENTS)
-        .bind(&r.event_ids)
-        .bind(&r.event_types)
-        .bind(&r.references)
-        .bind(&r.event_bodies)
-        .execute(&mut *tx)
-        .await?;
+    let events = EventColumns {
+        event_ids: &r.event_ids,
+        event_types: &r.event_types,
+        references: &r.references,
+        bodies: &r.event_bodies,
+    };
+    outbox::write_columns(&mut tx, events).await?;
     sqlx::query(INSERT_RECEIVED)
         .bind(r.message_id)
         .bind(r.kind)

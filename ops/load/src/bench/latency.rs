@@ -31,6 +31,7 @@ use connector_schema::envelope::rfc3339;
 use connector_schema::events::LedgerEvent;
 use connector_schema::topology::TopologySettings;
 use connector_workers::config::Settings as WorkerSettings;
+use connector_workers::outbox;
 use connector_workers::startup::{Role, Workers};
 
 use crate::bench::env::{BenchDatabase, Env, close_pool};
@@ -562,18 +563,16 @@ async fn leftovers(
     // The relay marks rows published just after the broker confirmed them, so the last
     // events can arrive a moment before their rows say so.
     let deadline = Instant::now() + Duration::from_secs(5);
-    let counts = loop {
-        let counts: (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM quarantined_messages),
-                    (SELECT count(*) FROM ledger_outbox WHERE published_at IS NULL)",
-        )
-        .fetch_one(&pool)
-        .await?;
-        if counts.1 == 0 || Instant::now() > deadline {
-            break counts;
+    let unpublished = loop {
+        let unpublished = outbox::backlog(&pool).await?.unpublished;
+        if unpublished == 0 || Instant::now() > deadline {
+            break unpublished;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let quarantined: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantined_messages")
+        .fetch_one(&pool)
+        .await?;
     close_pool(&pool).await;
     let intake = env
         .queue_depth(&topology.intake_dead_letter_queue)
@@ -583,7 +582,7 @@ async fn leftovers(
         .queue_depth(&topology.ledger_dead_letter_queue)
         .await?
         .unwrap_or(0);
-    Ok((counts.0, counts.1, intake, ledger))
+    Ok((quarantined, unpublished, intake, ledger))
 }
 
 fn micros(duration: Duration) -> u64 {

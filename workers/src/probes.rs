@@ -1,5 +1,6 @@
-//! The workers' operations listener: `/metrics`, `/healthz` (alive) and `/readyz` (database
-//! reachable and every running role connected to the broker).
+//! The probes a workers process serves on its ops listener (`ops.listen`), so that the
+//! orchestrator and Prometheus can watch it: `/healthz` (alive), `/readyz` (database reachable
+//! and every running role connected to the broker) and `/metrics`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +24,7 @@ pub struct Readiness {
 }
 
 #[derive(Debug, Clone)]
-struct OpsState {
+struct ProbeState {
     readiness: Readiness,
     metrics: PrometheusHandle,
 }
@@ -33,10 +34,10 @@ pub fn router(readiness: Readiness, metrics: PrometheusHandle) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
-        .with_state(OpsState { readiness, metrics })
+        .with_state(ProbeState { readiness, metrics })
 }
 
-async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
+async fn readyz(State(state): State<ProbeState>) -> impl IntoResponse {
     let database = matches!(
         tokio::time::timeout(
             Duration::from_secs(2),
@@ -63,7 +64,7 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
     )
 }
 
-async fn render_metrics(State(state): State<OpsState>) -> impl IntoResponse {
+async fn render_metrics(State(state): State<ProbeState>) -> impl IntoResponse {
     state.metrics.run_upkeep();
     (
         [(

@@ -1,0 +1,189 @@
+//! The quarantine commands: list, show, release, discard. Quarantine holds messages that are
+//! valid but could not be applied (§2.6); only an operator, having fixed or judged the cause,
+//! sends one back to the intake queue or closes it, and the row stays for audit either way.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, bail};
+use lapin::Channel;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use connector_schema::envelope::rfc3339;
+use connector_schema::{IntakeEnvelope, IntakeKind, Topology};
+
+use crate::admin::publish::publish_confirmed;
+
+type QuarantineRow = (
+    Uuid,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    OffsetDateTime,
+    String,
+);
+
+/// One quarantined message with its raw request.
+#[derive(Debug, sqlx::FromRow)]
+struct HeldMessage {
+    reason: String,
+    detail: String,
+    state: String,
+    kind: String,
+    client_id: Option<String>,
+    request_path: Option<String>,
+    received_at: OffsetDateTime,
+    quarantined_at: OffsetDateTime,
+    resolution_note: Option<String>,
+    headers: serde_json::Value,
+    body: Vec<u8>,
+}
+
+async fn held_message(pool: &PgPool, message_id: Uuid) -> anyhow::Result<HeldMessage> {
+    sqlx::query_as(
+        "SELECT reason, detail, state, kind, client_id, request_path, received_at, quarantined_at,
+                resolution_note, headers, body
+         FROM quarantined_messages WHERE message_id = $1",
+    )
+    .bind(message_id)
+    .fetch_optional(pool)
+    .await?
+    .with_context(|| format!("no quarantined message {message_id}"))
+}
+
+pub async fn quarantine_list(pool: &PgPool, all: bool) -> anyhow::Result<String> {
+    let rows: Vec<QuarantineRow> = sqlx::query_as(
+        "SELECT message_id, reason, detail, kind, client_id, idempotency_key, quarantined_at, state
+         FROM quarantined_messages WHERE $1 OR state = 'held' ORDER BY quarantined_at",
+    )
+    .bind(all)
+    .fetch_all(pool)
+    .await?;
+    let mut out = format!(
+        "{} quarantined message(s){}\n",
+        rows.len(),
+        if all { "" } else { " held" }
+    );
+    for (id, reason, detail, kind, client, key, at, state) in rows {
+        let _ = writeln!(
+            out,
+            "{id}  {state:<9} {reason:<24} {kind:<22} client={} key={} at={}\n    {detail}",
+            client.unwrap_or_default(),
+            key.unwrap_or_default(),
+            rfc3339(at),
+        );
+    }
+    Ok(out)
+}
+
+pub async fn quarantine_show(pool: &PgPool, message_id: Uuid) -> anyhow::Result<String> {
+    let m = held_message(pool, message_id).await?;
+    let mut out = format!(
+        "message   {message_id}\nstate     {}\nreason    {}\ndetail    {}\nkind      {}\npath      {}\nreceived  {}\nheld at   {}\n",
+        m.state,
+        m.reason,
+        m.detail,
+        m.kind,
+        m.request_path.unwrap_or_default(),
+        rfc3339(m.received_at),
+        rfc3339(m.quarantined_at)
+    );
+    if let Some(note) = m.resolution_note {
+        let _ = writeln!(out, "note      {note}");
+    }
+    // A BNC body holds a card token and an account number: operators see a redacted copy.
+    let body = if m.kind == IntakeKind::BncAccountBinding.routing_key() {
+        connector_schema::bnc::redact_body(&m.body)
+    } else {
+        m.body
+    };
+    let _ = writeln!(
+        out,
+        "headers   {}\nbody\n{}",
+        m.headers,
+        String::from_utf8_lossy(&body)
+    );
+    Ok(out)
+}
+
+/// Sends a held message back to the intake exchange, for another try once its cause is
+/// fixed. It is marked released only after the broker confirmed it.
+pub async fn quarantine_release(
+    pool: &PgPool,
+    channel: &Channel,
+    topology: &Topology,
+    message_id: Uuid,
+    note: &str,
+) -> anyhow::Result<String> {
+    let m = held_message(pool, message_id).await?;
+    if m.state != "held" {
+        bail!("message {message_id} is {}, not held", m.state);
+    }
+    let kind = IntakeKind::from_routing_key(&m.kind)
+        .with_context(|| format!("unknown kind {}", m.kind))?;
+    let headers = m
+        .headers
+        .as_object()
+        .map(|h| {
+            h.iter()
+                .map(|(name, value)| (name.clone(), value.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let envelope = IntakeEnvelope {
+        message_id,
+        kind,
+        received_at: m.received_at,
+        client_id: m.client_id,
+        request_path: m.request_path,
+        headers,
+        body: m.body.into(),
+    };
+    publish_confirmed(
+        channel,
+        &topology.intake_exchange,
+        kind.routing_key(),
+        &envelope.body,
+        envelope.amqp_properties(),
+    )
+    .await?;
+    sqlx::query(
+        "UPDATE quarantined_messages SET state = 'released', resolved_at = now(), resolution_note = $2
+         WHERE message_id = $1 AND state = 'held'",
+    )
+    .bind(message_id)
+    .bind(note)
+    .execute(pool)
+    .await?;
+    Ok(format!(
+        "released {message_id} to {}\n",
+        topology.intake_exchange
+    ))
+}
+
+/// Closes a held message without applying it; the row (and raw request) stays for audit.
+pub async fn quarantine_discard(
+    pool: &PgPool,
+    message_id: Uuid,
+    note: &str,
+) -> anyhow::Result<String> {
+    if note.trim().is_empty() {
+        bail!("say why with --note: the discard is audited");
+    }
+    let updated = sqlx::query(
+        "UPDATE quarantined_messages SET state = 'discarded', resolved_at = now(), resolution_note = $2
+         WHERE message_id = $1 AND state = 'held'",
+    )
+    .bind(message_id)
+    .bind(note)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        bail!("no held quarantined message {message_id}");
+    }
+    Ok(format!("discarded {message_id}\n"))
+}

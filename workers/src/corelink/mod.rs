@@ -1,0 +1,169 @@
+//! Applying one Corelink notification, unit or batch, in one PostgreSQL transaction (DESIGN.md
+//! §3.4): replay and idempotency checks, the order state machine, history, outbox events and
+//! the audit record commit together or not at all. Here: the transaction, with its replay and
+//! idempotency checks; `decode` reads the message first, `orders` moves the orders inside it.
+//!
+//! Concurrency: the nonce and idempotency-key rows are claimed by primary key, so two workers
+//! handling copies of one message serialise on them; existing orders are locked with
+//! `FOR UPDATE` in reference order and new ones inserted in reference order, so two batches
+//! touching the same orders cannot deadlock.
+
+mod decode;
+mod orders;
+
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use connector_schema::IntakeEnvelope;
+
+use crate::audit::{self, Received};
+use crate::corelink::decode::{Notification, decode};
+use crate::corelink::orders::apply_orders;
+use crate::outcome::{ApplyError, Outcome};
+use crate::quarantine::QuarantineReason;
+
+#[doc(hidden)]
+pub use crate::corelink::orders::{Effect, transition};
+
+/// Applies `envelope` in one transaction. On `Err` nothing was written.
+pub async fn apply(
+    pool: &PgPool,
+    envelope: &IntakeEnvelope,
+    max_batch_orders: usize,
+) -> Result<Outcome, ApplyError> {
+    let notification = decode(envelope, max_batch_orders)?;
+    let mut tx = pool.begin().await?;
+
+    if let Some(outcome) = claim_nonce(&mut tx, envelope, &notification).await? {
+        return Ok(outcome);
+    }
+    if let Some(outcome) = claim_idempotency_key(&mut tx, envelope, &notification).await? {
+        record_message(&mut tx, envelope, &notification, outcome).await?;
+        tx.commit().await?;
+        return Ok(outcome);
+    }
+    let outcome = apply_orders(&mut tx, envelope, &notification).await?;
+    record_message(&mut tx, envelope, &notification, outcome).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// `Some(Replay)` if this exact request was seen; quarantine if the nonce served another.
+async fn claim_nonce(
+    tx: &mut Transaction<'_, Postgres>,
+    envelope: &IntakeEnvelope,
+    n: &Notification,
+) -> Result<Option<Outcome>, ApplyError> {
+    let claimed = sqlx::query(
+        "INSERT INTO seen_nonces (client_id, nonce, request_fingerprint, message_id, request_timestamp)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client_id, nonce) DO NOTHING",
+    )
+    .bind(&n.client_id)
+    .bind(&n.nonce)
+    .bind(&n.fingerprint)
+    .bind(envelope.message_id)
+    .bind(n.request_timestamp)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if claimed {
+        return Ok(None);
+    }
+    let (fingerprint, first): (String, Uuid) = sqlx::query_as(
+        "SELECT request_fingerprint, message_id FROM seen_nonces WHERE client_id = $1 AND nonce = $2",
+    )
+    .bind(&n.client_id)
+    .bind(&n.nonce)
+    .fetch_one(&mut **tx)
+    .await?;
+    if fingerprint == n.fingerprint {
+        Ok(Some(Outcome::Replay))
+    } else {
+        Err(ApplyError::Quarantine {
+            reason: QuarantineReason::NonceReused,
+            detail: format!(
+                "nonce {} was first used by message {first} for another request",
+                n.nonce
+            ),
+        })
+    }
+}
+
+/// `Some(Duplicate)` for a batch seen with the same content; quarantine on key reuse.
+async fn claim_idempotency_key(
+    tx: &mut Transaction<'_, Postgres>,
+    envelope: &IntakeEnvelope,
+    n: &Notification,
+) -> Result<Option<Outcome>, ApplyError> {
+    let (scope, reference, digest) = match &n.batch {
+        Some(batch) => ("batch", None, Some(batch.digest.as_str())),
+        None => ("unit", n.orders.first().map(|o| o.reference.as_str()), None),
+    };
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (client_id, idempotency_key, scope, reference, content_digest, first_message_id)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (client_id, idempotency_key) DO NOTHING",
+    )
+    .bind(&n.client_id)
+    .bind(&n.idempotency_key)
+    .bind(scope)
+    .bind(reference)
+    .bind(digest)
+    .bind(envelope.message_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if claimed {
+        return Ok(None);
+    }
+    let (bound_scope, bound_reference, bound_digest): (String, Option<String>, Option<String>) =
+        sqlx::query_as(
+            "SELECT scope, reference, content_digest FROM idempotency_keys
+         WHERE client_id = $1 AND idempotency_key = $2",
+        )
+        .bind(&n.client_id)
+        .bind(&n.idempotency_key)
+        .fetch_one(&mut **tx)
+        .await?;
+    let reused = |detail: String| ApplyError::Quarantine {
+        reason: QuarantineReason::IdempotencyKeyReused,
+        detail,
+    };
+    match (scope, bound_scope.as_str()) {
+        // A unit key is bound to its order: more notifications of that order may share it.
+        ("unit", "unit") if bound_reference.as_deref() == reference => Ok(None),
+        ("unit", "unit") => Err(reused(format!(
+            "key {} is bound to order {}, not {}",
+            n.idempotency_key,
+            bound_reference.unwrap_or_default(),
+            reference.unwrap_or_default()
+        ))),
+        ("batch", "batch") if bound_digest.as_deref() == digest => Ok(Some(Outcome::Duplicate)),
+        ("batch", "batch") => Err(reused(format!(
+            "batch key {} was already used for a batch with other content",
+            n.idempotency_key
+        ))),
+        _ => Err(reused(format!(
+            "key {} was already used for a {bound_scope} callback",
+            n.idempotency_key
+        ))),
+    }
+}
+
+/// The audit record of the message, with the raw request.
+async fn record_message(
+    tx: &mut Transaction<'_, Postgres>,
+    envelope: &IntakeEnvelope,
+    n: &Notification,
+    outcome: Outcome,
+) -> Result<(), ApplyError> {
+    let received = Received {
+        client_id: Some(&n.client_id),
+        idempotency_key: Some(&n.idempotency_key),
+        nonce: Some(&n.nonce),
+        body_sha256: &n.body_sha256,
+        body: &envelope.body,
+    };
+    audit::record(tx, envelope, received, outcome).await
+}
