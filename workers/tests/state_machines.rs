@@ -3,8 +3,8 @@
 //! and `paysafe::event_type`).
 //!
 //! Each test folds a sequence of notifications about one order or item through the real pure
-//! functions, keeping the stored status the way `corelink::apply_orders` and `paysafe::observe`
-//! do (Created/Applied/Reversed store the new status, Reversed also sets `reversed`;
+//! functions, keeping the stored status the way `corelink::orders::apply_orders` and
+//! `paysafe::observe` do (Created/Applied/Reversed store the new status, Reversed also sets `reversed`;
 //! Unchanged/Stale keep the old one; `Err` is a quarantined notification that changes nothing),
 //! and collects the ledger event types emitted and the notifications quarantined. The
 //! notifications are a "true lifecycle" with every step delivered 1 to 4 times (for Paysafe each
