@@ -126,7 +126,7 @@ pub struct TestApp {
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _key_dir: tempfile::TempDir,
     /// Last: the topology goes once the ingress has been told to stop.
-    _topology: cleanup::TopologyGuard,
+    _topology: Option<cleanup::TopologyGuard>,
 }
 
 /// Starts an ingress on ephemeral ports against the real broker, with `configure` applied to
@@ -140,13 +140,15 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.http.ops_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     settings.log.format = LogFormat::Pretty;
     settings.broker.url = amqp_url();
-    settings.topology.prefix = format!("test-{}", Uuid::new_v4());
+    let own_prefix = format!("test-{}", Uuid::new_v4());
+    settings.topology.prefix = own_prefix.clone();
     settings.topology.queue_expires_secs = Some(600);
     settings.broker.reconnect_initial_ms = 50;
     settings.broker.reconnect_max_ms = 500;
     settings.corelink.clients = vec![bank.client_settings()];
     configure(&mut settings);
     let topology = settings.topology.topology();
+    let topology_prefix_kept = settings.topology.prefix == own_prefix;
 
     let application = Application::build_with_clock(settings.clone(), Arc::new(SystemClock))
         .await
@@ -178,7 +180,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         shutdown: Some(shutdown),
         task: Some(task),
         _key_dir: key_dir,
-        _topology: cleanup::TopologyGuard::new(topology.clone()),
+        // Only a topology of its own: an instance that joins another's leaves it to that one.
+        _topology: topology_prefix_kept.then(|| cleanup::TopologyGuard::new(topology.clone())),
     }
 }
 

@@ -153,7 +153,7 @@ impl ApplyWorker {
     async fn apply(&self, envelope: &IntakeEnvelope) -> Result<Outcome, ApplyError> {
         match envelope.kind {
             IntakeKind::CorelinkStatus | IntakeKind::CorelinkStatusBatch => {
-                corelink::apply(&self.pool, envelope, self.settings.max_batch_orders).await
+                corelink::apply(&self.pool, envelope).await
             }
             IntakeKind::BncAccountBinding => bnc::apply(&self.pool, envelope).await,
             IntakeKind::PaysafeWebhook | IntakeKind::PaysafeTrack => {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use connector_schema::corelink::DEFAULT_MAX_BATCH_ORDERS;
 use connector_schema::topology::TopologySettings;
 
 pub use connector_runtime::config::ConfigError;
@@ -86,8 +85,6 @@ pub struct ApplySettings {
     pub concurrency: usize,
     /// Unacknowledged deliveries the broker sends ahead (basic.qos); at least `concurrency`.
     pub prefetch: u16,
-    /// Must match the ingress's `corelink.max_batch_orders`.
-    pub max_batch_orders: usize,
 }
 
 impl Default for ApplySettings {
@@ -95,7 +92,6 @@ impl Default for ApplySettings {
         Self {
             concurrency: 4,
             prefetch: 16,
-            max_batch_orders: DEFAULT_MAX_BATCH_ORDERS,
         }
     }
 }
@@ -269,7 +265,6 @@ impl Settings {
             ),
             ("broker.retry_initial_ms", self.broker.retry_initial_ms),
             ("apply.concurrency", self.apply.concurrency as u64),
-            ("apply.max_batch_orders", self.apply.max_batch_orders as u64),
             ("relay.batch_size", self.relay.batch_size.max(0) as u64),
             ("relay.poll_interval_ms", self.relay.poll_interval_ms),
             ("relay.confirm_timeout_ms", self.relay.confirm_timeout_ms),

@@ -245,7 +245,13 @@ async fn the_same_nonce_on_another_request_is_quarantined_and_an_exact_replay_is
     assert_eq!(
         p.db.count("SELECT count(*) FROM order_history").await,
         1,
-        "the replay left no trace"
+        "the replay changed nothing"
+    );
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM received_messages WHERE outcome = 'replay'")
+            .await,
+        1,
+        "but the copy that arrived is on record"
     );
     assert_eq!(events(&p).await.len(), 1);
     drop((second, third));
@@ -564,5 +570,32 @@ async fn a_ledger_event_no_consumer_takes_is_dead_lettered_and_can_be_replayed()
         events[0].2, "order.succeeded",
         "with its original routing key"
     );
+    p.teardown().await;
+}
+
+#[tokio::test]
+async fn the_workers_apply_any_batch_the_ingress_accepted_whatever_its_size() {
+    // An ingress allowing larger batches than the default: the workers hold no limit of their
+    // own that could dead-letter what the bank was told was accepted.
+    let app = spawn_app_with(|settings| settings.corelink.max_batch_orders = 1500).await;
+    let p = connector_e2e_tests::pipeline::spawn_pipeline_on(app).await;
+    let references: Vec<String> = (0..1200).map(|i| format!("PAY-BIG-{i:04}")).collect();
+    let references: Vec<&str> = references.iter().map(String::as_str).collect();
+    post(
+        &p,
+        BATCH,
+        &batch_body("batch-big", &references),
+        "batch-big",
+    )
+    .await;
+
+    assert_eq!(p.apply_all().await, 1);
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM orders WHERE status = 'SUCCESS'")
+            .await,
+        1200
+    );
+    assert_eq!(p.depth(&p.app.topology.intake_dead_letter_queue).await, 0);
+    assert!(p.quarantined().await.is_empty());
     p.teardown().await;
 }

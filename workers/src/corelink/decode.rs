@@ -34,10 +34,7 @@ pub(super) struct Batch {
     pub(super) digest: String,
 }
 
-pub(super) fn decode(
-    envelope: &IntakeEnvelope,
-    max_batch_orders: usize,
-) -> Result<Notification, ApplyError> {
+pub(super) fn decode(envelope: &IntakeEnvelope) -> Result<Notification, ApplyError> {
     let header = |name: &str| {
         envelope
             .header(name)
@@ -68,7 +65,9 @@ pub(super) fn decode(
             vec![corelink::parse_unit(&envelope.body).map_err(invalid)?],
         ),
         IntakeKind::CorelinkStatusBatch => {
-            let batch = corelink::parse_batch(&envelope.body, &idempotency_key, max_batch_orders)
+            // No size limit of our own: the ingress enforced its own before the bank was told
+            // 200, and a smaller one here would dead-letter what was accepted.
+            let batch = corelink::parse_batch(&envelope.body, &idempotency_key, usize::MAX)
                 .map_err(invalid)?;
             let mut orders = batch.orders;
             orders.sort_by(|a, b| a.reference.cmp(&b.reference));

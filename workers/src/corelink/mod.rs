@@ -26,15 +26,14 @@ use crate::quarantine::QuarantineReason;
 pub use crate::corelink::orders::{Effect, transition};
 
 /// Applies `envelope` in one transaction. On `Err` nothing was written.
-pub async fn apply(
-    pool: &PgPool,
-    envelope: &IntakeEnvelope,
-    max_batch_orders: usize,
-) -> Result<Outcome, ApplyError> {
-    let notification = decode(envelope, max_batch_orders)?;
+pub async fn apply(pool: &PgPool, envelope: &IntakeEnvelope) -> Result<Outcome, ApplyError> {
+    let notification = decode(envelope)?;
     let mut tx = pool.begin().await?;
 
     if let Some(outcome) = claim_nonce(&mut tx, envelope, &notification).await? {
+        // Nothing applied, but the copy that arrived is on record (audit, disputes).
+        record_message(&mut tx, envelope, &notification, outcome).await?;
+        tx.commit().await?;
         return Ok(outcome);
     }
     if let Some(outcome) = claim_idempotency_key(&mut tx, envelope, &notification).await? {
