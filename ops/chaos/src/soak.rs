@@ -5,22 +5,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use futures_util::StreamExt as _;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use sqlx::PgPool;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::check::LedgerMessage;
+use crate::configs::NoncePurge;
+use crate::console::out;
+use crate::harness::Harness;
+use crate::ledger_collector::LedgerCollector;
 use crate::load::Bank;
 use crate::services::rss_mib;
-use crate::{Harness, out};
 
 /// The tables whose size is sampled: the nonces the purge must keep flat, and the business
 /// and audit tables that grow with every order by design.
@@ -50,6 +45,16 @@ pub struct SoakPlan {
     pub purge_interval_secs: u64,
 }
 
+impl SoakPlan {
+    /// What the workers' configuration says of the nonce purge.
+    pub fn nonce_purge(&self) -> NoncePurge {
+        NoncePurge {
+            retention_secs: self.nonce_retention_secs,
+            interval_secs: self.purge_interval_secs,
+        }
+    }
+}
+
 /// One sample of the running system.
 #[derive(Debug, Clone, Default)]
 struct Sample {
@@ -73,320 +78,242 @@ pub struct SoakSummary {
     pub problems: Vec<String>,
 }
 
-/// Consumes the ledger queue during the run, as the ledger would, so that it does not pile up
-/// in RabbitMQ's memory; the checks get every message it took.
-#[derive(Debug)]
-pub struct LedgerCollector {
-    stop: watch::Sender<bool>,
-    taken: Arc<AtomicUsize>,
-    task: JoinHandle<anyhow::Result<Vec<LedgerMessage>>>,
-}
-
-impl LedgerCollector {
-    pub async fn start(amqp_url: &str, queue: &str) -> anyhow::Result<Self> {
-        let connection = Connection::connect(amqp_url, ConnectionProperties::default())
-            .await
-            .context("connecting the ledger collector")?;
-        let channel = connection.create_channel().await?;
-        // No acknowledgements: every message the broker sends is taken, and after the cancel
-        // the stream ends behind the last one sent.
-        let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                "fault-harness-ledger".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let (stop, mut stopped) = watch::channel(false);
-        let taken = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&taken);
-        let task = tokio::spawn(async move {
-            let mut messages = Vec::new();
-            loop {
-                tokio::select! {
-                    delivery = consumer.next() => match delivery {
-                        Some(delivery) => {
-                            let delivery = delivery?;
-                            messages.push(LedgerMessage::parse(&delivery.properties, &delivery.data));
-                            counter.fetch_add(1, Ordering::Relaxed);
-                        }
-                        None => anyhow::bail!("the ledger consumer was cancelled by the broker"),
-                    },
-                    _ = stopped.changed() => break,
-                }
-            }
-            channel
-                .basic_cancel("fault-harness-ledger".into(), BasicCancelOptions::default())
-                .await?;
-            while let Ok(Some(delivery)) =
-                tokio::time::timeout(Duration::from_secs(5), consumer.next()).await
-            {
-                let delivery = delivery?;
-                messages.push(LedgerMessage::parse(&delivery.properties, &delivery.data));
-            }
-            let _ = connection.close(200, "done".into()).await;
-            Ok(messages)
-        });
-        Ok(Self { stop, taken, task })
-    }
-
-    pub fn taken(&self) -> usize {
-        self.taken.load(Ordering::Relaxed)
-    }
-
-    pub async fn finish(self) -> anyhow::Result<Vec<LedgerMessage>> {
-        let _ = self.stop.send(true);
-        self.task.await?
-    }
-}
-
-impl Harness {
-    /// Measures the capacity (unless given), then runs the paced load for the soak's length,
-    /// sampling. Returns the client tasks, still running, for the caller to stop.
-    pub(crate) async fn soak(
-        &mut self,
-        plan: SoakPlan,
-        bank: &Arc<Bank>,
-        db: &PgPool,
-        ledger: &LedgerCollector,
-    ) -> anyhow::Result<(Vec<JoinHandle<()>>, SoakSummary)> {
-        let mut summary = SoakSummary::default();
-        let rate = match plan.rate {
-            Some(rate) => {
-                summary.lines.push(format!(
-                    "rate: {rate:.1} orders-or-batches/s, as given (no capacity measured)"
-                ));
-                rate
-            }
-            None => {
-                let capacity = self.capacity(plan, bank, db).await?;
-                let rate = capacity * plan.load;
-                summary.lines.push(format!(
-                    "capacity: {capacity:.1} orders-or-batches/s ({} s closed loop with {} clients, until drained); soak at {:.0} % of it: {rate:.1}/s",
-                    plan.calibrate_secs,
-                    plan.concurrency,
-                    plan.load * 100.0
-                ));
-                rate
-            }
-        };
-        out(summary.lines.last().cloned().unwrap_or_default());
-
-        let clients = bank.start(plan.concurrency, Some(rate));
-        let started = Instant::now();
-        let base = bank.counters.snapshot();
-        let base_started = bank.started();
-        let mut samples: Vec<Sample> = Vec::new();
-        let csv = self.dir.join("soak-samples.csv");
-        out(Sample::header());
-        let interval = Duration::from_secs(plan.sample_secs);
-        let end = started + Duration::from_secs(plan.seconds);
-        let mut next = started;
-        while next < end {
-            next = (next + interval).min(end);
-            self.tick_until(next).await;
-            let mut sample = self.sample(db, ledger).await;
-            sample.at_secs = started.elapsed().as_secs_f64();
-            sample.started = bank.started() - base_started;
-            sample.ok = bank.counters.snapshot().ok - base.ok;
-            out(sample.row(samples.last()));
-            if samples.is_empty() {
-                std::fs::write(&csv, sample.csv_header())?;
-            }
-            append(&csv, &sample.csv_row())?;
-            samples.push(sample);
-        }
-        self.judge(plan, &samples, &mut summary);
-        summary
-            .lines
-            .push(format!("every sample: {}", csv.display()));
-        Ok((clients, summary))
-    }
-
-    /// Closed-loop load for `calibrate_secs`, then the time until everything is applied and
-    /// published: what the pipeline sustains, in orders-or-batches per second.
-    async fn capacity(
-        &mut self,
-        plan: SoakPlan,
-        bank: &Arc<Bank>,
-        db: &PgPool,
-    ) -> anyhow::Result<f64> {
-        let started = Instant::now();
-        let before = bank.started();
-        let clients = bank.start(plan.concurrency, None);
-        self.tick(Duration::from_secs(plan.calibrate_secs)).await;
-        bank.stop_new();
-        for client in clients {
-            let _ = client.await;
-        }
-        let done = bank.started() - before;
-        self.drain(db, Duration::from_secs(300)).await?;
-        let capacity = done as f64 / started.elapsed().as_secs_f64();
-        out(format!(
-            "capacity measured: {done} orders-or-batches in {:.1} s (load and drain) = {capacity:.1}/s",
-            started.elapsed().as_secs_f64()
-        ));
-        Ok(capacity)
-    }
-
-    async fn sample(&self, db: &PgPool, ledger: &LedgerCollector) -> Sample {
-        let mut rss: Vec<(String, Option<f64>)> = self
-            .ingress
-            .iter()
-            .chain(self.workers.iter())
-            .map(|p| (p.name.clone(), p.pid().and_then(rss_mib)))
-            .collect();
-        rss.push((
-            "rabbitmq".into(),
-            self.nodes
-                .first()
-                .and_then(|n| n.beam_pid())
-                .and_then(rss_mib),
-        ));
-        let (nonces, oldest_nonce_secs): (i64, f64) = sqlx::query_as(
-            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(seen_at)), 0)::float8
-             FROM seen_nonces",
-        )
-        .fetch_one(db)
-        .await
-        .unwrap_or((-1, -1.0));
-        let tables: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT relname::text, pg_total_relation_size(oid)
-             FROM pg_class WHERE relkind = 'r' AND relname = ANY($1)",
-        )
-        .bind(TABLES.as_slice())
-        .fetch_all(db)
-        .await
-        .unwrap_or_default();
-        Sample {
-            ledger_taken: ledger.taken(),
-            intake: self.intake_messages().await,
-            rss,
-            nonces,
-            oldest_nonce_secs,
-            tables: tables.into_iter().collect(),
-            ..Sample::default()
-        }
-    }
-
-    /// Flatness: the nonce purge holds the table to its retention, and no process's memory
-    /// keeps growing once warm.
-    fn judge(&self, plan: SoakPlan, samples: &[Sample], summary: &mut SoakSummary) {
-        let Some(last) = samples.last() else {
-            return;
-        };
-        let secs = last.at_secs.max(1.0);
-        summary.lines.push(format!(
-            "soak: {:.0} s, {} orders-or-batches started ({:.1}/s), {} × 200 ({:.1}/s), ledger events taken meanwhile {}",
-            last.at_secs,
-            last.started,
-            last.started as f64 / secs,
-            last.ok,
-            last.ok as f64 / secs,
-            last.ledger_taken
-        ));
-        let backlog = samples.iter().filter_map(|s| s.intake).max().unwrap_or(0);
-        summary.lines.push(format!(
-            "intake queue: at most {backlog} messages waiting at a sample"
-        ));
-
-        // The purge: from one retention plus one interval on, no nonce is older than that.
-        let bound = (plan.nonce_retention_secs + plan.purge_interval_secs + 30) as f64;
-        let steady: Vec<&Sample> = samples
-            .iter()
-            .filter(|s| s.at_secs >= bound + 60.0)
-            .collect();
-        let oldest = samples
-            .iter()
-            .map(|s| s.oldest_nonce_secs)
-            .fold(0.0, f64::max);
-        match (steady.first(), steady.last()) {
-            (Some(first), Some(last)) => {
-                let size = |s: &Sample| mib(s.tables.get("seen_nonces").copied().unwrap_or(0));
-                summary.lines.push(format!(
-                    "seen_nonces, steady state ({:.0} s → {:.0} s): {} → {} rows, {:.1} → {:.1} MiB; oldest nonce ever {oldest:.0} s (retention {} s, purge every {} s)",
-                    first.at_secs,
-                    last.at_secs,
-                    first.nonces,
-                    last.nonces,
-                    size(first),
-                    size(last),
-                    plan.nonce_retention_secs,
-                    plan.purge_interval_secs
-                ));
-                if oldest > bound {
-                    summary.problems.push(format!(
-                        "a nonce {oldest:.0} s old was still there: the purge (retention {} s, every {} s) is not keeping up",
-                        plan.nonce_retention_secs, plan.purge_interval_secs
-                    ));
-                }
-            }
-            _ => summary.lines.push(format!(
-                "seen_nonces: the soak is shorter than retention + purge interval ({bound:.0} s): no steady state to judge"
-            )),
-        }
-
-        // Memory: from the end of the first third (warm: caches and pools filled) to the end.
-        let warm = samples
-            .iter()
-            .find(|s| s.at_secs >= last.at_secs / 3.0)
-            .unwrap_or(last);
-        for (index, (name, _)) in last.rss.iter().enumerate() {
-            let series: Vec<(f64, f64)> = samples
-                .iter()
-                .filter(|s| s.at_secs >= warm.at_secs)
-                .filter_map(|s| Some((s.at_secs, s.rss.get(index)?.1?)))
-                .collect();
-            let (Some(&(from_secs, from)), Some(&(_, to))) = (series.first(), series.last()) else {
-                summary
-                    .lines
-                    .push(format!("memory {name}: not sampled (process not running)"));
-                continue;
-            };
-            let max = samples
-                .iter()
-                .filter_map(|s| s.rss.get(index).and_then(|(_, m)| *m))
-                .fold(0.0, f64::max);
-            // RabbitMQ's memory follows its quorum-queue write-ahead log, a saw-tooth that a
-            // trend would misread: its range is what to size the broker for.
-            if name == "rabbitmq" {
-                let min = series.iter().map(|(_, m)| *m).fold(f64::INFINITY, f64::min);
-                summary.lines.push(format!(
-                    "memory {name}: between {min:.1} and {max:.1} MiB since {from_secs:.0} s (write-ahead log filling and rolling over), {to:.1} MiB at the end"
-                ));
-                continue;
-            }
-            let slope = mib_per_hour(&series);
+/// Measures the capacity (unless given), then runs the paced load for the soak's length,
+/// sampling. Returns the client tasks, still running, for the caller to stop.
+pub async fn run(
+    harness: &mut Harness,
+    plan: SoakPlan,
+    bank: &Arc<Bank>,
+    db: &PgPool,
+    ledger: &LedgerCollector,
+) -> anyhow::Result<(Vec<JoinHandle<()>>, SoakSummary)> {
+    let mut summary = SoakSummary::default();
+    let rate = match plan.rate {
+        Some(rate) => {
             summary.lines.push(format!(
-                "memory {name}: {from:.1} MiB at {from_secs:.0} s, {to:.1} MiB at the end, at most {max:.1} MiB; trend since {from_secs:.0} s {slope:+.1} MiB/h"
+                "rate: {rate:.1} orders-or-batches/s, as given (no capacity measured)"
             ));
-            if let Some(leak) = growing(&series) {
-                summary.problems.push(format!("{name}: {leak}"));
-            }
+            rate
         }
-        let first = samples.first().unwrap_or(last);
-        for table in TABLES {
-            let size = |s: &Sample| s.tables.get(table).copied().unwrap_or(0);
-            let grown = size(last) - size(warm);
-            let per_order = if last.started > warm.started {
-                grown as f64 / (last.started - warm.started) as f64
-            } else {
-                0.0
-            };
+        None => {
+            let capacity = measure_capacity(harness, plan, bank, db).await?;
+            let rate = capacity * plan.load;
             summary.lines.push(format!(
-                "table {table}: {:.1} MiB at {:.0} s, {:.1} MiB at {:.0} s, {:.1} MiB at the end ({per_order:.0} bytes per order-or-batch since {:.0} s)",
-                mib(size(first)),
+                "capacity: {capacity:.1} orders-or-batches/s ({} s closed loop with {} clients, until drained); soak at {:.0} % of it: {rate:.1}/s",
+                plan.calibrate_secs,
+                plan.concurrency,
+                plan.load * 100.0
+            ));
+            rate
+        }
+    };
+    out(summary.lines.last().cloned().unwrap_or_default());
+
+    let clients = bank.start(plan.concurrency, Some(rate));
+    let started = Instant::now();
+    let base = bank.counters.snapshot();
+    let base_started = bank.started();
+    let mut samples: Vec<Sample> = Vec::new();
+    let csv = harness.work_dir().join("soak-samples.csv");
+    out(Sample::header());
+    let interval = Duration::from_secs(plan.sample_secs);
+    let end = started + Duration::from_secs(plan.seconds);
+    let mut next = started;
+    while next < end {
+        next = (next + interval).min(end);
+        harness.tick_until(next).await;
+        let mut sample = take_sample(harness, db, ledger).await;
+        sample.at_secs = started.elapsed().as_secs_f64();
+        sample.started = bank.started() - base_started;
+        sample.ok = bank.counters.snapshot().ok - base.ok;
+        out(sample.row(samples.last()));
+        if samples.is_empty() {
+            std::fs::write(&csv, sample.csv_header())?;
+        }
+        append(&csv, &sample.csv_row())?;
+        samples.push(sample);
+    }
+    judge(plan, &samples, &mut summary);
+    summary
+        .lines
+        .push(format!("every sample: {}", csv.display()));
+    Ok((clients, summary))
+}
+
+/// Closed-loop load for `calibrate_secs`, then the time until everything is applied and
+/// published: what the pipeline sustains, in orders-or-batches per second.
+async fn measure_capacity(
+    harness: &mut Harness,
+    plan: SoakPlan,
+    bank: &Arc<Bank>,
+    db: &PgPool,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let before = bank.started();
+    let clients = bank.start(plan.concurrency, None);
+    harness.tick(Duration::from_secs(plan.calibrate_secs)).await;
+    bank.stop_new();
+    for client in clients {
+        let _ = client.await;
+    }
+    let done = bank.started() - before;
+    harness.drain(db, Duration::from_secs(300)).await?;
+    let capacity = done as f64 / started.elapsed().as_secs_f64();
+    out(format!(
+        "capacity measured: {done} orders-or-batches in {:.1} s (load and drain) = {capacity:.1}/s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(capacity)
+}
+
+/// The connector processes' and RabbitMQ's memory, the intake depth, the nonces and the
+/// tables' sizes, now.
+async fn take_sample(harness: &Harness, db: &PgPool, ledger: &LedgerCollector) -> Sample {
+    let mut rss: Vec<(String, Option<f64>)> = harness
+        .process_pids()
+        .into_iter()
+        .map(|(name, pid)| (name, pid.and_then(rss_mib)))
+        .collect();
+    rss.push(("rabbitmq".into(), harness.broker_pid().and_then(rss_mib)));
+    let (nonces, oldest_nonce_secs): (i64, f64) = sqlx::query_as(
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(seen_at)), 0)::float8
+         FROM seen_nonces",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap_or((-1, -1.0));
+    let tables: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT relname::text, pg_total_relation_size(oid)
+         FROM pg_class WHERE relkind = 'r' AND relname = ANY($1)",
+    )
+    .bind(TABLES.as_slice())
+    .fetch_all(db)
+    .await
+    .unwrap_or_default();
+    Sample {
+        ledger_taken: ledger.taken(),
+        intake: harness.intake_messages().await,
+        rss,
+        nonces,
+        oldest_nonce_secs,
+        tables: tables.into_iter().collect(),
+        ..Sample::default()
+    }
+}
+
+/// Flatness: the nonce purge holds the table to its retention, and no process's memory
+/// keeps growing once warm.
+fn judge(plan: SoakPlan, samples: &[Sample], summary: &mut SoakSummary) {
+    let Some(last) = samples.last() else {
+        return;
+    };
+    let secs = last.at_secs.max(1.0);
+    summary.lines.push(format!(
+        "soak: {:.0} s, {} orders-or-batches started ({:.1}/s), {} × 200 ({:.1}/s), ledger events taken meanwhile {}",
+        last.at_secs,
+        last.started,
+        last.started as f64 / secs,
+        last.ok,
+        last.ok as f64 / secs,
+        last.ledger_taken
+    ));
+    let backlog = samples.iter().filter_map(|s| s.intake).max().unwrap_or(0);
+    summary.lines.push(format!(
+        "intake queue: at most {backlog} messages waiting at a sample"
+    ));
+
+    // The purge: from one retention plus one interval on, no nonce is older than that.
+    let bound = (plan.nonce_retention_secs + plan.purge_interval_secs + 30) as f64;
+    let steady: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.at_secs >= bound + 60.0)
+        .collect();
+    let oldest = samples
+        .iter()
+        .map(|s| s.oldest_nonce_secs)
+        .fold(0.0, f64::max);
+    match (steady.first(), steady.last()) {
+        (Some(first), Some(last)) => {
+            let size = |s: &Sample| mib(s.tables.get("seen_nonces").copied().unwrap_or(0));
+            summary.lines.push(format!(
+                "seen_nonces, steady state ({:.0} s → {:.0} s): {} → {} rows, {:.1} → {:.1} MiB; oldest nonce ever {oldest:.0} s (retention {} s, purge every {} s)",
                 first.at_secs,
-                mib(size(warm)),
-                warm.at_secs,
-                mib(size(last)),
-                warm.at_secs
+                last.at_secs,
+                first.nonces,
+                last.nonces,
+                size(first),
+                size(last),
+                plan.nonce_retention_secs,
+                plan.purge_interval_secs
             ));
+            if oldest > bound {
+                summary.problems.push(format!(
+                    "a nonce {oldest:.0} s old was still there: the purge (retention {} s, every {} s) is not keeping up",
+                    plan.nonce_retention_secs, plan.purge_interval_secs
+                ));
+            }
         }
+        _ => summary.lines.push(format!(
+            "seen_nonces: the soak is shorter than retention + purge interval ({bound:.0} s): no steady state to judge"
+        )),
+    }
+
+    // Memory: from the end of the first third (warm: caches and pools filled) to the end.
+    let warm = samples
+        .iter()
+        .find(|s| s.at_secs >= last.at_secs / 3.0)
+        .unwrap_or(last);
+    for (index, (name, _)) in last.rss.iter().enumerate() {
+        let series: Vec<(f64, f64)> = samples
+            .iter()
+            .filter(|s| s.at_secs >= warm.at_secs)
+            .filter_map(|s| Some((s.at_secs, s.rss.get(index)?.1?)))
+            .collect();
+        let (Some(&(from_secs, from)), Some(&(_, to))) = (series.first(), series.last()) else {
+            summary
+                .lines
+                .push(format!("memory {name}: not sampled (process not running)"));
+            continue;
+        };
+        let max = samples
+            .iter()
+            .filter_map(|s| s.rss.get(index).and_then(|(_, m)| *m))
+            .fold(0.0, f64::max);
+        // RabbitMQ's memory follows its quorum-queue write-ahead log, a saw-tooth that a
+        // trend would misread: its range is what to size the broker for.
+        if name == "rabbitmq" {
+            let min = series.iter().map(|(_, m)| *m).fold(f64::INFINITY, f64::min);
+            summary.lines.push(format!(
+                "memory {name}: between {min:.1} and {max:.1} MiB since {from_secs:.0} s (write-ahead log filling and rolling over), {to:.1} MiB at the end"
+            ));
+            continue;
+        }
+        let slope = mib_per_hour(&series);
+        summary.lines.push(format!(
+            "memory {name}: {from:.1} MiB at {from_secs:.0} s, {to:.1} MiB at the end, at most {max:.1} MiB; trend since {from_secs:.0} s {slope:+.1} MiB/h"
+        ));
+        if let Some(leak) = growing(&series) {
+            summary.problems.push(format!("{name}: {leak}"));
+        }
+    }
+    let first = samples.first().unwrap_or(last);
+    for table in TABLES {
+        let size = |s: &Sample| s.tables.get(table).copied().unwrap_or(0);
+        let grown = size(last) - size(warm);
+        let per_order = if last.started > warm.started {
+            grown as f64 / (last.started - warm.started) as f64
+        } else {
+            0.0
+        };
+        summary.lines.push(format!(
+            "table {table}: {:.1} MiB at {:.0} s, {:.1} MiB at {:.0} s, {:.1} MiB at the end ({per_order:.0} bytes per order-or-batch since {:.0} s)",
+            mib(size(first)),
+            first.at_secs,
+            mib(size(warm)),
+            warm.at_secs,
+            mib(size(last)),
+            warm.at_secs
+        ));
     }
 }
 

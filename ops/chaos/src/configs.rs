@@ -1,0 +1,94 @@
+//! The connector's configuration files for a run, written into the work directory: what the
+//! ingress and workers processes under test are told (the harness's own broker and database,
+//! through its proxies; the bank's key; short retry and relay intervals), and the names both
+//! sides of the run share.
+
+use std::path::Path;
+
+/// The bank the load signs as.
+pub const CLIENT_ID: &str = "BANK_CHAOS";
+pub const KID: &str = "chaos-es256-1";
+/// The topology's prefix: exchanges and queues of the run, apart from anything else.
+pub const PREFIX: &str = "chaos";
+
+/// The workers' nonce retention and purge interval, when a run sets them (the soak does, so
+/// that the purge reaches its steady state within the run).
+#[derive(Debug, Clone, Copy)]
+pub struct NoncePurge {
+    pub retention_secs: u64,
+    pub interval_secs: u64,
+}
+
+pub fn ingress_config(listen: u16, ops: u16, broker_url: &str, key_file: &Path) -> String {
+    format!(
+        r#"# Written by fault-harness.
+[http]
+listen = "127.0.0.1:{listen}"
+ops_listen = "127.0.0.1:{ops}"
+shutdown_grace_secs = 5
+
+[broker]
+url = "{broker_url}"
+confirm_timeout_ms = 5000
+retry_after_secs = 1
+reconnect_initial_ms = 100
+reconnect_max_ms = 2000
+
+[topology]
+prefix = "{PREFIX}"
+
+[corelink]
+rate_limit_per_second = 0
+keys_watch_interval_secs = 0
+
+[[corelink.clients]]
+id = "{CLIENT_ID}"
+keys = [{{ kid = "{KID}", alg = "ES256", jwk_file = "{}" }}]
+
+[log]
+format = "json"
+filter = "info"
+"#,
+        key_file.display()
+    )
+}
+
+pub fn workers_config(
+    ops: u16,
+    broker_url: &str,
+    db_url: &str,
+    nonces: Option<NoncePurge>,
+) -> String {
+    let nonces = nonces.map_or_else(String::new, |purge| {
+        format!(
+            "\n[nonces]\nretention_secs = {}\npurge_interval_secs = {}\n",
+            purge.retention_secs, purge.interval_secs
+        )
+    });
+    format!(
+        r#"# Written by fault-harness.
+[database]
+url = "{db_url}"
+max_connections = 10
+acquire_timeout_ms = 2000
+
+[broker]
+url = "{broker_url}"
+retry_initial_ms = 100
+retry_max_ms = 2000
+
+[topology]
+prefix = "{PREFIX}"
+
+[relay]
+poll_interval_ms = 500
+
+[ops]
+listen = "127.0.0.1:{ops}"
+{nonces}
+[log]
+format = "json"
+filter = "info"
+"#
+    )
+}

@@ -1,0 +1,209 @@
+//! The faults: which ones a round injects ([`Fault::schedule`]), how each reads in the output,
+//! and what injecting it does to the running harness ([`inject`]). A fault is a short sequence
+//! of the harness's own operations, so that adding one touches this file alone.
+
+use std::time::{Duration, Instant};
+
+use crate::console::out;
+use crate::harness::{Harness, Link, Role};
+use crate::load::Bank;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    KillIngress(usize),
+    KillWorkers(usize),
+    CutBroker,
+    CutDatabase,
+    /// Single node: `rabbitmqctl stop` and start (graceful) or SIGKILL and start (crash).
+    /// Cluster: `stop_app` / `start_app` on one node.
+    RestartRabbit {
+        node: usize,
+        crash: bool,
+    },
+    RestartPostgres,
+    /// Cluster only: SIGKILL one node under load, restart it a few seconds later.
+    KillNode(usize),
+}
+
+impl Fault {
+    pub fn label(self, cluster: bool) -> String {
+        match self {
+            Self::KillIngress(i) => format!("SIGKILL ingress-{}", i + 1),
+            Self::KillWorkers(i) => format!("SIGKILL workers-{} (apply+relay)", i + 1),
+            Self::CutBroker => "cut broker connections 2s".into(),
+            Self::CutDatabase => "cut database connections 2s".into(),
+            Self::RestartRabbit { node, crash: _ } if cluster => {
+                format!(
+                    "restart RabbitMQ node chaos{} (stop_app/start_app)",
+                    node + 1
+                )
+            }
+            Self::RestartRabbit { crash: false, .. } => "restart RabbitMQ (stop, start)".into(),
+            Self::RestartRabbit { crash: true, .. } => "crash RabbitMQ (SIGKILL, start)".into(),
+            Self::RestartPostgres => "restart PostgreSQL (pg_ctl restart -m fast)".into(),
+            Self::KillNode(node) => format!("SIGKILL RabbitMQ node chaos{} under load", node + 1),
+        }
+    }
+
+    /// The two faults of round `round` (0-based).
+    pub fn schedule(round: usize, cluster: bool) -> [Fault; 2] {
+        let process = if round.is_multiple_of(2) {
+            Fault::KillIngress((round / 2) % 2)
+        } else {
+            Fault::KillWorkers((round / 2) % 2)
+        };
+        let cycle = round / 5;
+        let infra = if cluster {
+            match round % 5 {
+                0 => Fault::CutBroker,
+                1 => Fault::CutDatabase,
+                2 => Fault::KillNode(cycle % 3),
+                3 => Fault::RestartPostgres,
+                _ => Fault::RestartRabbit {
+                    node: (cycle + 1) % 3,
+                    crash: false,
+                },
+            }
+        } else {
+            match round % 5 {
+                0 => Fault::CutBroker,
+                1 => Fault::CutDatabase,
+                2 => Fault::RestartRabbit {
+                    node: 0,
+                    crash: false,
+                },
+                3 => Fault::RestartPostgres,
+                _ => Fault::RestartRabbit {
+                    node: 0,
+                    crash: true,
+                },
+            }
+        };
+        [process, infra]
+    }
+}
+
+/// What the injections leave for the final report.
+#[derive(Debug, Default)]
+pub struct FaultLog {
+    pub injected: usize,
+    /// What happened while a cluster node was down, one line per node loss.
+    pub node_losses: Vec<String>,
+}
+
+/// Injects `fault` and waits until it is over (the process, link or service back); `bank`'s
+/// counters measure what the clients saw while a node was down.
+pub async fn inject(
+    harness: &mut Harness,
+    bank: &Bank,
+    fault: Fault,
+    log: &mut FaultLog,
+) -> anyhow::Result<()> {
+    log.injected += 1;
+    match fault {
+        Fault::KillIngress(i) => {
+            harness.kill_process(Role::Ingress, i).await;
+            harness.start_process(Role::Ingress, i)?;
+        }
+        Fault::KillWorkers(i) => {
+            harness.kill_process(Role::Workers, i).await;
+            harness.tick(Duration::from_secs(1)).await;
+            harness.start_process(Role::Workers, i)?;
+        }
+        Fault::CutBroker | Fault::CutDatabase => {
+            let link = if fault == Fault::CutBroker {
+                Link::Broker
+            } else {
+                Link::Database
+            };
+            harness.proxy(link)?.cut();
+            harness.tick(Duration::from_secs(2)).await;
+            harness.proxy(link)?.restore();
+        }
+        Fault::RestartRabbit { node, crash } => {
+            if harness.is_cluster() {
+                harness.restart_node_app(node).await?;
+            } else {
+                if crash {
+                    harness.kill_node(node).await;
+                } else {
+                    harness.stop_node(node).await;
+                }
+                harness.start_node(node).await?;
+            }
+        }
+        Fault::RestartPostgres => harness.restart_postgres().await?,
+        Fault::KillNode(node) => {
+            let line = lose_node(harness, bank, node).await?;
+            log.node_losses.push(line);
+        }
+    }
+    Ok(())
+}
+
+/// SIGKILLs cluster node `node` under load, restarts it 4 s later, and says what the clients
+/// and the intake queue went through meanwhile.
+async fn lose_node(harness: &mut Harness, bank: &Bank, node: usize) -> anyhow::Result<String> {
+    let before = bank.counters.snapshot();
+    let on_node = harness.connections_to_node(node);
+    let killed = Instant::now();
+    harness.kill_node(node).await;
+    harness.tick(Duration::from_secs(1)).await;
+    let leader = harness.intake_leader().await.unwrap_or_else(|| "?".into());
+    harness.tick(Duration::from_secs(3)).await;
+    let down = bank.counters.snapshot().minus(before);
+    let down_secs = killed.elapsed().as_secs_f64();
+    harness.start_node(node).await?;
+    let online = harness.intake_online().await.unwrap_or_else(|| "?".into());
+    let line = format!(
+        "chaos{} SIGKILLed with {on_node} connector connections on it: in the {down_secs:.1} s it was down, {} requests, {} × 200, {} × 503, {} connection errors; intake leader then {leader}; after its restart ({:.1} s later) intake members online: {online}",
+        node + 1,
+        down.sent,
+        down.ok,
+        down.unavailable,
+        down.transport,
+        killed.elapsed().as_secs_f64(),
+    );
+    out(format!("  {line}"));
+    Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fault;
+
+    #[test]
+    fn the_short_form_injects_every_kind_of_fault() {
+        let faults: Vec<Fault> = (0..4).flat_map(|r| Fault::schedule(r, false)).collect();
+        for wanted in [
+            Fault::KillIngress(0),
+            Fault::KillIngress(1),
+            Fault::KillWorkers(0),
+            Fault::KillWorkers(1),
+            Fault::CutBroker,
+            Fault::CutDatabase,
+            Fault::RestartPostgres,
+        ] {
+            assert!(
+                faults.contains(&wanted),
+                "{wanted:?} missing from {faults:?}"
+            );
+        }
+        assert!(
+            faults
+                .iter()
+                .any(|f| matches!(f, Fault::RestartRabbit { .. }))
+        );
+    }
+
+    #[test]
+    fn the_cluster_form_loses_every_node_in_turn() {
+        let faults: Vec<Fault> = (0..24).flat_map(|r| Fault::schedule(r, true)).collect();
+        for node in 0..3 {
+            assert!(
+                faults.contains(&Fault::KillNode(node)),
+                "node {node} never killed"
+            );
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! What the checks compare, gathered once: the client's side (its 200s, everything it sent, the
+//! answers it did not expect), the database's rows, and the ledger queue indexed by event. The
+//! checks only read these, so that each can be understood, and run, on its own.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use connector_schema::events::EventType;
+
+use crate::load::{FAILED, SUCCESS, Status};
+
+use super::Inputs;
+
+/// One message taken from the ledger queue.
+#[derive(Debug, Clone)]
+pub struct LedgerMessage {
+    pub event_id: String,
+    pub event_type: String,
+    pub reference: String,
+    pub status: String,
+    pub message_id: Option<String>,
+}
+
+impl LedgerMessage {
+    /// What the checks need of a ledger message (fields missing from a malformed body stay
+    /// empty, and the checks count it as unknown).
+    pub fn parse(properties: &lapin::BasicProperties, body: &[u8]) -> Self {
+        let event: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let text = |field: &str| event[field].as_str().unwrap_or_default().to_owned();
+        Self {
+            event_id: text("event_id"),
+            event_type: text("event_type"),
+            reference: text("reference"),
+            status: text("status"),
+            message_id: properties.message_id().as_ref().map(|s| s.to_string()),
+        }
+    }
+}
+
+/// A row of `quarantined_messages`: message id, reason, idempotency key, detail.
+pub(super) type Quarantined = (uuid::Uuid, String, Option<String>, String);
+
+#[derive(Debug)]
+pub(super) struct Facts<'a> {
+    /// Answers that were neither a 200 nor worth a retry.
+    pub unexpected: Vec<String>,
+    /// Every status ever sent for each reference (acknowledged or not).
+    pub sent: HashMap<String, Vec<Status>>,
+    /// Acknowledged statuses per order, conflict pairs apart.
+    pub acked: BTreeMap<String, HashSet<Status>>,
+    /// Conflict pairs: per order, the acknowledged sides (key, status).
+    pub conflicts: BTreeMap<String, Vec<(String, Status)>>,
+    /// Keys of acknowledged batches.
+    pub acked_batches: HashSet<String>,
+    /// `orders`: status per reference.
+    pub orders: HashMap<String, String>,
+    /// `order_history` per reference, in order: (status, effect, idempotency key).
+    pub history: HashMap<String, Vec<(String, String, String)>>,
+    /// `ledger_outbox` event ids per (reference, event type).
+    pub outbox: HashMap<(String, String), Vec<String>>,
+    /// `ledger_outbox.attempts` (failed publishes) per event id.
+    pub attempts: HashMap<String, i32>,
+    pub outbox_unpublished: usize,
+    /// `received_messages` applied per idempotency key.
+    pub applied_by_key: HashMap<String, i64>,
+    pub quarantined: Vec<Quarantined>,
+    pub ledger: &'a [LedgerMessage],
+    /// Copies on the ledger queue per event id.
+    pub by_event: HashMap<&'a str, usize>,
+    /// Distinct event ids on the ledger queue per (reference, event type).
+    pub events_of: HashMap<(String, String), HashSet<String>>,
+    pub intake_dlq: &'a [String],
+    pub ledger_dlq: &'a [String],
+    pub poison: &'a HashSet<String>,
+}
+
+impl<'a> Facts<'a> {
+    pub async fn gather(inputs: Inputs<'a>) -> anyhow::Result<Self> {
+        // The client's side.
+        let acks = inputs
+            .bank
+            .acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let sent = inputs
+            .bank
+            .sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let unexpected = inputs
+            .bank
+            .unexpected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut acked: BTreeMap<String, HashSet<Status>> = BTreeMap::new();
+        let mut conflicts: BTreeMap<String, Vec<(String, Status)>> = BTreeMap::new();
+        let mut acked_batches: HashSet<String> = HashSet::new();
+        for ack in &acks {
+            let request = &ack.request;
+            if request.is_batch() {
+                acked_batches.insert(request.key.clone());
+            }
+            for (reference, status) in &request.orders {
+                if request.conflict {
+                    let entry = conflicts.entry(reference.clone()).or_default();
+                    if !entry.iter().any(|(k, _)| k == &request.key) {
+                        entry.push((request.key.clone(), status));
+                    }
+                } else {
+                    acked.entry(reference.clone()).or_default().insert(status);
+                }
+            }
+        }
+
+        // The database.
+        let orders: HashMap<String, String> =
+            sqlx::query_as("SELECT reference, status FROM orders")
+                .fetch_all(inputs.db)
+                .await?
+                .into_iter()
+                .collect();
+        let mut history: HashMap<String, Vec<(String, String, String)>> = HashMap::new();
+        for (reference, status, effect, key) in
+            sqlx::query_as::<_, (String, String, String, String)>(
+                "SELECT reference, status, effect, idempotency_key FROM order_history ORDER BY id",
+            )
+            .fetch_all(inputs.db)
+            .await?
+        {
+            history
+                .entry(reference)
+                .or_default()
+                .push((status, effect, key));
+        }
+        let mut outbox: HashMap<(String, String), Vec<String>> = HashMap::new();
+        let mut attempts: HashMap<String, i32> = HashMap::new();
+        let mut outbox_unpublished = 0;
+        for (id, event_type, reference, published, failed_attempts) in
+            sqlx::query_as::<_, (uuid::Uuid, String, String, bool, i32)>(
+                "SELECT event_id, event_type, reference, published_at IS NOT NULL, attempts
+                 FROM ledger_outbox",
+            )
+            .fetch_all(inputs.db)
+            .await?
+        {
+            attempts.insert(id.to_string(), failed_attempts);
+            if !published {
+                outbox_unpublished += 1;
+            }
+            outbox
+                .entry((reference, event_type))
+                .or_default()
+                .push(id.to_string());
+        }
+        let applied_by_key: HashMap<String, i64> = sqlx::query_as(
+            "SELECT idempotency_key, count(*) FROM received_messages WHERE outcome = 'applied' GROUP BY 1",
+        )
+        .fetch_all(inputs.db)
+        .await?
+        .into_iter()
+        .collect();
+        let quarantined: Vec<Quarantined> = sqlx::query_as(
+            "SELECT message_id, reason, idempotency_key, detail FROM quarantined_messages",
+        )
+        .fetch_all(inputs.db)
+        .await?;
+
+        // The ledger queue.
+        let mut by_event: HashMap<&str, usize> = HashMap::new();
+        let mut events_of: HashMap<(String, String), HashSet<String>> = HashMap::new();
+        for message in inputs.ledger {
+            *by_event.entry(&message.event_id).or_default() += 1;
+            events_of
+                .entry((message.reference.clone(), message.event_type.clone()))
+                .or_default()
+                .insert(message.event_id.clone());
+        }
+
+        Ok(Self {
+            unexpected,
+            sent,
+            acked,
+            conflicts,
+            acked_batches,
+            orders,
+            history,
+            outbox,
+            attempts,
+            outbox_unpublished,
+            applied_by_key,
+            quarantined,
+            ledger: inputs.ledger,
+            by_event,
+            events_of,
+            intake_dlq: inputs.intake_dlq,
+            ledger_dlq: inputs.ledger_dlq,
+            poison: inputs.poison,
+        })
+    }
+
+    /// Applying transitions (`created` or `applied`) of `reference` to `status` in its history.
+    pub fn transitions(&self, reference: &str, status: &str) -> usize {
+        self.history.get(reference).map_or(0, |rows| {
+            rows.iter()
+                .filter(|(s, e, _)| s == status && (e == "created" || e == "applied"))
+                .count()
+        })
+    }
+}
+
+/// The ledger event a final status emits.
+pub(super) fn event_type_of(status: &str) -> Option<EventType> {
+    match status {
+        SUCCESS => Some(EventType::OrderSucceeded),
+        FAILED => Some(EventType::OrderFailed),
+        _ => None,
+    }
+}
+
+pub(super) fn is_final(status: &str) -> bool {
+    status == SUCCESS || status == FAILED
+}
+
+/// The idempotency key of the side of `reference`'s conflict pair that lost to `winner`: the
+/// harness sends SUCCESS under `<reference>-s` and FAILED under `<reference>-f`.
+pub(super) fn loser_key(reference: &str, winner: &str) -> String {
+    format!("{reference}-{}", if winner == SUCCESS { "f" } else { "s" })
+}
