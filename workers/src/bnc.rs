@@ -8,7 +8,9 @@
 //! other content is a conflict: quarantined, never applied over the first binding.
 //!
 //! The token and the account number never reach logs, errors or quarantine details; the audit
-//! copy of the body is redacted.
+//! copy of the body is redacted. BNC sends the account number masked; whatever it sends, only
+//! a masked form (at most the first six and last four characters) is stored or reaches the
+//! ledger, and an unmasked one is counted.
 
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -169,6 +171,14 @@ async fn insert(
     b: &Binding,
 ) -> Result<(), ApplyError> {
     let c = &b.callback;
+    let account_no_masked = masked_account_no(&c.account_no);
+    if account_no_masked != c.account_no {
+        crate::metrics::bnc_unmasked_account_number();
+        tracing::warn!(
+            partner_reference_no = %c.partner_reference_no,
+            "BNC sent an account number that was not masked; only its masked form is kept"
+        );
+    }
     let inserted = sqlx::query(
         "INSERT INTO bnc_account_bindings
              (partner_reference_no, client_key, external_id, channel_id, user_id,
@@ -182,7 +192,7 @@ async fn insert(
     .bind(&b.external_id)
     .bind(&b.channel_id)
     .bind(&c.additional_info.user_id)
-    .bind(&c.account_no)
+    .bind(&account_no_masked)
     .bind(c.account_transaction_limit.as_str())
     .bind(c.account_currency.as_deref())
     .bind(&c.additional_info.bind_status)
@@ -213,10 +223,44 @@ async fn insert(
             "external_id": b.external_id,
             "channel_id": b.channel_id,
             "user_id": c.additional_info.user_id,
-            "account_no_masked": c.account_no,
+            "account_no_masked": account_no_masked,
             "account_transaction_limit": c.account_transaction_limit.as_str(),
             "account_currency": c.account_currency,
         }),
     );
     outbox::write(tx, &[event]).await
+}
+
+/// The account number as it may be shown (PCI DSS): the first six and last four characters
+/// of a longer one, the last four of a shorter one, the rest `*`. A number BNC masked that way
+/// comes back unchanged.
+fn masked_account_no(account_no: &str) -> String {
+    let length = account_no.chars().count();
+    let head = if length > 10 { 6 } else { 0 };
+    let tail = if length > 4 { 4 } else { 0 };
+    account_no
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i < head || i >= length - tail {
+                c
+            } else {
+                '*'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked_account_no;
+
+    #[test]
+    fn only_a_masked_account_number_is_kept() {
+        assert_eq!(masked_account_no("585945******2348"), "585945******2348");
+        assert_eq!(masked_account_no("5859451234562348"), "585945******2348");
+        assert_eq!(masked_account_no("1234567890"), "******7890");
+        assert_eq!(masked_account_no("1234"), "****");
+        assert_eq!(masked_account_no(""), "");
+    }
 }

@@ -47,6 +47,9 @@ pub const PAYSAFE_AUTH_FAILED: &str = "connector_paysafe_poller_auth_failed";
 pub const PAYSAFE_UNRECOGNISED_WEBHOOKS_TOTAL: &str =
     "connector_paysafe_unrecognised_webhooks_total";
 
+/// BNC callbacks whose account number came unmasked (only its masked form was kept).
+pub const BNC_UNMASKED_ACCOUNT_NUMBERS_TOTAL: &str = "connector_bnc_unmasked_account_numbers_total";
+
 /// The process's recorder; the handle renders `/metrics`.
 pub fn install() -> PrometheusHandle {
     connector_runtime::metrics::prometheus()
@@ -122,4 +125,8 @@ pub fn paysafe_auth_failed(failed: bool) {
 
 pub fn paysafe_unrecognised_webhook() {
     counter!(PAYSAFE_UNRECOGNISED_WEBHOOKS_TOTAL).increment(1);
+}
+
+pub fn bnc_unmasked_account_number() {
+    counter!(BNC_UNMASKED_ACCOUNT_NUMBERS_TOTAL).increment(1);
 }

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 use sqlx::PgPool;
 
-use connector_schema::IntakeEnvelope;
+use connector_schema::{IntakeEnvelope, IntakeKind};
 
 /// Why a message was quarantined; the `reason` column and the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,13 +60,25 @@ pub fn headers_json(envelope: &IntakeEnvelope) -> Value {
 }
 
 /// Holds `envelope` in quarantine, in its own transaction. Idempotent per message id: a
-/// redelivery changes nothing, and a released message that fails again is held again.
+/// redelivery changes nothing, and a released message that fails again is held again (a hold
+/// always wins over the release that sent it back: the release was recorded first).
+///
+/// A BNC body carries a card token and an account number: the row keeps a redacted copy, and
+/// the raw body, needed only to release the message, goes to `quarantined_secret_bodies`,
+/// which only the token readers may read.
 pub async fn hold(
     pool: &PgPool,
     envelope: &IntakeEnvelope,
     reason: QuarantineReason,
     detail: &str,
 ) -> sqlx::Result<()> {
+    let secret_bearing = envelope.kind == IntakeKind::BncAccountBinding;
+    let readable_body = if secret_bearing {
+        connector_schema::bnc::redact_body(&envelope.body)
+    } else {
+        envelope.body.to_vec()
+    };
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO quarantined_messages
              (message_id, reason, detail, kind, client_id, idempotency_key, received_at,
@@ -86,8 +98,18 @@ pub async fn hold(
     .bind(envelope.received_at)
     .bind(envelope.request_path.as_deref())
     .bind(headers_json(envelope))
-    .bind(envelope.body.as_ref())
-    .execute(pool)
-    .await
-    .map(drop)
+    .bind(readable_body)
+    .execute(&mut *tx)
+    .await?;
+    if secret_bearing {
+        sqlx::query(
+            "INSERT INTO quarantined_secret_bodies (message_id, body) VALUES ($1, $2)
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(envelope.message_id)
+        .bind(envelope.body.as_ref())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
 }

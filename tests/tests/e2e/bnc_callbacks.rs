@@ -504,3 +504,91 @@ async fn forged_or_stale_callbacks_are_unauthorized() {
     assert_no_secret_logged();
     bnc.pipeline.teardown().await;
 }
+
+#[tokio::test]
+async fn a_quarantined_callback_keeps_its_secrets_apart_and_can_still_be_released() {
+    let bnc = spawn().await;
+    let p = &bnc.pipeline;
+    let first = body("BEL2210170009", TOKEN);
+    let other_token = "9999aaaa1111bbbb2222cccc3333dddd";
+    let conflicting = body("BEL2210170009", other_token);
+    assert_eq!(bnc.send(&first, "77778042022091500090").await.0, 200);
+    assert_eq!(bnc.send(&conflicting, "77778042022091500091").await.0, 200);
+    assert_eq!(p.apply_all().await, 2);
+    let quarantined = p.quarantined().await;
+    assert_eq!(quarantined.len(), 1);
+    let held = quarantined[0].1;
+
+    // What any database reader sees of the held message: no token, no account number.
+    let readable: Vec<u8> =
+        sqlx::query_scalar("SELECT body FROM quarantined_messages WHERE message_id = $1")
+            .bind(held)
+            .fetch_one(&p.db.pool)
+            .await
+            .unwrap();
+    let readable = String::from_utf8(readable).unwrap();
+    assert!(
+        !readable.contains(other_token) && !readable.contains(ACCOUNT_NO),
+        "{readable}"
+    );
+    assert!(
+        readable.contains("BEL2210170009"),
+        "the rest is readable: {readable}"
+    );
+    let restricted: bool = sqlx::query_scalar(
+        "SELECT has_table_privilege('connector_token_reader', 'quarantined_secret_bodies', 'SELECT')
+            AND NOT has_table_privilege('public', 'quarantined_secret_bodies', 'SELECT')",
+    )
+    .fetch_one(&p.db.pool)
+    .await
+    .unwrap();
+    assert!(
+        restricted,
+        "only connector_token_reader may read the raw body"
+    );
+
+    // Released once the first binding is gone: the raw body goes back, token and all.
+    for table in ["bnc_binding_tokens", "bnc_account_bindings"] {
+        sqlx::query(&format!("DELETE FROM {table}"))
+            .execute(&p.db.pool)
+            .await
+            .unwrap();
+    }
+    connector_workers::admin::quarantine_release(
+        &p.db.pool,
+        &p.relay_channel,
+        &p.app.topology,
+        held,
+        "first binding withdrawn by BNC",
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.apply_all().await, 1);
+    let token: String = sqlx::query_scalar("SELECT token FROM bnc_binding_tokens")
+        .fetch_one(&p.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(token, other_token);
+    assert_no_secret_logged();
+    bnc.pipeline.teardown().await;
+}
+
+#[tokio::test]
+async fn an_unmasked_account_number_never_reaches_the_ledger() {
+    let bnc = spawn().await;
+    let p = &bnc.pipeline;
+    let unmasked = body("BEL2210170020", TOKEN).replace(ACCOUNT_NO, "5859451234562348");
+    assert_eq!(bnc.send(&unmasked, "77778042022091500200").await.0, 200);
+    assert_eq!(p.apply_all().await, 1);
+    p.relay_all().await;
+    let events = p.ledger_events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0.data["account_no_masked"], "585945******2348");
+    let stored: String = sqlx::query_scalar("SELECT account_no_masked FROM bnc_account_bindings")
+        .fetch_one(&p.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "585945******2348");
+    logs::assert_absent("bnc_callback", &["5859451234562348"]);
+    bnc.pipeline.teardown().await;
+}

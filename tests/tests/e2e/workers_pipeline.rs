@@ -599,3 +599,76 @@ async fn the_workers_apply_any_batch_the_ingress_accepted_whatever_its_size() {
     assert!(p.quarantined().await.is_empty());
     p.teardown().await;
 }
+
+#[tokio::test]
+async fn a_release_never_loses_a_message_a_worker_quarantines_again() {
+    let p = spawn_pipeline().await;
+    post(&p, UNIT, &unit_body("PAY-RQ", "SUCCESS"), "PAY-RQ").await;
+    post(&p, UNIT, &unit_body("PAY-RQ", "FAILED"), "PAY-RQ").await; // conflicts at every try
+    p.apply_all().await;
+    let held = p.quarantined().await[0].1;
+    let state = || async {
+        sqlx::query_as::<_, (String, i32)>(
+            "SELECT state, release_generation FROM quarantined_messages WHERE message_id = $1",
+        )
+        .bind(held)
+        .fetch_one(&p.db.pool)
+        .await
+        .unwrap()
+    };
+
+    // A worker consuming all along, as in production: it takes a released message the moment
+    // it is published, and quarantines it again, racing the release's own bookkeeping.
+    let settings = connector_e2e_tests::pipeline::worker_settings(&p.app, &p.db.url);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(
+        connector_workers::apply::ApplyWorker::new(
+            p.db.pool.clone(),
+            p.app.topology.clone(),
+            settings.broker,
+            settings.apply,
+            stop.clone(),
+        )
+        .run(),
+    );
+    for release in 1..=10 {
+        let said = connector_workers::admin::quarantine_release(
+            &p.db.pool,
+            &p.relay_channel,
+            &p.app.topology,
+            held,
+            "try again",
+        )
+        .await
+        .unwrap();
+        assert!(said.contains(&format!("(release {release})")), "{said}");
+        let held_again =
+            connector_e2e_tests::eventually(std::time::Duration::from_secs(20), || async {
+                state().await == ("held".to_owned(), release)
+            })
+            .await;
+        assert!(
+            held_again,
+            "release {release}: quarantined again, never left as released"
+        );
+    }
+    stop.cancel();
+    worker.await.unwrap();
+
+    // A release whose publish fails is undone, and says so: the message is held still.
+    let nowhere = connector_schema::Topology::with_prefix(
+        &format!("test-nowhere-{}", Uuid::new_v4()),
+        connector_schema::topology::QueueOptions::default(),
+    );
+    let channel = p.app.broker.connection().create_channel().await.unwrap();
+    let error =
+        connector_workers::admin::quarantine_release(&p.db.pool, &channel, &nowhere, held, "lost?")
+            .await
+            .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("was not released"),
+        "{error:#}"
+    );
+    assert_eq!(state().await, ("held".to_owned(), 11));
+    p.teardown().await;
+}

@@ -110,7 +110,10 @@ pub async fn quarantine_show(pool: &PgPool, message_id: Uuid) -> anyhow::Result<
 }
 
 /// Sends a held message back to the intake exchange, for another try once its cause is
-/// fixed. It is marked released only after the broker confirmed it.
+/// fixed. The release is recorded first, with its generation, and only then published: a
+/// worker that quarantines the message again always finds the release to overwrite, so the
+/// message can never vanish from the held list. A publish that fails undoes exactly this
+/// release (the message is held again) and says so.
 pub async fn quarantine_release(
     pool: &PgPool,
     channel: &Channel,
@@ -124,6 +127,17 @@ pub async fn quarantine_release(
     }
     let kind = IntakeKind::from_routing_key(&m.kind)
         .with_context(|| format!("unknown kind {}", m.kind))?;
+    // Secret-bearing sources keep their raw body apart (the row holds a redacted copy).
+    let body = match sqlx::query_scalar::<_, Vec<u8>>(
+        "SELECT body FROM quarantined_secret_bodies WHERE message_id = $1",
+    )
+    .bind(message_id)
+    .fetch_optional(pool)
+    .await?
+    {
+        Some(raw) => raw,
+        None => m.body,
+    };
     let headers = m
         .headers
         .as_object()
@@ -140,26 +154,41 @@ pub async fn quarantine_release(
         client_id: m.client_id,
         request_path: m.request_path,
         headers,
-        body: m.body.into(),
+        body: body.into(),
     };
-    publish_confirmed(
+    let generation: i32 = sqlx::query_scalar(
+        "UPDATE quarantined_messages
+         SET state = 'released', release_generation = release_generation + 1,
+             resolved_at = now(), resolution_note = $2
+         WHERE message_id = $1 AND state = 'held'
+         RETURNING release_generation",
+    )
+    .bind(message_id)
+    .bind(note)
+    .fetch_optional(pool)
+    .await?
+    .with_context(|| format!("message {message_id} is no longer held"))?;
+    let published = publish_confirmed(
         channel,
         &topology.intake_exchange,
         kind.routing_key(),
         &envelope.body,
         envelope.amqp_properties(),
     )
-    .await?;
-    sqlx::query(
-        "UPDATE quarantined_messages SET state = 'released', resolved_at = now(), resolution_note = $2
-         WHERE message_id = $1 AND state = 'held'",
-    )
-    .bind(message_id)
-    .bind(note)
-    .execute(pool)
-    .await?;
+    .await;
+    if let Err(error) = published {
+        sqlx::query(
+            "UPDATE quarantined_messages SET state = 'held', resolved_at = NULL, resolution_note = NULL
+             WHERE message_id = $1 AND state = 'released' AND release_generation = $2",
+        )
+        .bind(message_id)
+        .bind(generation)
+        .execute(pool)
+        .await?;
+        return Err(error.context(format!("{message_id} was not released; it is held still")));
+    }
     Ok(format!(
-        "released {message_id} to {}\n",
+        "released {message_id} to {} (release {generation})\n",
         topology.intake_exchange
     ))
 }
