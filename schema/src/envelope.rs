@@ -1,5 +1,5 @@
-//! The intake envelope: what the ingress puts on `connector.intake` for every accepted request,
-//! and what the workers read back.
+//! The intake envelope (DESIGN.md §6): what the ingress puts on `connector.intake` for every
+//! accepted request, and what the workers read back.
 //!
 //! The AMQP body is the request body, byte for byte as received, so an auditor (or a worker
 //! re-verifying a signature) sees exactly what the sender signed. Everything else travels in

@@ -3,11 +3,16 @@
 //! The ingress and the workers both depend on this crate and never on each other: the ingress
 //! validates a body with the same code the workers later use to parse it, so what was accepted
 //! at the edge is exactly what gets applied.
+//!
+//! One module per source of the contract (DESIGN.md §3 `corelink`, §4 `bnc`, §5 `paysafe`), the
+//! queues and events of §6 (`envelope`, `events`, `topology`), and the validators' shared
+//! reading of JSON and text (`json`, `validation`).
 
 pub mod bnc;
 pub mod corelink;
 pub mod envelope;
 pub mod events;
+mod json;
 pub mod paysafe;
 pub mod topology;
 pub mod validation;
