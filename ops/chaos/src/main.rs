@@ -29,8 +29,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use sqlx::PgPool;
 
-use connector_ingress::keys::JwsAlgorithm;
-use connector_ingress::signing::{RequestSigner, generate_key_pair};
+use connector_ingress::auth::keys::JwsAlgorithm;
+use connector_ingress::auth::signing::{RequestSigner, generate_key_pair};
 use connector_schema::topology::{Topology, TopologySettings};
 
 use crate::check::{Inputs, LedgerMessage, Report};
