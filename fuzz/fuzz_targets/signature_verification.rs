@@ -7,8 +7,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use connector_ingress::corelink::{CorelinkHeaders, authenticate};
-use connector_ingress::keys::{BankClient, ClientRegistry, JwsAlgorithm, VerifyingKey};
+use connector_ingress::auth::keys::{BankClient, ClientRegistry, JwsAlgorithm, VerifyingKey};
+use connector_ingress::routes::corelink::{CorelinkHeaders, authenticate};
 use josekit::jwk::Jwk;
 use libfuzzer_sys::fuzz_target;
 use time::OffsetDateTime;

@@ -23,12 +23,12 @@ pub struct Settings {
     pub http: HttpSettings,
     pub tls: TlsSettings,
     /// Behind a TLS-terminating load balancer that forwards the client certificate.
-    pub proxy: crate::forwarded::ProxySettings,
+    pub proxy: ProxySettings,
     pub broker: BrokerSettings,
     pub topology: TopologySettings,
     pub corelink: CorelinkSettings,
     /// BNC's account-binding callback (SNAP signatures).
-    pub bnc: crate::snap::BncSettings,
+    pub bnc: BncSettings,
     /// Paysafe's webhooks (HMAC-SHA256 signatures).
     pub paysafe: PaysafeSettings,
     pub log: LogSettings,
@@ -191,6 +191,93 @@ pub struct KeySettings {
     pub pem_file: Option<RelativePathBuf>,
 }
 
+/// Behind a TLS-terminating load balancer (off by default): the proxy verifies the bank's client
+/// certificate and forwards it in a header, which is believed only from these addresses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySettings {
+    /// Addresses (`10.0.0.7`) or CIDR blocks (`10.0.0.0/24`) of the proxies whose forwarded
+    /// certificate is believed. Empty (the default): the mode is off and the header ignored.
+    pub trusted_addresses: Vec<String>,
+    /// The header carrying the verified client certificate as URL-encoded PEM.
+    pub client_cert_header: String,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            trusted_addresses: Vec::new(),
+            client_cert_header: "x-client-cert".into(),
+        }
+    }
+}
+
+impl ProxySettings {
+    pub fn enabled(&self) -> bool {
+        !self.trusted_addresses.is_empty()
+    }
+}
+
+/// The route BNC calls unless `bnc.path` says otherwise.
+pub const DEFAULT_BNC_PATH: &str = "/callbacks/bnc/account-binding";
+
+/// The BNC account-binding route (DESIGN.md §4), the `[bnc]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BncSettings {
+    /// The route's path. It is also what partners sign, so it must be the path they call; a
+    /// reverse proxy that rewrites the path breaks every signature.
+    pub path: String,
+    /// Accepted distance between `X-TIMESTAMP` and our clock, either way.
+    pub timestamp_tolerance_secs: u64,
+    /// The partners allowed to call, by `X-CLIENT-KEY`. None: the route answers 401 to all.
+    pub partners: Vec<BncPartner>,
+}
+
+impl Default for BncSettings {
+    fn default() -> Self {
+        Self {
+            path: DEFAULT_BNC_PATH.into(),
+            timestamp_tolerance_secs: 300,
+            partners: Vec::new(),
+        }
+    }
+}
+
+impl BncSettings {
+    pub fn timestamp_tolerance(&self) -> Duration {
+        Duration::from_secs(self.timestamp_tolerance_secs)
+    }
+
+    /// Checks what the types cannot express (errors name `bnc.<key>`). The key files are read
+    /// and checked when the partners are loaded at start-up.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_route_path("bnc.path", &self.path, DEFAULT_BNC_PATH)?;
+        if self.timestamp_tolerance_secs == 0 {
+            return Err(ConfigError::new(
+                "bnc.timestamp_tolerance_secs",
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One partner allowed to call the BNC callback.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BncPartner {
+    /// The `X-CLIENT-KEY` it sends (1..32 visible ASCII characters).
+    pub client_key: String,
+    /// Its RSA public keys, PEM (`PUBLIC KEY` or `RSA PUBLIC KEY`), one per file; several at
+    /// once while it rotates. Relative paths resolve against the configuration file's folder,
+    /// like every other key file.
+    pub public_key_files: Vec<RelativePathBuf>,
+}
+
+/// The Paysafe webhook route's path unless `paysafe.path` says otherwise.
+pub const DEFAULT_PAYSAFE_PATH: &str = "/webhooks/paysafe";
+
 /// The Paysafe webhook route (DESIGN.md §5).
 ///
 /// The keys are the HMAC keys Paysafe shows for the webhook configuration; the signature is
@@ -215,7 +302,7 @@ pub struct PaysafeSettings {
 impl Default for PaysafeSettings {
     fn default() -> Self {
         Self {
-            path: crate::paysafe::DEFAULT_PATH.into(),
+            path: DEFAULT_PAYSAFE_PATH.into(),
             webhook_keys: Vec::new(),
             webhook_key_files: Vec::new(),
         }
@@ -242,14 +329,9 @@ impl std::fmt::Debug for PaysafeSettings {
 
 impl PaysafeSettings {
     /// Checks what the types cannot express (errors name `paysafe.<key>`). The key files are
-    /// read and checked by [`crate::paysafe::WebhookKeys::from_settings`].
+    /// read and checked when the keys are loaded at start-up.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.path.starts_with('/') || self.path.contains(['?', '#', ' ']) {
-            return Err(ConfigError::new(
-                "paysafe.path",
-                "must be an absolute path without query, such as /webhooks/paysafe",
-            ));
-        }
+        check_route_path("paysafe.path", &self.path, DEFAULT_PAYSAFE_PATH)?;
         for (i, key) in self.webhook_keys.iter().enumerate() {
             // The message never quotes the key.
             if key.trim().is_empty() {
@@ -267,6 +349,17 @@ impl PaysafeSettings {
         }
         Ok(())
     }
+}
+
+/// A route's path must be what a sender can call and sign: absolute, without query or fragment.
+fn check_route_path(key: &str, path: &str, example: &str) -> Result<(), ConfigError> {
+    if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+        return Err(ConfigError::new(
+            key,
+            format!("must be an absolute path without query, such as {example}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A single string is a list of one: `CONNECTOR_PAYSAFE__WEBHOOK_KEYS=key` works as well as
@@ -301,8 +394,9 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks what the types cannot express. Keys themselves are loaded (and checked) by
-    /// [`crate::keys::ClientRegistry::from_settings`].
+    /// Checks what the types cannot express. Keys themselves are loaded (and checked) at
+    /// start-up, and so is the route table (a path configured here must not clash with a
+    /// Corelink route or with another configured path).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("http.max_body_bytes", self.http.max_body_bytes as u64),
@@ -357,25 +451,7 @@ impl Settings {
             .validate()
             .map_err(|(key, message)| ConfigError::new(format!("topology.{key}"), message))?;
         self.bnc.validate()?;
-        if crate::corelink::ROUTES
-            .iter()
-            .any(|(path, _)| *path == self.bnc.path)
-        {
-            return Err(ConfigError::new("bnc.path", "is a Corelink route"));
-        }
         self.paysafe.validate()?;
-        if crate::corelink::ROUTES
-            .iter()
-            .any(|(path, _)| *path == self.paysafe.path)
-        {
-            return Err(ConfigError::new("paysafe.path", "is a Corelink route"));
-        }
-        if self.paysafe.path == self.bnc.path {
-            return Err(ConfigError::new(
-                "paysafe.path",
-                "is the BNC route (bnc.path)",
-            ));
-        }
         self.broker
             .url
             .parse::<lapin::uri::AMQPUri>()
@@ -392,144 +468,4 @@ impl Settings {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid() {
-        Settings::default().validate().expect("defaults validate");
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        let mut settings = Settings::default();
-        settings.broker.publish_channels = 0;
-        let err = settings.validate().unwrap_err();
-        assert_eq!(err.key, "broker.publish_channels");
-
-        let mut settings = Settings::default();
-        settings.broker.url = "http://nope".into();
-        assert_eq!(settings.validate().unwrap_err().key, "broker.url");
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err)] // figment's Jail API, not ours
-    fn file_then_environment_with_typed_errors() {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "ingress.toml",
-                r#"
-                [http]
-                max_body_bytes = 2048
-                [[corelink.clients]]
-                id = "BANK_X"
-                keys = [{ kid = "k1", alg = "ES256", jwk_file = "keys/k1.jwk" }]
-                "#,
-            )?;
-            jail.set_env("CONNECTOR_BROKER__CONFIRM_TIMEOUT_MS", "750");
-            let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
-            assert_eq!(settings.http.max_body_bytes, 2048);
-            assert_eq!(settings.broker.confirm_timeout_ms, 750);
-            let key = &settings.corelink.clients[0].keys[0];
-            let resolved = key.jwk_file.as_ref().expect("jwk_file").relative();
-            assert!(resolved.ends_with("keys/k1.jwk") && resolved.is_absolute());
-
-            jail.set_env("CONNECTOR_HTTP__MAX_BODY_BYTES", "lots");
-            let err = Settings::load(Some(Path::new("ingress.toml"))).unwrap_err();
-            assert_eq!(err.key, "http.max_body_bytes");
-
-            // A variable for another process's section is not ours to reject.
-            jail.clear_env();
-            jail.set_env("CONNECTOR_DATABASE__URL", "postgres://elsewhere/db");
-            jail.set_env("CONNECTOR_TOPOLOGY__PREFIX", "staging");
-            let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
-            assert_eq!(settings.topology.prefix, "staging");
-
-            jail.clear_env();
-            jail.create_file("typo.toml", "[http]\nlisten_addr = \"127.0.0.1:1\"\n")?;
-            let err = Settings::load(Some(Path::new("typo.toml"))).unwrap_err();
-            assert!(err.to_string().contains("listen_addr"), "{err}");
-            Ok(())
-        });
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err)] // figment's Jail API, not ours
-    fn paysafe_keys_from_the_file_and_the_environment() {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "ingress.toml",
-                "[paysafe]\nwebhook_keys = [\"file-key\"]\nwebhook_key_files = [\"secrets/paysafe\"]\n",
-            )?;
-            let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
-            assert_eq!(settings.paysafe.webhook_keys, ["file-key"]);
-            assert_eq!(settings.paysafe.path, "/webhooks/paysafe");
-            let file = settings.paysafe.webhook_key_files[0].relative();
-            assert!(file.is_absolute() && file.ends_with("secrets/paysafe"));
-
-            // A rotation from the environment: a list, quoted so any character is kept.
-            jail.set_env(
-                "CONNECTOR_PAYSAFE__WEBHOOK_KEYS",
-                r#"["old+key/2025==", "new,key]2026"]"#,
-            );
-            let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
-            assert_eq!(
-                settings.paysafe.webhook_keys,
-                ["old+key/2025==", "new,key]2026"]
-            );
-
-            // One key needs no brackets.
-            jail.set_env("CONNECTOR_PAYSAFE__WEBHOOK_KEYS", "only-key");
-            let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
-            assert_eq!(settings.paysafe.webhook_keys, ["only-key"]);
-
-            // A key that reads as a number would lose its text: refused, and not echoed.
-            jail.set_env("CONNECTOR_PAYSAFE__WEBHOOK_KEYS", "0012345");
-            let err = Settings::load(Some(Path::new("ingress.toml"))).unwrap_err();
-            assert_eq!(err.key, "paysafe.webhook_keys");
-            assert!(!err.to_string().contains("12345"), "{err}");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn paysafe_settings_are_validated_and_never_show_a_key() {
-        let mut settings = Settings::default();
-        settings.paysafe.webhook_keys = vec!["s3cr3t-hmac-key".into(), "other".into()];
-        settings.validate().expect("valid");
-        let shown = format!("{settings:?}");
-        assert!(
-            !shown.contains("s3cr3t") && !shown.contains("other"),
-            "{shown}"
-        );
-        assert!(shown.contains("[2 redacted]"), "{shown}");
-
-        let refused = |change: fn(&mut Settings)| {
-            let mut settings = Settings::default();
-            change(&mut settings);
-            let err = settings.validate().unwrap_err();
-            assert!(!err.to_string().contains("s3cr3t"), "{err}");
-            err.key
-        };
-        assert_eq!(
-            refused(|s| s.paysafe.webhook_keys = vec!["k".into(), String::new()]),
-            "paysafe.webhook_keys[1]"
-        );
-        assert_eq!(
-            refused(|s| s.paysafe.webhook_keys = vec![" s3cr3t\n".into()]),
-            "paysafe.webhook_keys[0]"
-        );
-        assert_eq!(
-            refused(|s| s.paysafe.path = "webhooks/paysafe".into()),
-            "paysafe.path"
-        );
-        assert_eq!(
-            refused(|s| s.paysafe.path = "/callbacks/payment-status".into()),
-            "paysafe.path"
-        );
-        assert_eq!(
-            refused(|s| s.paysafe.path = s.bnc.path.clone()),
-            "paysafe.path"
-        );
-    }
-}
+mod tests;

@@ -9,7 +9,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::tls::fingerprint;
+use crate::auth::tls::fingerprint;
 
 /// A certificate and its key, PEM, with the fingerprint banks are bound by.
 #[derive(Debug, Clone)]

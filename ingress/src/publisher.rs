@@ -114,8 +114,17 @@ impl IntakePublisher {
     }
 
     /// Publishes `envelope` persistent and mandatory, and returns once the broker has
-    /// confirmed it: only then is it safe to answer 200.
+    /// confirmed it: only then is it safe to answer 200. A failure is logged here, with its
+    /// cause, in the caller's span; the sender is only told to retry.
     pub async fn publish(&self, envelope: &IntakeEnvelope) -> Result<(), PublishError> {
+        let published = self.publish_confirmed(envelope).await;
+        if let Err(error) = &published {
+            tracing::warn!(%error, "durable enqueue failed");
+        }
+        published
+    }
+
+    async fn publish_confirmed(&self, envelope: &IntakeEnvelope) -> Result<(), PublishError> {
         let live = self
             .inner
             .live

@@ -1,6 +1,8 @@
-//! Assembly of the ingress: [`Application::build`] binds the listeners and starts the broker
+//! Assembly of the ingress: [`Application::build`] loads what the settings name (keys,
+//! partners, TLS), checks the route table, binds the listeners and starts the broker
 //! supervisor; [`Application::run_until_stopped`] serves until the injected shutdown future
 //! resolves, lets in-flight requests finish, then closes the broker connection.
+//! [`public_router`] is the route table.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,19 +18,19 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::forwarded::{self, TrustedProxies};
+use crate::auth::hmac::WebhookKeys;
+use crate::auth::keys::{ClientRegistry, KeyStore};
+use crate::auth::replay::ReplayCache;
+use crate::auth::snap::partners::BncPartners;
+use crate::auth::tls;
 use crate::clock::{Clock, SystemClock};
-use crate::config::ConfigError;
-use crate::config::Settings;
-use crate::corelink;
-use crate::forwarded::{self, TrustedProxies};
-use crate::keys::{ClientRegistry, KeyStore};
-use crate::paysafe::WebhookKeys;
+use crate::config::{ConfigError, Settings};
 use crate::publisher::IntakePublisher;
 use crate::rate_limit::ClientRateLimiter;
-use crate::replay::ReplayCache;
-use crate::snap::BncPartners;
+use crate::routes::{bnc, body, corelink, paysafe};
 use crate::state::{AppState, SharedState};
-use crate::{bnc, metrics, ops, paysafe, tls};
+use crate::{metrics, probes, server};
 
 #[derive(Debug)]
 pub struct Application {
@@ -60,12 +62,13 @@ impl Application {
     }
 
     /// `config_path` is the file the settings came from: SIGHUP (or
-    /// [`KeyStore::reload`](crate::keys::KeyStore::reload)) reads its banks and keys again.
+    /// [`KeyStore::reload`]) reads its banks and keys again.
     pub async fn build_with(
         settings: Settings,
         clock: Arc<dyn Clock>,
         config_path: Option<std::path::PathBuf>,
     ) -> anyhow::Result<Self> {
+        check_routes(&settings)?;
         let clients = ClientRegistry::from_settings(&settings.corelink.clients)?;
         let proxies = TrustedProxies::from_settings(&settings.proxy)?;
         let bnc_partners = BncPartners::from_settings(&settings.bnc)?;
@@ -195,31 +198,19 @@ impl Application {
             trigger.cancel();
         });
 
-        let router = public_router(self.state.clone());
-        let public: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
-            match self.tls {
-                Some(config) => Box::pin(tls::serve(
-                    self.public_listener,
-                    config,
-                    router,
-                    stop.clone(),
-                    self.grace,
-                )),
-                None => Box::pin(
-                    axum::serve(
-                        self.public_listener,
-                        router.into_make_service_with_connect_info::<SocketAddr>(),
-                    )
-                    .with_graceful_shutdown(stop.clone().cancelled_owned())
-                    .into_future(),
-                ),
-            };
-        let ops = axum::serve(
+        let public = server::serve(
+            self.public_listener,
+            public_router(self.state.clone()),
+            self.tls,
+            stop.clone(),
+            self.grace,
+        );
+        let probes = server::serve_plain(
             self.ops_listener,
-            ops::router(self.state.publisher.clone(), self.metrics),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
-        let servers = async { tokio::try_join!(public, ops.into_future()) };
+            probes::router(self.state.publisher.clone(), self.metrics),
+            stop.clone(),
+        );
+        let servers = async { tokio::try_join!(public, probes) };
         tokio::pin!(servers);
 
         let served = tokio::select! {
@@ -240,7 +231,27 @@ impl Application {
     }
 }
 
-/// The public routes. Exposed for tests that drive it with `tower::ServiceExt::oneshot`.
+/// Refuses configured paths that the router could not serve: `bnc.path` or `paysafe.path`
+/// equal to a Corelink route, or to each other. The error names the key at fault.
+pub fn check_routes(settings: &Settings) -> Result<(), ConfigError> {
+    let is_corelink = |path: &str| corelink::ROUTES.iter().any(|(route, _)| *route == path);
+    if is_corelink(&settings.bnc.path) {
+        return Err(ConfigError::new("bnc.path", "is a Corelink route"));
+    }
+    if is_corelink(&settings.paysafe.path) {
+        return Err(ConfigError::new("paysafe.path", "is a Corelink route"));
+    }
+    if settings.paysafe.path == settings.bnc.path {
+        return Err(ConfigError::new(
+            "paysafe.path",
+            "is the BNC route (bnc.path)",
+        ));
+    }
+    Ok(())
+}
+
+/// The public routes, built from the settings [`check_routes`] accepted. Exposed for tests that
+/// drive it with `tower::ServiceExt::oneshot`.
 pub fn public_router(state: AppState) -> Router {
     let proxies = state.proxies.clone();
     let router = corelink::ROUTES
@@ -263,7 +274,7 @@ pub fn public_router(state: AppState) -> Router {
             post(|State(state): State<AppState>, request: Request| paysafe::handle(state, request)),
         )
         .with_state(state)
-        .layer(axum::middleware::from_fn(crate::body::close_if_body_unread));
+        .layer(axum::middleware::from_fn(body::close_if_body_unread));
     match proxies {
         Some(proxies) => router.layer(axum::middleware::from_fn_with_state(
             proxies,
@@ -329,5 +340,42 @@ async fn reload_keys_on_change(
                 "key files changed but the reload was refused; the previous banks and keys stay in force"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_paths_must_not_clash_with_another_route() {
+        check_routes(&Settings::default()).expect("the defaults do not clash");
+        let refused = |change: fn(&mut Settings)| {
+            let mut settings = Settings::default();
+            change(&mut settings);
+            settings.validate().expect("valid on its own");
+            check_routes(&settings).unwrap_err().key
+        };
+        assert_eq!(
+            refused(|s| s.paysafe.path = "/callbacks/payment-status".into()),
+            "paysafe.path"
+        );
+        assert_eq!(
+            refused(|s| s.paysafe.path = s.bnc.path.clone()),
+            "paysafe.path"
+        );
+        assert_eq!(
+            refused(|s| s.bnc.path = "/callbacks/orders/status/batch".into()),
+            "bnc.path"
+        );
+    }
+
+    #[tokio::test]
+    async fn start_up_refuses_a_clash_before_binding_anything() {
+        let mut settings = Settings::default();
+        settings.paysafe.path = "/callbacks/batch-status".into();
+        let error = Application::build(settings).await.unwrap_err();
+        let error = error.downcast_ref::<ConfigError>().expect("a ConfigError");
+        assert_eq!(error.key, "paysafe.path");
     }
 }

@@ -4,15 +4,15 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::auth::forwarded::TrustedProxies;
+use crate::auth::hmac::WebhookKeys;
+use crate::auth::keys::KeyStore;
+use crate::auth::replay::ReplayCache;
+use crate::auth::snap::partners::BncPartners;
 use crate::clock::Clock;
-use crate::config::CorelinkSettings;
-use crate::forwarded::TrustedProxies;
-use crate::keys::KeyStore;
-use crate::paysafe::WebhookKeys;
+use crate::config::{BncSettings, CorelinkSettings};
 use crate::publisher::IntakePublisher;
 use crate::rate_limit::ClientRateLimiter;
-use crate::replay::ReplayCache;
-use crate::snap::{BncPartners, BncSettings};
 
 #[derive(Debug, Clone)]
 pub struct AppState(Arc<SharedState>);
@@ -30,7 +30,7 @@ pub struct SharedState {
     pub mtls: bool,
     /// The proxies whose forwarded client certificate is believed (load-balancer mode).
     pub proxies: Option<Arc<TrustedProxies>>,
-    /// Tolerance, path prefix and batch size (the client list lives in `clients`).
+    /// Tolerance, path prefix and batch size (the banks themselves live in `keys`).
     pub corelink: CorelinkSettings,
     /// The BNC route's settings and its partners' RSA keys.
     pub bnc: BncSettings,

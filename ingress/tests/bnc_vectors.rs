@@ -11,7 +11,9 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use connector_ingress::snap::{BncPartners, SnapAuthError, check_request, verify};
+use connector_ingress::auth::snap::partners::BncPartners;
+use connector_ingress::auth::snap::{SnapAuthError, verify};
+use connector_ingress::routes::bnc::check_request;
 use connector_schema::bnc::{SnapResponse, minify, string_to_sign, validate_headers};
 
 const TOLERANCE: Duration = Duration::from_secs(300);

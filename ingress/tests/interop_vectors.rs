@@ -12,9 +12,9 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use connector_ingress::corelink::{CorelinkHeaders, authenticate};
-use connector_ingress::error::ApiError;
-use connector_ingress::keys::{BankClient, ClientRegistry, JwsAlgorithm, VerifyingKey};
+use connector_ingress::auth::keys::{BankClient, ClientRegistry, JwsAlgorithm, VerifyingKey};
+use connector_ingress::routes::corelink::{CorelinkHeaders, authenticate};
+use connector_ingress::routes::error::ApiError;
 
 const TOLERANCE: Duration = Duration::from_secs(300);
 

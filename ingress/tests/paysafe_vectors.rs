@@ -1,6 +1,6 @@
 //! The Paysafe webhook vectors signed by an independent implementation
 //! (`tests/vectors/paysafe-webhook.json`, copied from the shared contract) must get exactly the
-//! expected answer from the route's own checks ([`connector_ingress::paysafe::check`]): "valid"
+//! expected answer from the route's own checks ([`connector_ingress::routes::paysafe::check`]): "valid"
 //! is accepted, "wrong key" (the valid signature, a verifier holding another key) is 401.
 
 #![allow(clippy::unwrap_used)]
@@ -8,8 +8,9 @@
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
 
-use connector_ingress::error::ApiError;
-use connector_ingress::paysafe::{WebhookKeys, check};
+use connector_ingress::auth::hmac::WebhookKeys;
+use connector_ingress::routes::error::ApiError;
+use connector_ingress::routes::paysafe::check;
 use connector_schema::paysafe::{SIGNATURE_HEADER, WebhookEvent};
 
 fn vectors() -> Vec<Value> {

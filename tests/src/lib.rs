@@ -21,10 +21,12 @@ use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use connector_ingress::auth::keys::JwsAlgorithm;
+use connector_ingress::auth::signing::{
+    RequestSigner, SignedHeaders, generate_key_pair, random_nonce,
+};
 use connector_ingress::clock::SystemClock;
 use connector_ingress::config::{ClientSettings, KeySettings, LogFormat, Settings};
-use connector_ingress::keys::JwsAlgorithm;
-use connector_ingress::signing::{RequestSigner, SignedHeaders, generate_key_pair, random_nonce};
 use connector_ingress::startup::Application;
 use connector_schema::Topology;
 

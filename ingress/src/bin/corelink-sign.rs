@@ -13,11 +13,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use josekit::jwk::Jwk;
 use time::OffsetDateTime;
 
-use connector_ingress::keys::JwsAlgorithm;
-use connector_ingress::pki::DevCa;
-use connector_ingress::signing::{
+use connector_ingress::auth::keys::JwsAlgorithm;
+use connector_ingress::auth::signing::{
     RequestSigner, generate_key_pair, random_nonce, render_request, write_private_file,
 };
+use connector_ingress::pki::DevCa;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -13,8 +13,8 @@ use openssl::rsa::Rsa;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
-use connector_ingress::signing::{render_request, write_private_file};
-use connector_ingress::snap::sign;
+use connector_ingress::auth::signing::{render_request, write_private_file};
+use connector_ingress::auth::snap::sign;
 use connector_schema::bnc::{headers as names, string_to_sign};
 
 #[derive(Debug, Parser)]

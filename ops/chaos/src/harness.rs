@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use lapin::Connection;
 use sqlx::PgPool;
 
-use connector_ingress::keys::JwsAlgorithm;
-use connector_ingress::signing::{RequestSigner, generate_key_pair};
+use connector_ingress::auth::keys::JwsAlgorithm;
+use connector_ingress::auth::signing::{RequestSigner, generate_key_pair};
 use connector_schema::topology::{Topology, TopologySettings};
 
 use crate::binaries::run_to_end;

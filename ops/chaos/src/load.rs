@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use connector_ingress::signing::{RequestSigner, random_nonce};
+use connector_ingress::auth::signing::{RequestSigner, random_nonce};
 use time::OffsetDateTime;
 
 pub const UNIT_PATH: &str = "/callbacks/orders/status";

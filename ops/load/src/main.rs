@@ -18,7 +18,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use josekit::jwk::Jwk;
 
-use connector_ingress::signing::RequestSigner;
+use connector_ingress::auth::signing::RequestSigner;
 
 use crate::prepare::{Plan, Prepared};
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
-use connector_ingress::signing::{RequestSigner, SignedHeaders, random_nonce};
+use connector_ingress::auth::signing::{RequestSigner, SignedHeaders, random_nonce};
 use connector_schema::IntakeKind;
 use connector_schema::envelope::rfc3339;
 

@@ -15,8 +15,8 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use connector_e2e_tests::cleanup::TopologyGuard;
 use connector_e2e_tests::{amqp_url, binary, eventually, spawn_tls_app_with, unit_body};
+use connector_ingress::auth::signing::random_nonce;
 use connector_ingress::config::KeySettings;
-use connector_ingress::signing::random_nonce;
 use connector_schema::Topology;
 use connector_schema::corelink::{SignedRequestClaims, body_sha256};
 use connector_schema::topology::QueueOptions;

@@ -10,7 +10,8 @@ use time::{Duration, OffsetDateTime, UtcOffset};
 
 use connector_e2e_tests::pipeline::{Pipeline, spawn_pipeline_on};
 use connector_e2e_tests::{TestApp, TestPki, logs, spawn_tls_app_with};
-use connector_ingress::snap::{BncPartner, sign};
+use connector_ingress::auth::snap::sign;
+use connector_ingress::config::BncPartner;
 use connector_schema::bnc::string_to_sign;
 
 const PATH: &str = "/callbacks/bnc/account-binding";

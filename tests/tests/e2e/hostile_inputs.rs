@@ -8,7 +8,7 @@ use josekit::jws::{ES256, HS256, JwsSigner as _};
 use serde_json::{Value, json};
 
 use connector_e2e_tests::{TestApp, TestBank, batch_body, spawn_tls_app_with, unit_body};
-use connector_ingress::signing::SignedHeaders;
+use connector_ingress::auth::signing::SignedHeaders;
 use connector_schema::corelink::body_sha256;
 
 const UNIT: &str = "/callbacks/orders/status";

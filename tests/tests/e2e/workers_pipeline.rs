@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use connector_e2e_tests::pipeline::{Pipeline, spawn_pipeline};
 use connector_e2e_tests::{batch_body, spawn_app_with, unit_body};
-use connector_ingress::signing::random_nonce;
+use connector_ingress::auth::signing::random_nonce;
 use connector_schema::events::LedgerEvent;
 
 const UNIT: &str = "/callbacks/orders/status";

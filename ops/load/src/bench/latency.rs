@@ -22,9 +22,9 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use connector_ingress::auth::keys::JwsAlgorithm;
+use connector_ingress::auth::signing::{RequestSigner, generate_key_pair, random_nonce};
 use connector_ingress::config::{ClientSettings, KeySettings, Settings as IngressSettings};
-use connector_ingress::keys::JwsAlgorithm;
-use connector_ingress::signing::{RequestSigner, generate_key_pair, random_nonce};
 use connector_ingress::startup::Application;
 use connector_schema::Topology;
 use connector_schema::envelope::rfc3339;

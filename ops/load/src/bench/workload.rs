@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use connector_ingress::signing::{JSON, random_nonce};
+use connector_ingress::auth::signing::{JSON, random_nonce};
 use connector_schema::corelink::{self, DEFAULT_MAX_BATCH_ORDERS, OrderStatusUpdate, headers};
 use connector_schema::envelope::rfc3339;
 use connector_schema::events::{EventType, LedgerEvent, Source};

@@ -2,9 +2,9 @@
 //! rules, then the durable enqueue (§2.1). TLS without a client certificate: the HMAC is
 //! Paysafe's proof.
 //!
-//! `Signature` is base64(HMAC-SHA256(key, raw body)), compared in constant time against every
-//! configured key (several during a rotation). The body is only judged once the signature over
-//! it is proven, so an unauthenticated caller gets 401 and learns nothing about our rules.
+//! `Signature` is base64(HMAC-SHA256(key, raw body)), checked against every configured key
+//! ([`WebhookKeys`]). The body is only judged once the signature over it is proven, so an
+//! unauthenticated caller gets 401 and learns nothing about our rules.
 //!
 //! Content-Type: Paysafe sends `application/json`. A request without one is accepted (the body
 //! is judged as JSON whatever its label, and the signature already proves it is Paysafe's); one
@@ -15,103 +15,50 @@
 //! event name, the resource id, the event id and the attempt number only. The signature travels
 //! to the queue with the body (audit, re-verification), like every intake's headers.
 
-use std::fmt;
-use std::time::Instant;
-
 use axum::Json;
 use axum::extract::Request;
 use axum::http::HeaderMap;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tracing::{Instrument, field};
+use tracing::field;
 use uuid::Uuid;
 
 use connector_schema::envelope::rfc3339;
-use connector_schema::paysafe::{
-    PaysafeWebhook, SIGNATURE_HEADER, parse_webhook, verify_webhook_signature,
-};
+use connector_schema::paysafe::{PaysafeWebhook, SIGNATURE_HEADER, parse_webhook};
 use connector_schema::{IntakeEnvelope, IntakeKind};
 
-use crate::config::{ConfigError, PaysafeSettings};
-use crate::error::ApiError;
-use crate::metrics::{self, InFlight};
+use crate::auth::hmac::WebhookKeys;
+use crate::routes::body;
+use crate::routes::error::ApiError;
+use crate::routes::headers::{SentTwice, once};
+use crate::routes::respond::{Answer, respond};
 use crate::state::AppState;
 
 /// The `route` label of the metrics.
 pub const ROUTE_NAME: &str = "paysafe_webhook";
-
-/// The route's path unless `paysafe.path` says otherwise.
-pub const DEFAULT_PATH: &str = "/webhooks/paysafe";
-
-/// The HMAC keys webhooks may be signed with: the UTF-8 bytes of each configured key.
-#[derive(Clone, Default)]
-pub struct WebhookKeys {
-    keys: Vec<Vec<u8>>,
-}
-
-impl fmt::Debug for WebhookKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // How many, never which.
-        write!(f, "WebhookKeys([{} redacted])", self.keys.len())
-    }
-}
-
-impl WebhookKeys {
-    /// Keys given directly, for tests and tools.
-    pub fn new<K: AsRef<[u8]>>(keys: impl IntoIterator<Item = K>) -> Self {
-        Self {
-            keys: keys.into_iter().map(|k| k.as_ref().to_vec()).collect(),
-        }
-    }
-
-    /// The inline keys, then one key per file (surrounding whitespace ignored). Errors name
-    /// the file, never its contents. The inline keys are checked by
-    /// [`PaysafeSettings::validate`].
-    pub fn from_settings(settings: &PaysafeSettings) -> Result<Self, ConfigError> {
-        let mut keys: Vec<Vec<u8>> = settings
-            .webhook_keys
-            .iter()
-            .map(|key| key.as_bytes().to_vec())
-            .collect();
-        for (i, file) in settings.webhook_key_files.iter().enumerate() {
-            let path = file.relative();
-            let fail = |message: String| {
-                ConfigError::new(
-                    format!("paysafe.webhook_key_files[{i}]"),
-                    format!("{}: {message}", path.display()),
-                )
-            };
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| fail(format!("cannot read: {e}")))?;
-            let key = text.trim();
-            if key.is_empty() {
-                return Err(fail("is empty".into()));
-            }
-            keys.push(key.as_bytes().to_vec());
-        }
-        Ok(Self { keys })
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    /// Whether `signature` is the HMAC of `body` under one of the keys (constant-time).
-    pub fn verify(&self, body: &[u8], signature: &str) -> bool {
-        verify_webhook_signature(&self.keys, body, signature)
-    }
-}
 
 /// The 200 body.
 #[derive(Debug, Serialize)]
 pub struct Accepted {
     pub status: &'static str,
     pub received_at: String,
+}
+
+impl IntoResponse for Accepted {
+    fn into_response(self) -> Response {
+        Json(self).into_response()
+    }
+}
+
+impl Answer for Accepted {
+    fn code(&self) -> &'static str {
+        "ACCEPTED"
+    }
+
+    fn is_server_error(&self) -> bool {
+        false
+    }
 }
 
 /// A webhook whose signature is proven and whose body is a Paysafe event.
@@ -152,13 +99,9 @@ fn signature(headers: &HeaderMap) -> Result<&str, ApiError> {
         header: SIGNATURE_HEADER,
         reason,
     };
-    let mut values = headers.get_all(SIGNATURE_HEADER).iter();
-    let Some(value) = values.next() else {
-        return Err(missing("is required"));
-    };
-    if values.next().is_some() {
-        return Err(missing("must be sent exactly once"));
-    }
+    let value = once(headers, SIGNATURE_HEADER)
+        .map_err(|SentTwice| missing("must be sent exactly once"))?
+        .ok_or_else(|| missing("is required"))?;
     // Not visible ASCII: cannot be base64, so cannot be a signature.
     let value = value
         .to_str()
@@ -172,24 +115,24 @@ fn signature(headers: &HeaderMap) -> Result<&str, ApiError> {
 /// The `Content-Type` as sent: none, or one JSON media type (parameters such as a charset
 /// allowed).
 fn content_type(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let mut values = headers.get_all(CONTENT_TYPE).iter();
-    let Some(value) = values.next() else {
+    let Some(value) =
+        once(headers, CONTENT_TYPE).map_err(|SentTwice| ApiError::UnsupportedMediaType)?
+    else {
         return Ok(None);
     };
-    let json = value.to_str().ok().filter(|text| {
-        let media_type = text.split(';').next().unwrap_or_default().trim();
-        media_type.eq_ignore_ascii_case("application/json")
-    });
-    match (json, values.next()) {
-        (Some(text), None) => Ok(Some(text)),
-        _ => Err(ApiError::UnsupportedMediaType),
-    }
+    value
+        .to_str()
+        .ok()
+        .filter(|text| {
+            let media_type = text.split(';').next().unwrap_or_default().trim();
+            media_type.eq_ignore_ascii_case("application/json")
+        })
+        .map(Some)
+        .ok_or(ApiError::UnsupportedMediaType)
 }
 
-/// The handler of the webhook route: runs [`accept`], then records the outcome.
+/// The handler of the webhook route: [`accept`], answered through [`respond`].
 pub async fn handle(state: AppState, request: Request) -> Response {
-    let started = Instant::now();
-    let _in_flight = InFlight::start();
     let span = tracing::info_span!(
         "paysafe_webhook",
         event_name = field::Empty,
@@ -198,38 +141,16 @@ pub async fn handle(state: AppState, request: Request) -> Response {
         attempt_number = field::Empty,
         message_id = field::Empty,
     );
-    let result = accept(&state, request).instrument(span.clone()).await;
-    let code = match &result {
-        Ok(_) => "ACCEPTED",
-        Err(error) => error.code(),
-    };
-    metrics::record_request(ROUTE_NAME, code, started.elapsed());
-    span.in_scope(|| match &result {
-        Ok(_) => tracing::info!("accepted"),
-        Err(error) if error.status().is_server_error() => {
-            tracing::warn!(code, %error, "not accepted")
-        }
-        Err(error) => tracing::info!(code, %error, "rejected"),
-    });
-    match result {
-        Ok(accepted) => Json(accepted).into_response(),
-        Err(error) => error.into_response(),
-    }
+    respond(ROUTE_NAME, span, accept(&state, request)).await
 }
 
 async fn accept(state: &AppState, request: Request) -> Result<Accepted, ApiError> {
     let received_at = state.clock.now();
     let limit = state.max_body_bytes;
-    let (parts, body) = request.into_parts();
-    let declared_length = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared_length.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let body = crate::body::read(body, limit, state.body_timeout).await?;
+    let (parts, request_body) = request.into_parts();
+    body::check_declared_length(&parts.headers, limit)?;
+    let request_path = body::target_as_sent(&parts.uri);
+    let body = body::read(request_body, limit, state.body_timeout).await?;
 
     let verified = check(&state.paysafe_keys, &parts.headers, &body)?;
     let webhook = &verified.webhook;
@@ -243,7 +164,6 @@ async fn accept(state: &AppState, request: Request) -> Result<Accepted, ApiError
         span.record("attempt_number", attempt);
     }
 
-    let request_path = crate::body::target_as_sent(&parts.uri);
     let envelope = IntakeEnvelope {
         message_id: Uuid::now_v7(),
         kind: IntakeKind::PaysafeWebhook,
@@ -254,12 +174,13 @@ async fn accept(state: &AppState, request: Request) -> Result<Accepted, ApiError
         body,
     };
     span.record("message_id", field::display(envelope.message_id));
-    state.publisher.publish(&envelope).await.map_err(|error| {
-        tracing::warn!(%error, "durable enqueue failed");
-        ApiError::EnqueueUnavailable {
+    state
+        .publisher
+        .publish(&envelope)
+        .await
+        .map_err(|_| ApiError::EnqueueUnavailable {
             retry_after_secs: state.retry_after_secs,
-        }
-    })?;
+        })?;
     Ok(Accepted {
         status: "ACCEPTED",
         received_at: rfc3339(received_at),
@@ -283,12 +204,14 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
+    use crate::auth::keys::{ClientRegistry, KeyStore};
+    use crate::auth::replay::ReplayCache;
+    use crate::auth::snap::partners::BncPartners;
     use crate::clock::SystemClock;
-    use crate::config::{BrokerSettings, CorelinkSettings};
-    use crate::keys::{ClientRegistry, KeyStore};
+    use crate::config::{
+        BncSettings, BrokerSettings, CorelinkSettings, DEFAULT_PAYSAFE_PATH as DEFAULT_PATH,
+    };
     use crate::publisher::IntakePublisher;
-    use crate::replay::ReplayCache;
-    use crate::snap::{BncPartners, BncSettings};
     use crate::state::SharedState;
 
     const KEY: &str = "paysafe-test-key";
@@ -375,34 +298,6 @@ mod tests {
         let refusal = check(&keys, &headers(&[("Signature", &good)]), b"{}").unwrap_err();
         let shown = format!("{refusal} {refusal:?}");
         assert!(!shown.contains(&good) && !shown.contains(KEY), "{shown}");
-    }
-
-    #[test]
-    fn keys_from_files_are_trimmed_and_named_in_errors() {
-        let dir = std::env::temp_dir().join(format!("paysafe-keys-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("current"), format!("{KEY}\n")).unwrap();
-        std::fs::write(dir.join("blank"), " \n").unwrap();
-        let settings = PaysafeSettings {
-            webhook_keys: vec!["inline".into()],
-            webhook_key_files: vec![dir.join("current").into()],
-            ..PaysafeSettings::default()
-        };
-        let keys = WebhookKeys::from_settings(&settings).unwrap();
-        assert_eq!(keys.len(), 2);
-        let good = webhook_signature(KEY.as_bytes(), BODY.as_bytes());
-        assert!(keys.verify(BODY.as_bytes(), &good));
-
-        for (file, expect) in [("blank", "is empty"), ("missing", "cannot read")] {
-            let settings = PaysafeSettings {
-                webhook_key_files: vec![dir.join("current").into(), dir.join(file).into()],
-                ..PaysafeSettings::default()
-            };
-            let err = WebhookKeys::from_settings(&settings).unwrap_err();
-            assert_eq!(err.key, "paysafe.webhook_key_files[1]");
-            assert!(err.message.contains(expect), "{err}");
-        }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// The real router; its publisher points at a closed port, so an accepted webhook gets 503.

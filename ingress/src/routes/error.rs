@@ -8,7 +8,8 @@ use serde_json::json;
 
 use connector_schema::validation::{BodyError, FieldError};
 
-use crate::jws::SignatureError;
+use crate::auth::jws::SignatureError;
+use crate::routes::respond::Answer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -152,5 +153,15 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
+    }
+}
+
+impl Answer for ApiError {
+    fn code(&self) -> &'static str {
+        ApiError::code(self)
+    }
+
+    fn is_server_error(&self) -> bool {
+        self.status().is_server_error()
     }
 }

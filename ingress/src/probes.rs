@@ -1,6 +1,6 @@
-//! The operations listener: `/metrics` for Prometheus, `/healthz` (the process is alive) and
-//! `/readyz` (it can accept work: broker connected). Separate from the public listener so
-//! banks never reach it.
+//! The probe listener (`http.ops_listen`): `/metrics` for Prometheus, `/healthz` (the process
+//! is alive) and `/readyz` (it can accept work: broker connected). Separate from the public
+//! listener so banks never reach it.
 
 use axum::Router;
 use axum::extract::State;

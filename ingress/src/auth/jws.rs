@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use connector_schema::corelink::SignedRequestClaims;
 
-use crate::keys::{BankClient, JwsAlgorithm};
+use crate::auth::keys::{BankClient, JwsAlgorithm};
 
 /// Why a signature is refused. Every variant is answered `401 SIGNATURE_INVALID`; the message
 /// tells the bank's integrator what to fix.

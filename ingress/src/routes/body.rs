@@ -1,8 +1,8 @@
-//! Reading a request body with the two limits every route applies: its size (413) and the time
-//! it may take to arrive (408, the connection then closed), so neither a huge nor a trickling
-//! body can hold memory or a connection. And the honest end of a connection whose body was
-//! never read: routes refuse on headers first, without reading what an unauthenticated caller
-//! sends.
+//! Reading a request body with the two limits every route applies: its size (413, refused from
+//! `Content-Length` before a byte is read when it says too much) and the time it may take to
+//! arrive (408, the connection then closed), so neither a huge nor a trickling body can hold
+//! memory or a connection. And the honest end of a connection whose body was never read: routes
+//! refuse on headers first, without reading what an unauthenticated caller sends.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,13 +13,25 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use axum::http::{HeaderValue, Version};
+use axum::http::{HeaderMap, HeaderValue, Version};
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use crate::error::ApiError;
+use crate::routes::error::ApiError;
+
+/// 413 at once when `Content-Length` declares more than `limit` bytes: no need to read them.
+pub fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
+    let declared_length = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    Ok(())
+}
 
 /// Reads at most `limit` bytes within `timeout`; more is 413 whatever `Content-Length` claimed.
 pub async fn read(body: Body, limit: usize, timeout: Duration) -> Result<bytes::Bytes, ApiError> {

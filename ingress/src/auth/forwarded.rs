@@ -16,35 +16,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
-use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
-use crate::tls::ClientCertificate;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProxySettings {
-    /// Addresses (`10.0.0.7`) or CIDR blocks (`10.0.0.0/24`) of the proxies whose forwarded
-    /// certificate is believed. Empty (the default): the mode is off and the header ignored.
-    pub trusted_addresses: Vec<String>,
-    /// The header carrying the verified client certificate as URL-encoded PEM.
-    pub client_cert_header: String,
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        Self {
-            trusted_addresses: Vec::new(),
-            client_cert_header: "x-client-cert".into(),
-        }
-    }
-}
-
-impl ProxySettings {
-    pub fn enabled(&self) -> bool {
-        !self.trusted_addresses.is_empty()
-    }
-}
+use crate::auth::tls::ClientCertificate;
+use crate::config::{ConfigError, ProxySettings};
 
 /// The proxies allowed to forward client certificates, and the header they use.
 #[derive(Debug, Clone)]

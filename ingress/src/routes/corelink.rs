@@ -2,29 +2,27 @@
 //! durable enqueue. Checks run cheapest first, and the body is only judged once the bank's
 //! signature over it is proven, so an unauthenticated caller learns nothing about our rules.
 
-use std::time::Instant;
-
 use axum::Json;
 use axum::extract::Request;
 use axum::http::HeaderMap;
-use axum::http::header::CONTENT_LENGTH;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use time::OffsetDateTime;
-use tracing::{Instrument, field};
+use tracing::field;
 use uuid::Uuid;
 
 use connector_schema::corelink::{self, SignedRequestClaims, headers as names};
 use connector_schema::envelope::rfc3339;
-use connector_schema::validation::is_visible_ascii;
 use connector_schema::{IntakeEnvelope, IntakeKind};
 
-use crate::error::ApiError;
-use crate::jws::verify_request_signature;
-use crate::keys::ClientRegistry;
-use crate::metrics::{self, InFlight};
+use crate::auth::jws::verify_request_signature;
+use crate::auth::keys::ClientRegistry;
+use crate::auth::tls::ClientCertificate;
+use crate::routes::body;
+use crate::routes::error::ApiError;
+use crate::routes::headers::{required, single, token};
+use crate::routes::respond::{Answer, respond};
 use crate::state::AppState;
-use crate::tls::ClientCertificate;
 
 /// A unit or a batch callback: what the route implies about the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +67,22 @@ pub struct Accepted {
     pub idempotency_key: String,
     pub orders: usize,
     pub received_at: String,
+}
+
+impl IntoResponse for Accepted {
+    fn into_response(self) -> Response {
+        Json(self).into_response()
+    }
+}
+
+impl Answer for Accepted {
+    fn code(&self) -> &'static str {
+        "ACCEPTED"
+    }
+
+    fn is_server_error(&self) -> bool {
+        false
+    }
 }
 
 /// The contract's request headers, checked for presence, uniqueness and form.
@@ -140,49 +154,6 @@ impl CorelinkHeaders {
     }
 }
 
-fn single<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
-    let mut values = headers.get_all(name).iter();
-    let Some(first) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(ApiError::InvalidHeader {
-            header: name,
-            reason: "must appear once".into(),
-        });
-    }
-    first
-        .to_str()
-        .map(Some)
-        .map_err(|_| ApiError::InvalidHeader {
-            header: name,
-            reason: "must be visible ASCII".into(),
-        })
-}
-
-fn required<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, ApiError> {
-    match single(headers, name)? {
-        None => Err(ApiError::MissingHeader(name)),
-        Some("") => Err(ApiError::InvalidHeader {
-            header: name,
-            reason: "must not be empty".into(),
-        }),
-        Some(value) => Ok(value),
-    }
-}
-
-fn token<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, ApiError> {
-    let value = required(headers, name)?;
-    if is_visible_ascii(value, 128) {
-        Ok(value)
-    } else {
-        Err(ApiError::InvalidHeader {
-            header: name,
-            reason: "must be 1..128 visible ASCII characters".into(),
-        })
-    }
-}
-
 /// Authenticates a request as of `now`: known client, the connection's client certificate
 /// (when TLS is on) one of that client's, timestamp within `tolerance`, and a signature by one
 /// of that client's keys over exactly this request. Returns the `kid`. Pure (the clock is an
@@ -230,36 +201,22 @@ pub fn authenticate(
     )?)
 }
 
-/// The handler of every Corelink route: runs [`accept`], then records the outcome.
+/// The handler of every Corelink route: [`accept`], answered through [`respond`].
 pub async fn handle(state: AppState, callback: Callback, request: Request) -> Response {
-    let started = Instant::now();
-    let _in_flight = InFlight::start();
     let span = tracing::info_span!(
         "corelink_callback",
         route = callback.route_name(),
         client_id = field::Empty,
         idempotency_key = field::Empty,
         message_id = field::Empty,
+        orders = field::Empty,
     );
-    let result = accept(&state, callback, request)
-        .instrument(span.clone())
-        .await;
-    let code = match &result {
-        Ok(_) => "ACCEPTED",
-        Err(error) => error.code(),
-    };
-    metrics::record_request(callback.route_name(), code, started.elapsed());
-    span.in_scope(|| match &result {
-        Ok(accepted) => tracing::info!(orders = accepted.orders, "accepted"),
-        Err(error) if error.status().is_server_error() => {
-            tracing::warn!(code, %error, "not accepted")
-        }
-        Err(error) => tracing::info!(code, %error, "rejected"),
-    });
-    match result {
-        Ok(accepted) => Json(accepted).into_response(),
-        Err(error) => error.into_response(),
-    }
+    respond(
+        callback.route_name(),
+        span,
+        accept(&state, callback, request),
+    )
+    .await
 }
 
 async fn accept(
@@ -269,19 +226,12 @@ async fn accept(
 ) -> Result<Accepted, ApiError> {
     let received_at = state.clock.now();
     let limit = state.max_body_bytes;
-    let (parts, body) = request.into_parts();
+    let (parts, request_body) = request.into_parts();
     let certificate = parts.extensions.get::<ClientCertificate>();
     if state.mtls && certificate.is_none() {
         return Err(ApiError::ClientCertRequired);
     }
-    let declared_length = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared_length.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
+    body::check_declared_length(&parts.headers, limit)?;
 
     let headers = CorelinkHeaders::from_headers(&parts.headers)?;
     let span = tracing::Span::current();
@@ -291,8 +241,8 @@ async fn accept(
         return Err(ApiError::UnsupportedMediaType);
     }
 
-    let body = crate::body::read(body, limit, state.body_timeout).await?;
-    let received_path = crate::body::target_as_sent(&parts.uri);
+    let received_path = body::target_as_sent(&parts.uri);
+    let body = body::read(request_body, limit, state.body_timeout).await?;
     let signed_path = format!("{}{received_path}", state.corelink.external_path_prefix);
     authenticate(
         &state.keys.current(),
@@ -351,13 +301,16 @@ async fn validate_and_enqueue(
         headers: headers.recorded(),
         body,
     };
-    tracing::Span::current().record("message_id", field::display(envelope.message_id));
-    state.publisher.publish(&envelope).await.map_err(|error| {
-        tracing::warn!(%error, "durable enqueue failed");
-        ApiError::EnqueueUnavailable {
+    let span = tracing::Span::current();
+    span.record("message_id", field::display(envelope.message_id));
+    state
+        .publisher
+        .publish(&envelope)
+        .await
+        .map_err(|_| ApiError::EnqueueUnavailable {
             retry_after_secs: state.retry_after_secs,
-        }
-    })?;
+        })?;
+    span.record("orders", orders);
     Ok(Accepted {
         status: "ACCEPTED",
         idempotency_key: headers.idempotency_key.clone(),

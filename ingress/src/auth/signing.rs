@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use connector_schema::corelink::{SignedRequestClaims, body_sha256};
 use connector_schema::envelope::rfc3339;
 
-use crate::keys::JwsAlgorithm;
+use crate::auth::keys::JwsAlgorithm;
 
 /// The content type every Corelink request carries.
 pub const JSON: &str = "application/json";

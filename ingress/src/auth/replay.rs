@@ -12,7 +12,7 @@
 //! least the time to live and at most 1/64 longer, and eviction under pressure is oldest
 //! first. About 40 bytes an entry: a full default cache (1 000 000 nonces) holds about 40 MiB,
 //! where the general-purpose cache (moka) with the two strings as key held about 480 MiB
-//! (`memory_of_a_full_cache` below; ops/BENCHMARKS.md). Two nonces share a digest with
+//! (measured by the soak; ops/BENCHMARKS.md). Two nonces share a digest with
 //! probability about n / 2^128.
 
 use std::collections::hash_map::RandomState;

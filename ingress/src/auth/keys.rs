@@ -423,7 +423,7 @@ impl KeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signing::generate_key_pair;
+    use crate::auth::signing::generate_key_pair;
 
     fn settings(file: &std::path::Path, kid: &str, field: &str) -> ClientSettings {
         let toml = format!(

@@ -1,0 +1,53 @@
+//! The one path from a request to its answer, shared by every route: the request is counted in
+//! flight and timed, its work runs inside the route's span, and its outcome is counted
+//! (`route`, `code`), logged once (accepted, rejected, or not accepted when the failure is
+//! ours) and turned into the response. Routes differ only in the form of their answers, which
+//! [`Answer`] abstracts: the contract's `ApiError` and `ACCEPTED` bodies, or BNC's SNAP codes.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::time::Instant;
+
+use axum::response::{IntoResponse, Response};
+use tracing::{Instrument as _, Span};
+
+use crate::metrics::{self, InFlight};
+
+/// An answer a route gives: an acceptance or a refusal, in the route's own form.
+pub trait Answer: IntoResponse {
+    /// The outcome code: the `code` label of the request metrics and of the log line.
+    fn code(&self) -> &'static str;
+
+    /// Whether the failure is ours, not the sender's (who should retry): logged as a warning.
+    fn is_server_error(&self) -> bool;
+}
+
+/// Runs `accept` (a route's work on one request) inside `span`, then counts, logs and answers
+/// its outcome. `route` is the `route` label of the metrics.
+pub async fn respond<A, R>(
+    route: &'static str,
+    span: Span,
+    accept: impl Future<Output = Result<A, R>>,
+) -> Response
+where
+    A: Answer,
+    R: Answer + Display,
+{
+    let started = Instant::now();
+    let _in_flight = InFlight::start();
+    let result = accept.instrument(span.clone()).await;
+    let code = match &result {
+        Ok(accepted) => accepted.code(),
+        Err(refusal) => refusal.code(),
+    };
+    metrics::record_request(route, code, started.elapsed());
+    span.in_scope(|| match &result {
+        Ok(_) => tracing::info!("accepted"),
+        Err(error) if error.is_server_error() => tracing::warn!(code, %error, "not accepted"),
+        Err(error) => tracing::info!(code, %error, "rejected"),
+    });
+    match result {
+        Ok(accepted) => accepted.into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
