@@ -12,6 +12,7 @@ use figment::value::magic::RelativePathBuf;
 use serde::{Deserialize, Serialize};
 
 use connector_schema::corelink::DEFAULT_MAX_BATCH_ORDERS;
+pub use connector_schema::seal::SealSettings;
 use connector_schema::topology::TopologySettings;
 
 pub use connector_runtime::config::ConfigError;
@@ -32,6 +33,9 @@ pub struct Settings {
     /// Paysafe's webhooks (HMAC-SHA256 signatures).
     pub paysafe: PaysafeSettings,
     pub log: LogSettings,
+    /// The key the ingress seals what it accepts with (the first), so that the workers apply
+    /// only what an ingress accepted (DESIGN.md §2.7); the same section as the workers'.
+    pub seal: SealSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -382,8 +386,8 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<
 }
 
 /// The top-level sections of this process's configuration.
-const SECTIONS: [&str; 9] = [
-    "http", "tls", "proxy", "broker", "topology", "corelink", "bnc", "paysafe", "log",
+const SECTIONS: [&str; 10] = [
+    "http", "tls", "proxy", "broker", "topology", "corelink", "bnc", "paysafe", "log", "seal",
 ];
 
 impl Settings {

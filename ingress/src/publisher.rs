@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use connector_schema::seal::SealKeys;
 use connector_schema::{IntakeEnvelope, Topology};
 
 use crate::config::BrokerSettings;
@@ -60,6 +61,8 @@ pub struct IntakePublisher {
 struct Inner {
     live: watch::Receiver<Option<Arc<LiveConnection>>>,
     topology: Topology,
+    /// Seals every envelope, so the workers know an ingress accepted it.
+    seal: SealKeys,
     confirm_timeout: Duration,
     /// Round-robin cursor over the confirm channels.
     next_channel: AtomicUsize,
@@ -80,12 +83,14 @@ impl IntakePublisher {
     pub fn spawn(
         settings: &BrokerSettings,
         topology: Topology,
+        seal: SealKeys,
         shutdown: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
         let (live_tx, live_rx) = watch::channel(None);
         let inner = Arc::new(Inner {
             live: live_rx,
             topology,
+            seal,
             confirm_timeout: settings.confirm_timeout(),
             next_channel: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
@@ -144,7 +149,7 @@ impl IntakePublisher {
                     ..BasicPublishOptions::default()
                 },
                 &envelope.body,
-                envelope.amqp_properties(),
+                self.inner.seal.sealed_properties(envelope),
             )
             .await?;
         let confirmation = tokio::time::timeout(self.inner.confirm_timeout, confirm)

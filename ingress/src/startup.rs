@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use connector_schema::seal::SealKeys;
+
 use crate::auth::forwarded::{self, TrustedProxies};
 use crate::auth::hmac::WebhookKeys;
 use crate::auth::keys::{ClientRegistry, KeyStore};
@@ -73,6 +75,8 @@ impl Application {
         let proxies = TrustedProxies::from_settings(&settings.proxy)?;
         let bnc_partners = BncPartners::from_settings(&settings.bnc)?;
         let paysafe_keys = WebhookKeys::from_settings(&settings.paysafe)?;
+        let seal = SealKeys::from_settings(&settings.seal.keys)
+            .map_err(|error| ConfigError::new(error.at, error.message))?;
         let tls = settings
             .tls
             .enabled()
@@ -116,6 +120,7 @@ impl Application {
         let (publisher, publisher_task) = IntakePublisher::spawn(
             &settings.broker,
             settings.topology.topology(),
+            seal,
             publisher_shutdown.clone(),
         );
         let keys = KeyStore::new(clients, config_path);

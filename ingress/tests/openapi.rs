@@ -37,6 +37,7 @@ fn router(shutdown: &CancellationToken) -> axum::Router {
     let (publisher, _) = IntakePublisher::spawn(
         &broker,
         TopologySettings::default().topology(),
+        connector_schema::seal::SealKeys::single("test", &[7; 32]),
         shutdown.clone(),
     );
     public_router(AppState::new(SharedState {

@@ -4,6 +4,10 @@
 -- whose publish failed undo exactly its own record, never a later hold or release.
 ALTER TABLE quarantined_messages ADD COLUMN release_generation integer NOT NULL DEFAULT 0;
 
+-- The ingress's seal as the message carried it (NULL for an unsealed kind, a track command),
+-- so that a release re-checks it: an edited row is never applied (DESIGN.md §2.7).
+ALTER TABLE quarantined_messages ADD COLUMN seal text;
+
 -- Raw bodies of quarantined messages from secret-bearing sources (BNC: card token, account
 -- number). quarantined_messages keeps a redacted copy, readable by operators and dashboards;
 -- the raw body, needed only to release the message, lives here under the token table's rules:

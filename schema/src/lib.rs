@@ -5,8 +5,9 @@
 //! at the edge is exactly what gets applied.
 //!
 //! One module per source of the contract (DESIGN.md §3 `corelink`, §4 `bnc`, §5 `paysafe`), the
-//! queues and events of §6 (`envelope`, `events`, `topology`), and the validators' shared
-//! reading of JSON and text (`json`, `validation`).
+//! queues and events of §6 (`envelope`, `events`, `topology`), the ingress's seal on what it
+//! accepted (`seal`, §2.7), and the validators' shared reading of JSON and text (`json`,
+//! `validation`).
 
 pub mod bnc;
 pub mod corelink;
@@ -14,6 +15,7 @@ pub mod envelope;
 pub mod events;
 mod json;
 pub mod paysafe;
+pub mod seal;
 pub mod topology;
 pub mod validation;
 

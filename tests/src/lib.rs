@@ -29,6 +29,7 @@ use connector_ingress::clock::SystemClock;
 use connector_ingress::config::{ClientSettings, KeySettings, LogFormat, Settings};
 use connector_ingress::startup::Application;
 use connector_schema::Topology;
+use connector_schema::seal::{SealKeySettings, SealKeys, SealSettings};
 
 /// The broker the tests use; `CONNECTOR_TEST_AMQP_URL` points them elsewhere.
 pub fn amqp_url() -> String {
@@ -47,6 +48,33 @@ pub fn amqp_addr() -> SocketAddr {
     format!("{host}:{}", uri.authority.port)
         .parse()
         .expect("broker address")
+}
+
+/// The seal key every test ingress and its workers share (DESIGN.md §2.7).
+pub const TEST_SEAL_KEY: &str = "test-seal-key-0123456789abcdef0123456789";
+
+/// The `[seal]` section of a test ingress or workers process.
+pub fn test_seal() -> SealSettings {
+    SealSettings {
+        keys: vec![SealKeySettings {
+            id: "test-seal".into(),
+            key: Some(TEST_SEAL_KEY.into()),
+            key_file: None,
+        }],
+    }
+}
+
+/// The test seal, loaded: for workers built in the test process and for admin commands.
+pub fn test_seal_keys() -> SealKeys {
+    SealKeys::from_settings(&test_seal().keys).expect("the test seal key is valid")
+}
+
+/// The test seal for a process configured through its environment.
+pub fn test_seal_env() -> (&'static str, String) {
+    (
+        "CONNECTOR_SEAL__KEYS",
+        format!(r#"[{{id="test-seal", key="{TEST_SEAL_KEY}"}}]"#),
+    )
 }
 
 /// A bank with a fresh ES256 key, registered with the ingress under test.
@@ -148,6 +176,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.broker.reconnect_initial_ms = 50;
     settings.broker.reconnect_max_ms = 500;
     settings.corelink.clients = vec![bank.client_settings()];
+    settings.seal = test_seal();
     configure(&mut settings);
     let topology = settings.topology.topology();
     let topology_prefix_kept = settings.topology.prefix == own_prefix;

@@ -121,6 +121,7 @@ pub async fn spawn_pipeline_on(app: TestApp) -> Pipeline {
         app.topology.clone(),
         settings.broker.clone(),
         settings.apply.clone(),
+        crate::test_seal_keys(),
         shutdown.clone(),
     );
     let relay = Relay::new(
@@ -152,6 +153,7 @@ pub fn worker_settings(app: &TestApp, database_url: &str) -> workers_config::Set
     let mut settings = workers_config::Settings {
         database: TestDatabase::settings_for(database_url),
         topology: app.settings.topology.clone(),
+        seal: crate::test_seal(),
         ..workers_config::Settings::default()
     };
     settings.broker.url = amqp_url();

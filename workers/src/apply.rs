@@ -4,6 +4,8 @@
 //! - applied, duplicate or replay → ack;
 //! - valid but not applicable → quarantined in its own transaction, then ack;
 //! - unreadable → reject without requeue: straight to the dead-letter queue;
+//! - forged (a `type` other than its routing key, a missing or wrong ingress seal: see
+//!   `intake`) → the same, counted apart: nothing of it is applied;
 //! - transient failure (database down, deadlock) → retried with backoff while the message stays
 //!   unacknowledged, so an outage neither burns its delivery attempts nor dead-letters it;
 //! - any other failure → requeued, and the queue's delivery limit dead-letters a message that
@@ -26,9 +28,11 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use connector_schema::seal::SealKeys;
 use connector_schema::{IntakeEnvelope, IntakeKind, Topology};
 
 use crate::config::{ApplySettings, BrokerSettings, PaysafeSettings};
+use crate::intake::{self, Admitted, Refusal};
 use crate::outcome::{ApplyError, Outcome};
 use crate::{Step, broker, db, metrics, quarantine};
 use crate::{bnc, corelink, paysafe};
@@ -40,6 +44,11 @@ pub enum Disposition {
     Ack(&'static str),
     /// Unreadable: dead-letter it now.
     DeadLetter(String),
+    /// Not what it claims to be: dead-letter it now, counted by `reason`.
+    Forged {
+        reason: &'static str,
+        detail: String,
+    },
     /// Failed for an unexpected reason: requeue, counting toward the delivery limit.
     Requeue(String),
 }
@@ -52,6 +61,8 @@ pub struct ApplyWorker {
     settings: ApplySettings,
     /// Deadlines and the first poll of Paysafe items that a webhook or track command creates.
     paysafe: PaysafeSettings,
+    /// The ingress seals the workers accept.
+    seal: SealKeys,
     /// Stops retry loops and consumption; in-flight messages finish or are requeued.
     shutdown: CancellationToken,
     /// Shared with `/readyz`.
@@ -64,6 +75,7 @@ impl ApplyWorker {
         topology: Topology,
         broker: BrokerSettings,
         settings: ApplySettings,
+        seal: SealKeys,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -72,6 +84,7 @@ impl ApplyWorker {
             broker,
             settings,
             paysafe: PaysafeSettings::default(),
+            seal,
             shutdown,
             connected: Arc::new(AtomicBool::new(false)),
         }
@@ -90,18 +103,19 @@ impl ApplyWorker {
     /// Decides what `delivery` needs, applying it if it can. Never returns before the outcome
     /// is durable (or the worker is shutting down).
     pub async fn process(&self, delivery: &Delivery) -> Disposition {
-        let envelope = match IntakeEnvelope::from_amqp(&delivery.properties, &delivery.data) {
-            Ok(envelope) => envelope,
-            // A track command published by the merchant's service carries no ingress headers.
-            Err(_) if delivery.routing_key.as_str() == IntakeKind::PaysafeTrack.routing_key() => {
-                IntakeEnvelope::from_published_command(
-                    IntakeKind::PaysafeTrack,
-                    &delivery.properties,
-                    &delivery.data,
-                )
+        let admitted = match intake::admit(
+            delivery.routing_key.as_str(),
+            &delivery.properties,
+            &delivery.data,
+            &self.seal,
+        ) {
+            Ok(admitted) => admitted,
+            Err(Refusal::Unreadable(reason)) => return Disposition::DeadLetter(reason),
+            Err(Refusal::Forged { reason, detail }) => {
+                return Disposition::Forged { reason, detail };
             }
-            Err(error) => return Disposition::DeadLetter(error.to_string()),
         };
+        let envelope = &admitted.envelope;
         let span = tracing::info_span!(
             "apply",
             message_id = %envelope.message_id,
@@ -109,10 +123,11 @@ impl ApplyWorker {
             client_id = envelope.client_id.as_deref().unwrap_or_default(),
             idempotency_key = envelope.header("x-idempotency-key").unwrap_or_default(),
         );
-        self.apply_with_retries(&envelope).instrument(span).await
+        self.apply_with_retries(&admitted).instrument(span).await
     }
 
-    async fn apply_with_retries(&self, envelope: &IntakeEnvelope) -> Disposition {
+    async fn apply_with_retries(&self, admitted: &Admitted) -> Disposition {
+        let envelope = &admitted.envelope;
         let mut retries = broker::retry_schedule(&self.broker);
         loop {
             let error = match self.apply(envelope).await {
@@ -122,7 +137,14 @@ impl ApplyWorker {
                 }
                 Err(ApplyError::Invalid(reason)) => return Disposition::DeadLetter(reason),
                 Err(ApplyError::Quarantine { reason, detail }) => {
-                    match quarantine::hold(&self.pool, envelope, reason, &detail).await {
+                    let held = quarantine::hold(
+                        &self.pool,
+                        envelope,
+                        admitted.seal.as_deref(),
+                        reason,
+                        &detail,
+                    );
+                    match held.await {
                         Ok(()) => {
                             tracing::warn!(reason = reason.as_str(), %detail, "quarantined");
                             metrics::quarantined(reason.as_str());
@@ -178,6 +200,19 @@ impl ApplyWorker {
                     .reject(BasicRejectOptions { requeue: false })
                     .await?;
                 metrics::message(kind, "dead_lettered", started.elapsed());
+            }
+            Disposition::Forged { reason, detail } => {
+                tracing::error!(
+                    reason,
+                    %detail,
+                    delivery_tag = delivery.delivery_tag,
+                    "forged message dead-lettered: nothing of it applied"
+                );
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+                metrics::forged(reason);
+                metrics::message(kind, "forged", started.elapsed());
             }
             Disposition::Requeue(reason) => {
                 tracing::error!(%reason, delivery_tag = delivery.delivery_tag, "message requeued");
@@ -281,15 +316,8 @@ impl ApplyWorker {
     }
 }
 
-/// The message's kind for metrics: its AMQP `type`, else its routing key (a command published
-/// by another service may carry no `type`).
+/// The message's kind for metrics: its routing key, which is what decides its kind.
 fn kind_label(delivery: &Delivery) -> &'static str {
-    delivery
-        .properties
-        .kind()
-        .as_ref()
-        .map(|kind| kind.as_str())
-        .and_then(IntakeKind::from_routing_key)
-        .or_else(|| IntakeKind::from_routing_key(delivery.routing_key.as_str()))
+    IntakeKind::from_routing_key(delivery.routing_key.as_str())
         .map_or("unknown", IntakeKind::routing_key)
 }

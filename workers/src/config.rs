@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use connector_schema::seal::SealKeys;
+pub use connector_schema::seal::SealSettings;
 use connector_schema::topology::TopologySettings;
 
 pub use connector_runtime::config::ConfigError;
@@ -26,6 +28,9 @@ pub struct Settings {
     pub paysafe: PaysafeSettings,
     pub ops: OpsSettings,
     pub log: LogSettings,
+    /// The keys whose ingress seal the workers accept (DESIGN.md §2.7); the same section as
+    /// the ingress's.
+    pub seal: SealSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,11 +246,18 @@ impl Default for OpsSettings {
 }
 
 /// The top-level sections of this process's configuration.
-const SECTIONS: [&str; 9] = [
-    "database", "broker", "topology", "apply", "relay", "nonces", "paysafe", "ops", "log",
+const SECTIONS: [&str; 10] = [
+    "database", "broker", "topology", "apply", "relay", "nonces", "paysafe", "ops", "log", "seal",
 ];
 
 impl Settings {
+    /// The seal keys, loaded and checked: required wherever a seal is checked (the apply role,
+    /// `quarantine release`, `dead-letters replay`).
+    pub fn seal_keys(&self) -> Result<SealKeys, ConfigError> {
+        SealKeys::from_settings(&self.seal.keys)
+            .map_err(|error| ConfigError::new(error.at, error.message))
+    }
+
     /// Defaults, then the TOML file at `path` (if given), then the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let settings: Settings = connector_runtime::config::load(path, &SECTIONS)?;
@@ -385,12 +397,49 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API, not ours
     fn the_example_configuration_shows_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/workers.example.toml");
-        let example = Settings::load(Some(&path)).expect("loads");
-        assert_eq!(
-            serde_json::to_value(&example).unwrap(),
-            serde_json::to_value(Settings::default()).unwrap()
-        );
+        // In a jail: another test sets CONNECTOR_* variables inside one, and the jail's lock
+        // keeps them from leaking into this load.
+        figment::Jail::expect_with(|_| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/workers.example.toml");
+            let example = Settings::load(Some(&path)).expect("loads");
+            assert_eq!(
+                serde_json::to_value(&example).unwrap(),
+                serde_json::to_value(Settings::default()).unwrap()
+            );
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod seal_tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API, not ours
+    fn seal_keys_come_from_the_file_or_the_environment_and_are_required() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(
+                Settings::load(None).unwrap().seal_keys().unwrap_err().key,
+                "seal.keys"
+            );
+            jail.create_file("seal.key", "0123456789abcdef0123456789abcdef\n")?;
+            jail.create_file(
+                "workers.toml",
+                "[[seal.keys]]\nid = \"2026-11\"\nkey_file = \"seal.key\"\n",
+            )?;
+            let settings = Settings::load(Some(Path::new("workers.toml"))).expect("loads");
+            assert!(settings.seal_keys().is_ok());
+            jail.set_env(
+                "CONNECTOR_SEAL__KEYS",
+                r#"[{id="env-1", key="fedcba9876543210fedcba9876543210"}]"#,
+            );
+            let settings = Settings::load(None).expect("loads");
+            assert_eq!(settings.seal.keys[0].id, "env-1");
+            assert!(settings.seal_keys().is_ok());
+            Ok(())
+        });
     }
 }

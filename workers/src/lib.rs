@@ -11,6 +11,7 @@ pub mod config;
 pub mod corelink;
 pub mod db;
 pub mod gauges;
+pub mod intake;
 pub mod metrics;
 pub mod nonces;
 pub mod outbox;

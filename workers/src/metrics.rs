@@ -5,9 +5,12 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-/// Intake messages by `kind` and `outcome` (applied, duplicate, replay, quarantined,
-/// dead_lettered, requeued).
+/// Intake messages by `kind` and `outcome` (applied, duplicate, replay, ignored, quarantined,
+/// dead_lettered, forged, requeued).
 pub const MESSAGES_TOTAL: &str = "connector_worker_messages_total";
+/// Intake messages refused as forged, by `reason` (type_mismatch, unknown_kind, seal_missing,
+/// seal_malformed, seal_unknown_key, seal_mismatch): dead-lettered, nothing applied.
+pub const FORGED_TOTAL: &str = "connector_worker_forged_total";
 /// Quarantined messages by `reason`.
 pub const QUARANTINED_TOTAL: &str = "connector_worker_quarantined_total";
 /// Messages held in quarantine now, by `reason` (from the database).
@@ -58,6 +61,10 @@ pub fn install() -> PrometheusHandle {
 pub fn message(kind: &'static str, outcome: &'static str, elapsed: Duration) {
     counter!(MESSAGES_TOTAL, "kind" => kind, "outcome" => outcome).increment(1);
     histogram!(APPLY_DURATION_SECONDS, "kind" => kind).record(elapsed.as_secs_f64());
+}
+
+pub fn forged(reason: &'static str) {
+    counter!(FORGED_TOTAL, "reason" => reason).increment(1);
 }
 
 pub fn quarantined(reason: &'static str) {

@@ -61,7 +61,8 @@ pub fn headers_json(envelope: &IntakeEnvelope) -> Value {
 
 /// Holds `envelope` in quarantine, in its own transaction. Idempotent per message id: a
 /// redelivery changes nothing, and a released message that fails again is held again (a hold
-/// always wins over the release that sent it back: the release was recorded first).
+/// always wins over the release that sent it back: the release was recorded first). The seal
+/// it carried is kept, for the release to check again.
 ///
 /// A BNC body carries a card token and an account number: the row keeps a redacted copy, and
 /// the raw body, needed only to release the message, goes to `quarantined_secret_bodies`,
@@ -69,6 +70,7 @@ pub fn headers_json(envelope: &IntakeEnvelope) -> Value {
 pub async fn hold(
     pool: &PgPool,
     envelope: &IntakeEnvelope,
+    seal: Option<&str>,
     reason: QuarantineReason,
     detail: &str,
 ) -> sqlx::Result<()> {
@@ -82,8 +84,8 @@ pub async fn hold(
     sqlx::query(
         "INSERT INTO quarantined_messages
              (message_id, reason, detail, kind, client_id, idempotency_key, received_at,
-              request_path, headers, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+              request_path, headers, body, seal)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (message_id) DO UPDATE
              SET state = 'held', reason = EXCLUDED.reason, detail = EXCLUDED.detail,
                  quarantined_at = now(), resolved_at = NULL, resolution_note = NULL
@@ -99,6 +101,7 @@ pub async fn hold(
     .bind(envelope.request_path.as_deref())
     .bind(headers_json(envelope))
     .bind(readable_body)
+    .bind(seal)
     .execute(&mut *tx)
     .await?;
     if secret_bearing {

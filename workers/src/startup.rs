@@ -13,6 +13,8 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use connector_schema::seal::SealKeys;
+
 use crate::apply::ApplyWorker;
 use crate::config::Settings;
 use crate::poller::Poller;
@@ -42,10 +44,16 @@ pub struct Workers {
     roles: Vec<Role>,
     pool: PgPool,
     ops_listener: TcpListener,
+    /// The seals the apply role accepts; `None` when this process does not apply.
+    seal: Option<SealKeys>,
 }
 
 impl Workers {
     pub async fn build(settings: Settings, roles: Vec<Role>) -> anyhow::Result<Self> {
+        let seal = roles
+            .contains(&Role::Apply)
+            .then(|| settings.seal_keys())
+            .transpose()?;
         let pool = db::pool(&settings.database)?;
         let ops_listener = TcpListener::bind(settings.ops.listen)
             .await
@@ -55,6 +63,7 @@ impl Workers {
             roles,
             pool,
             ops_listener,
+            seal,
         })
     }
 
@@ -88,6 +97,9 @@ impl Workers {
                         topology.clone(),
                         self.settings.broker.clone(),
                         self.settings.apply.clone(),
+                        self.seal
+                            .clone()
+                            .context("the apply role has its seal keys")?,
                         stop.clone(),
                     )
                     .with_paysafe(self.settings.paysafe.clone());

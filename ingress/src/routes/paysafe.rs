@@ -309,6 +309,7 @@ mod tests {
         let (publisher, _) = IntakePublisher::spawn(
             &broker,
             TopologySettings::default().topology(),
+            connector_schema::seal::SealKeys::single("test", &[7; 32]),
             shutdown.clone(),
         );
         crate::startup::public_router(AppState::new(SharedState {

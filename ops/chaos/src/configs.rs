@@ -11,6 +11,13 @@ pub const KID: &str = "chaos-es256-1";
 /// The topology's prefix: exchanges and queues of the run, apart from anything else.
 pub const PREFIX: &str = "chaos";
 
+/// The seal the run's ingresses and workers share (a throw-away run: not a secret).
+const SEAL: &str = r#"
+[[seal.keys]]
+id = "chaos"
+key = "fault-harness-seal-key-0123456789abcdef"
+"#;
+
 /// The workers' nonce retention and purge interval, when a run sets them (the soak does, so
 /// that the purge reaches its steady state within the run).
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +55,7 @@ keys = [{{ kid = "{KID}", alg = "ES256", jwk_file = "{}" }}]
 [log]
 format = "json"
 filter = "info"
-"#,
+{SEAL}"#,
         key_file.display()
     )
 }
@@ -89,6 +96,6 @@ listen = "127.0.0.1:{ops}"
 [log]
 format = "json"
 filter = "info"
-"#
+{SEAL}"#
     )
 }

@@ -323,6 +323,7 @@ async fn spawn_ingress(config: &Path, prefix: &str) -> (tokio::process::Child, S
         tokio::process::Command::new(binary("connector-ingress", "connector-ingress"))
             .args(["--config", config.to_str().unwrap()])
             .env("CONNECTOR_BROKER__URL", amqp_url())
+            .envs([connector_e2e_tests::test_seal_env()])
             .env("CONNECTOR_TOPOLOGY__PREFIX", prefix)
             .env("CONNECTOR_TOPOLOGY__QUEUE_EXPIRES_SECS", "600")
             .env("CONNECTOR_LOG__FORMAT", "json")

@@ -559,6 +559,7 @@ async fn a_quarantined_callback_keeps_its_secrets_apart_and_can_still_be_release
         &p.db.pool,
         &p.relay_channel,
         &p.app.topology,
+        &connector_e2e_tests::test_seal_keys(),
         held,
         "first binding withdrawn by BNC",
     )

@@ -72,7 +72,8 @@ async fn a_key_rotates_without_a_restart_while_requests_flow() {
     let prefix = format!("test-{}", uuid::Uuid::new_v4());
     let config = dir.path().join("ingress.toml");
     write_config(&config, &prefix, &[old.as_ref()]);
-    let settings = Settings::load(Some(&config)).unwrap();
+    let mut settings = Settings::load(Some(&config)).unwrap();
+    settings.seal = connector_e2e_tests::test_seal();
     let topology = settings.topology.topology();
     let _cleanup = TopologyGuard::new(topology.clone());
     let application =
@@ -169,7 +170,8 @@ async fn an_edited_key_file_is_picked_up_without_a_signal() {
     let prefix = format!("test-{}", uuid::Uuid::new_v4());
     let config = dir.path().join("ingress.toml");
     write_config(&config, &prefix, &[&old]);
-    let settings = Settings::load(Some(&config)).unwrap();
+    let mut settings = Settings::load(Some(&config)).unwrap();
+    settings.seal = connector_e2e_tests::test_seal();
     let _cleanup = TopologyGuard::new(settings.topology.topology());
     let application =
         Application::build_with(settings, Arc::new(SystemClock), Some(config.clone()))

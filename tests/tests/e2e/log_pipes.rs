@@ -115,6 +115,7 @@ keys = [{{ kid = "{}", alg = "ES256", jwk_file = "{}" }}]
         tokio::process::Command::new(binary("connector-ingress", "connector-ingress"))
             .args(["--config", config.to_str().unwrap()])
             .env("CONNECTOR_BROKER__URL", amqp_url())
+            .envs([connector_e2e_tests::test_seal_env()])
             .env("CONNECTOR_TOPOLOGY__PREFIX", &prefix)
             .env("CONNECTOR_TOPOLOGY__QUEUE_EXPIRES_SECS", "600")
             .env("CONNECTOR_LOG__FORMAT", "json")
@@ -200,6 +201,7 @@ async fn workers_keep_applying(reader: Reader) {
         .args(["run", "--role", "apply", "--role", "relay"])
         .env("CONNECTOR_DATABASE__URL", &p.db.url)
         .env("CONNECTOR_BROKER__URL", amqp_url())
+        .envs([connector_e2e_tests::test_seal_env()])
         .env(
             "CONNECTOR_TOPOLOGY__PREFIX",
             &p.app.settings.topology.prefix,

@@ -89,6 +89,7 @@ async fn a_worker_killed_before_commit_leaves_nothing_and_the_batch_is_applied_o
         .args(["run", "--role", "apply"])
         .env("CONNECTOR_DATABASE__URL", &p.db.url)
         .env("CONNECTOR_BROKER__URL", amqp_url())
+        .envs([connector_e2e_tests::test_seal_env()])
         .env(
             "CONNECTOR_TOPOLOGY__PREFIX",
             &p.app.settings.topology.prefix,
@@ -168,6 +169,7 @@ async fn the_database_unreachable_while_messages_arrive_loses_nothing() {
         p.app.topology.clone(),
         settings.broker.clone(),
         settings.apply.clone(),
+        connector_e2e_tests::test_seal_keys(),
         stop.clone(),
     );
     let running = tokio::spawn(worker.run());

@@ -353,6 +353,7 @@ async fn an_unreadable_message_is_dead_lettered_at_once() {
     let replayed = connector_workers::admin::dead_letters_replay(
         p.app.broker.connection(),
         &p.app.topology,
+        &connector_e2e_tests::test_seal_keys(),
         connector_workers::admin::DeadLetterQueue::Intake,
         10,
     )
@@ -422,6 +423,7 @@ async fn operators_can_inspect_release_and_discard_quarantined_messages() {
         &p.db.pool,
         &p.relay_channel,
         &p.app.topology,
+        &connector_e2e_tests::test_seal_keys(),
         reuse,
         "key rebound",
     )
@@ -558,6 +560,7 @@ async fn a_ledger_event_no_consumer_takes_is_dead_lettered_and_can_be_replayed()
     let replayed = connector_workers::admin::dead_letters_replay(
         p.app.broker.connection(),
         topology,
+        &connector_e2e_tests::test_seal_keys(),
         connector_workers::admin::DeadLetterQueue::Ledger,
         10,
     )
@@ -627,6 +630,7 @@ async fn a_release_never_loses_a_message_a_worker_quarantines_again() {
             p.app.topology.clone(),
             settings.broker,
             settings.apply,
+            connector_e2e_tests::test_seal_keys(),
             stop.clone(),
         )
         .run(),
@@ -636,6 +640,7 @@ async fn a_release_never_loses_a_message_a_worker_quarantines_again() {
             &p.db.pool,
             &p.relay_channel,
             &p.app.topology,
+            &connector_e2e_tests::test_seal_keys(),
             held,
             "try again",
         )
@@ -661,10 +666,16 @@ async fn a_release_never_loses_a_message_a_worker_quarantines_again() {
         connector_schema::topology::QueueOptions::default(),
     );
     let channel = p.app.broker.connection().create_channel().await.unwrap();
-    let error =
-        connector_workers::admin::quarantine_release(&p.db.pool, &channel, &nowhere, held, "lost?")
-            .await
-            .unwrap_err();
+    let error = connector_workers::admin::quarantine_release(
+        &p.db.pool,
+        &channel,
+        &nowhere,
+        &connector_e2e_tests::test_seal_keys(),
+        held,
+        "lost?",
+    )
+    .await
+    .unwrap_err();
     assert!(
         format!("{error:#}").contains("was not released"),
         "{error:#}"

@@ -30,6 +30,7 @@ async fn spawn_workers(
     command
         .env("CONNECTOR_DATABASE__URL", &p.db.url)
         .env("CONNECTOR_BROKER__URL", amqp_url())
+        .envs([connector_e2e_tests::test_seal_env()])
         .env(
             "CONNECTOR_TOPOLOGY__PREFIX",
             &p.app.settings.topology.prefix,

@@ -8,8 +8,10 @@ use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Connection};
 
 use connector_schema::Topology;
+use connector_schema::seal::SealKeys;
 
 use crate::admin::publish::publish_confirmed;
+use crate::intake::{self, Refusal};
 
 /// Which dead-letter queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,13 +57,10 @@ pub async fn dead_letters_list(
             break;
         };
         let properties = &message.delivery.properties;
-        let text = |v: &Option<lapin::types::ShortString>| {
-            v.as_ref().map(ToString::to_string).unwrap_or_default()
-        };
         lines.push(format!(
             "{}  type={} reason={} bytes={}",
-            text(properties.message_id()),
-            text(properties.kind()),
+            short_text(properties.message_id()),
+            short_text(properties.kind()),
             death_reason(properties),
             message.delivery.data.len()
         ));
@@ -76,10 +75,15 @@ pub async fn dead_letters_list(
 }
 
 /// Moves up to `limit` messages from a dead-letter queue back to their exchange (each acked
-/// on the dead-letter queue only after the republish is confirmed).
+/// on the dead-letter queue only after the republish is confirmed). An intake message is first
+/// read as the apply role reads it (`intake::admit`: its kind, the ingress's seal): a forged one
+/// stays in the dead-letter queue, and is reported, since replaying it could at best
+/// dead-letter it again and at worst apply what no ingress accepted. (An unreadable one goes
+/// back: a newer build may read it, and at worst it is dead-lettered again.)
 pub async fn dead_letters_replay(
     connection: &Connection,
     topology: &Topology,
+    seal: &SealKeys,
     which: DeadLetterQueue,
     limit: usize,
 ) -> anyhow::Result<String> {
@@ -89,6 +93,9 @@ pub async fn dead_letters_replay(
         .await?;
     let queue = which.queue(topology);
     let mut replayed = 0;
+    // Held unacknowledged until the end, so the next `basic_get` takes the message after them;
+    // then returned to the dead-letter queue.
+    let mut kept = Vec::new();
     while replayed < limit {
         let Some(message) = channel
             .basic_get(queue.into(), BasicGetOptions { no_ack: false })
@@ -99,6 +106,19 @@ pub async fn dead_letters_replay(
         let delivery = message.delivery;
         let routing_key = original_routing_key(&delivery.properties)
             .unwrap_or_else(|| delivery.routing_key.to_string());
+        if which == DeadLetterQueue::Intake
+            && let Err(refusal @ Refusal::Forged { .. }) =
+                intake::admit(&routing_key, &delivery.properties, &delivery.data, seal)
+        {
+            kept.push((
+                format!(
+                    "{} kept: {refusal}",
+                    short_text(delivery.properties.message_id())
+                ),
+                delivery,
+            ));
+            continue;
+        }
         let published = publish_confirmed(
             &channel,
             which.exchange(topology),
@@ -119,11 +139,22 @@ pub async fn dead_letters_replay(
         delivery.ack(BasicAckOptions::default()).await?;
         replayed += 1;
     }
-    channel.close(200, "replayed".into()).await?;
-    Ok(format!(
+    let mut report = format!(
         "replayed {replayed} message(s) from {queue} to {}\n",
         which.exchange(topology)
-    ))
+    );
+    for (line, delivery) in kept {
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await?;
+        report.push_str(&line);
+        report.push('\n');
+    }
+    channel.close(200, "replayed".into()).await?;
+    Ok(report)
 }
 
 /// The most recent `x-death` record RabbitMQ added when it dead-lettered the message.
@@ -152,15 +183,19 @@ fn death_reason(properties: &BasicProperties) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// Where the message was going before it was dead-lettered: its `type` (our envelopes and
-/// events carry their routing key there), else the routing key `x-death` recorded. The
-/// delivery's own routing key is the dead-letter queue's, which is of no use.
+/// Where the message was going before it was dead-lettered: the routing key `x-death`
+/// recorded (the one that decides an intake message's kind), else its `type` (our envelopes and
+/// events carry their routing key there). The delivery's own routing key is the dead-letter
+/// queue's, which is of no use.
 fn original_routing_key(properties: &BasicProperties) -> Option<String> {
-    if let Some(kind) = properties.kind() {
-        return Some(kind.to_string());
-    }
-    match last_death(properties)?.inner().get("routing-keys")? {
-        AMQPValue::FieldArray(keys) => keys.as_slice().first().and_then(text_value),
-        _ => None,
-    }
+    let recorded =
+        last_death(properties).and_then(|death| match death.inner().get("routing-keys") {
+            Some(AMQPValue::FieldArray(keys)) => keys.as_slice().first().and_then(text_value),
+            _ => None,
+        });
+    recorded.or_else(|| properties.kind().as_ref().map(ToString::to_string))
+}
+
+fn short_text(value: &Option<lapin::types::ShortString>) -> String {
+    value.as_ref().map(ToString::to_string).unwrap_or_default()
 }

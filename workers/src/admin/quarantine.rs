@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use connector_schema::envelope::rfc3339;
+use connector_schema::seal::{self, SealKeys};
 use connector_schema::{IntakeEnvelope, IntakeKind, Topology};
 
 use crate::admin::publish::publish_confirmed;
@@ -40,12 +41,14 @@ struct HeldMessage {
     resolution_note: Option<String>,
     headers: serde_json::Value,
     body: Vec<u8>,
+    /// The ingress's seal as the message carried it.
+    seal: Option<String>,
 }
 
 async fn held_message(pool: &PgPool, message_id: Uuid) -> anyhow::Result<HeldMessage> {
     sqlx::query_as(
         "SELECT reason, detail, state, kind, client_id, request_path, received_at, quarantined_at,
-                resolution_note, headers, body
+                resolution_note, headers, body, seal
          FROM quarantined_messages WHERE message_id = $1",
     )
     .bind(message_id)
@@ -114,10 +117,14 @@ pub async fn quarantine_show(pool: &PgPool, message_id: Uuid) -> anyhow::Result<
 /// worker that quarantines the message again always finds the release to overwrite, so the
 /// message can never vanish from the held list. A publish that fails undoes exactly this
 /// release (the message is held again) and says so.
+///
+/// The message goes back with the seal the ingress gave it, checked first: a row edited in the
+/// database (another body, another client) is refused, never applied (DESIGN.md §2.7).
 pub async fn quarantine_release(
     pool: &PgPool,
     channel: &Channel,
     topology: &Topology,
+    seal: &SealKeys,
     message_id: Uuid,
     note: &str,
 ) -> anyhow::Result<String> {
@@ -156,6 +163,15 @@ pub async fn quarantine_release(
         headers,
         body: body.into(),
     };
+    let properties = match &m.seal {
+        Some(carried) => seal::with_seal(envelope.amqp_properties(), carried),
+        None => envelope.amqp_properties(),
+    };
+    if seal::required(kind) {
+        seal.verify(&envelope, m.seal.as_deref()).map_err(|error| {
+            anyhow::anyhow!("refused: {message_id} is not as the ingress sealed it ({error}); nothing was released")
+        })?;
+    }
     let generation: i32 = sqlx::query_scalar(
         "UPDATE quarantined_messages
          SET state = 'released', release_generation = release_generation + 1,
@@ -173,7 +189,7 @@ pub async fn quarantine_release(
         &topology.intake_exchange,
         kind.routing_key(),
         &envelope.body,
-        envelope.amqp_properties(),
+        properties,
     )
     .await;
     if let Err(error) = published {

@@ -187,7 +187,15 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<String>
                 QuarantineCommand::Release { message_id, note } => {
                     let (_connection, channel) =
                         admin::confirm_channel(&settings.broker.url).await?;
-                    admin::quarantine_release(&pool, &channel, &topology, message_id, &note).await
+                    admin::quarantine_release(
+                        &pool,
+                        &channel,
+                        &topology,
+                        &settings.seal_keys()?,
+                        message_id,
+                        &note,
+                    )
+                    .await
                 }
                 QuarantineCommand::Discard { message_id, note } => {
                     admin::quarantine_discard(&pool, message_id, &note).await
@@ -202,7 +210,8 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<String>
                     admin::dead_letters_list(&connection, &topology, queue, limit).await
                 }
                 DeadLetterCommand::Replay { queue, limit } => {
-                    admin::dead_letters_replay(&connection, &topology, queue, limit).await
+                    let seal = settings.seal_keys()?;
+                    admin::dead_letters_replay(&connection, &topology, &seal, queue, limit).await
                 }
             }
         }

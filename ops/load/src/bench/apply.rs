@@ -165,6 +165,7 @@ async fn measure(
             topology.clone(),
             broker.clone(),
             settings.clone(),
+            crate::bench::env::seal_keys(),
             stop.clone(),
         );
         tasks.spawn(worker.run());
@@ -234,7 +235,7 @@ async fn preload(
                             ..BasicPublishOptions::default()
                         },
                         &envelope.body,
-                        envelope.amqp_properties(),
+                        crate::bench::env::seal_keys().sealed_properties(envelope),
                     )
                     .await
                     .context("publishing a preload message")?,

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use connector_schema::Topology;
+use connector_schema::seal::{SealKeySettings, SealKeys, SealSettings};
 use connector_schema::topology::TopologySettings;
 use connector_workers::config::DatabaseSettings;
 
@@ -325,4 +326,25 @@ pub async fn warm(pool: &PgPool, connections: usize) -> anyhow::Result<()> {
 
 fn is_local(host: &str) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "::1" | "[::1]") || host.starts_with('/')
+}
+
+/// The seal the bench's ingress and workers share: messages the bench preloads into the intake
+/// queue are sealed with it, as an ingress would, so the apply role accepts them. Not a secret:
+/// the bench's topologies are its own and thrown away.
+const BENCH_SEAL_KEY: &str = "pipeline-bench-seal-key-0123456789abcdef";
+
+/// The bench's `[seal]` section, for the ingress and workers it runs in process.
+pub fn seal_settings() -> SealSettings {
+    SealSettings {
+        keys: vec![SealKeySettings {
+            id: "bench".into(),
+            key: Some(BENCH_SEAL_KEY.into()),
+            key_file: None,
+        }],
+    }
+}
+
+/// The bench's seal, loaded.
+pub fn seal_keys() -> SealKeys {
+    SealKeys::single("bench", BENCH_SEAL_KEY.as_bytes())
 }

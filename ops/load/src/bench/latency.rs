@@ -492,6 +492,7 @@ async fn start_ingress(
     settings.topology = topology.clone();
     // The bench measures the pipeline, not the per-bank rate limit.
     settings.corelink.rate_limit_per_second = 0;
+    settings.seal = crate::bench::env::seal_settings();
     settings.corelink.clients = vec![ClientSettings {
         id: CLIENT_ID.into(),
         keys: vec![KeySettings {
@@ -531,6 +532,7 @@ async fn start_workers(
     settings.broker.url = env.amqp_url.clone();
     settings.topology = topology.clone();
     settings.ops.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.seal = crate::bench::env::seal_settings();
     settings.validate()?;
     let workers = Workers::build(settings, vec![Role::Apply, Role::Relay]).await?;
     let readyz = format!("http://{}/readyz", workers.ops_addr());

@@ -3,8 +3,8 @@
 //! nothing but the crate.
 
 pub mod apply;
-pub mod baseline;
 pub mod env;
 pub mod latency;
 pub mod report;
+pub mod sql_baseline;
 pub mod workload;

@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 
 use crate::bench::apply::{self, ApplyRun};
-use crate::bench::baseline::BaselineRun;
 use crate::bench::env::ServerFacts;
 use crate::bench::latency::LatencyRun;
+use crate::bench::sql_baseline::BaselineRun;
 use crate::procstat::table;
 
 /// Where the figures were taken: printed first, since every figure depends on it.

@@ -8,13 +8,6 @@
 //! 3. end-to-end latency from an accepted callback's 200 to its ledger event, with a real
 //!    ingress and real workers in process.
 
-#[path = "../bench/mod.rs"]
-mod bench;
-// Shared with corelink-load, which uses more of it.
-#[allow(dead_code)]
-#[path = "../procstat.rs"]
-mod procstat;
-
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -22,11 +15,11 @@ use clap::Parser;
 
 use connector_workers::config::ApplySettings;
 
-use bench::apply::ApplyRun;
-use bench::baseline::BaselineRun;
-use bench::env::Env;
-use bench::report::{self, MachineFacts};
-use bench::{apply, baseline, latency, workload};
+use connector_load::bench::apply::ApplyRun;
+use connector_load::bench::env::Env;
+use connector_load::bench::report::{self, MachineFacts};
+use connector_load::bench::sql_baseline::BaselineRun;
+use connector_load::bench::{apply, latency, sql_baseline, workload};
 
 /// Command-line options: which parts to run and how hard; the defaults are the measurement
 /// the README reports.
@@ -158,7 +151,7 @@ async fn run(cli: &Cli, env: &Env) -> anyhow::Result<bool> {
                         "pipeline-bench: baseline: {count} transactions x {batch_size} orders, {} at once ...",
                         workers * settings.concurrency
                     );
-                    let run = baseline::run(
+                    let run = sql_baseline::run(
                         env,
                         &work,
                         workers,

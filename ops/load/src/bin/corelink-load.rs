@@ -2,12 +2,6 @@
 //! latency percentiles) with pre-signed Corelink requests, and compares it with publishing the
 //! same bodies straight to RabbitMQ, so the cost of the HTTP edge is visible as a ratio.
 
-mod baseline;
-mod ingress;
-mod prepare;
-mod procstat;
-mod stats;
-
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +14,8 @@ use josekit::jwk::Jwk;
 
 use connector_ingress::auth::signing::RequestSigner;
 
-use crate::prepare::{Plan, Prepared};
+use connector_load::prepare::{Plan, Prepared};
+use connector_load::{broker_baseline, ingress, prepare, procstat, stats};
 
 /// Signed timestamps are accepted within ±300 s; past this much time since signing, the last
 /// requests of a run may have been refused as stale.
@@ -246,7 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 
     if !cli.skip_baseline {
         let before = procstat::snapshot(&groups);
-        let raw = baseline::run(&cli.amqp_url, prepared.clone(), concurrency).await?;
+        let raw = broker_baseline::run(&cli.amqp_url, prepared.clone(), concurrency).await?;
         let after = procstat::snapshot(&groups);
         let raw_cpu = procstat::Breakdown::between(&groups, &before, &after);
         say(&raw.report())?;
@@ -387,7 +382,7 @@ async fn soak(
 /// `--purge`: a failure is reported, not fatal.
 async fn purge(cli: &Cli) {
     if let Some(queue) = &cli.purge
-        && let Err(error) = baseline::purge_queue(&cli.amqp_url, queue).await
+        && let Err(error) = broker_baseline::purge_queue(&cli.amqp_url, queue).await
     {
         eprintln!("warning: {error:#}");
     }
