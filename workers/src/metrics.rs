@@ -49,6 +49,9 @@ pub const PAYSAFE_AUTH_FAILED: &str = "connector_paysafe_poller_auth_failed";
 /// Webhooks with an event name this build does not know (recorded, not applied).
 pub const PAYSAFE_UNRECOGNISED_WEBHOOKS_TOTAL: &str =
     "connector_paysafe_unrecognised_webhooks_total";
+/// Paysafe items whose amount or currency (webhook or poll) differs from the merchant's track
+/// command: once per item; the ledger event carries Paysafe's values.
+pub const PAYSAFE_AMOUNT_MISMATCHES_TOTAL: &str = "connector_paysafe_amount_mismatches_total";
 
 /// BNC callbacks whose account number came unmasked (only its masked form was kept).
 pub const BNC_UNMASKED_ACCOUNT_NUMBERS_TOTAL: &str = "connector_bnc_unmasked_account_numbers_total";
@@ -132,6 +135,10 @@ pub fn paysafe_auth_failed(failed: bool) {
 
 pub fn paysafe_unrecognised_webhook() {
     counter!(PAYSAFE_UNRECOGNISED_WEBHOOKS_TOTAL).increment(1);
+}
+
+pub fn paysafe_amount_mismatch() {
+    counter!(PAYSAFE_AMOUNT_MISMATCHES_TOTAL).increment(1);
 }
 
 pub fn bnc_unmasked_account_number() {

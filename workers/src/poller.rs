@@ -24,7 +24,7 @@ use connector_schema::paysafe::{PaysafeStatus, PaysafeTransaction, TrackedKind};
 
 use crate::config::PaysafeSettings;
 use crate::outcome::ApplyError;
-use crate::paysafe::{Effect, FactSource, Observation, observe, poll_delay};
+use crate::paysafe::{Effect, FactSource, Observation, Observed, observe, poll_delay};
 use crate::{Step, metrics};
 
 /// How one call to Paysafe went, the `outcome` label of the poll metric.
@@ -313,12 +313,15 @@ impl Poller {
             event_name: None,
             message_id: None,
         };
-        let effect = match observe(&mut tx, &observation, &self.settings).await {
-            Ok(effect) => effect,
+        let observed = match observe(&mut tx, &observation, &self.settings).await {
+            Ok(observed) => observed,
             Err(ApplyError::Quarantine { detail, .. }) => {
                 // Cannot happen while the item is polled (non-final); kept loud if it does.
                 tracing::error!(id = %item.id, %detail, "Paysafe answer contradicts what we know");
-                Effect::Unchanged
+                Observed {
+                    effect: Effect::Unchanged,
+                    amount_mismatch: false,
+                }
             }
             Err(error) => return Err(error.into()),
         };
@@ -342,7 +345,10 @@ impl Poller {
             .await?;
         }
         tx.commit().await?;
-        tracing::info!(id = %item.id, %status, effect = ?effect, "polled");
+        if observed.amount_mismatch {
+            crate::metrics::paysafe_amount_mismatch();
+        }
+        tracing::info!(id = %item.id, %status, effect = ?observed.effect, "polled");
         Ok(())
     }
 

@@ -13,6 +13,7 @@ mod hostile_inputs;
 mod key_rotation;
 mod log_pipes;
 mod mtls;
+mod paysafe_amounts;
 mod paysafe_tracking;
 mod paysafe_webhooks;
 mod trust_boundaries;

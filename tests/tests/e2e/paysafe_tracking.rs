@@ -22,15 +22,15 @@ const USER: &str = "api-user";
 const PASSWORD: &str = "api-secret-password";
 const WEBHOOK_KEY: &str = "paysafe-webhook-key-test";
 
-struct Tracking {
-    pipeline: Pipeline,
-    sim: SimHandle,
+pub(crate) struct Tracking {
+    pub(crate) pipeline: Pipeline,
+    pub(crate) sim: SimHandle,
     settings: PaysafeSettings,
 }
 
 /// A pipeline whose workers poll the simulator; polls are due at once unless `configure`
 /// says otherwise.
-async fn spawn(configure: impl FnOnce(&mut PaysafeSettings)) -> Tracking {
+pub(crate) async fn spawn(configure: impl FnOnce(&mut PaysafeSettings)) -> Tracking {
     let app = spawn_app_with(|s| s.paysafe.webhook_keys = vec![WEBHOOK_KEY.into()]).await;
     let webhook_url = format!("{}/webhooks/paysafe", app.base_url);
     let sim = paysafe_sim::spawn(
@@ -73,7 +73,7 @@ fn script(kind: TrackedKind, id: &str, steps: &[(&str, Option<u32>)]) -> ItemScr
 }
 
 impl Tracking {
-    fn poller(&self) -> Poller {
+    pub(crate) fn poller(&self) -> Poller {
         Poller::new(
             self.pipeline.db.pool.clone(),
             self.settings.clone(),
@@ -83,7 +83,7 @@ impl Tracking {
     }
 
     /// Publishes the merchant's `paysafe.track` command and applies it.
-    async fn track(&self, kind: TrackedKind, id: &str) {
+    pub(crate) async fn track(&self, kind: TrackedKind, id: &str) {
         let (_connection, channel) = admin::confirm_channel(&amqp_url()).await.unwrap();
         let command = TrackCommand {
             kind,
@@ -100,7 +100,7 @@ impl Tracking {
 
     /// The simulator signs a webhook about `id` and sends it to the ingress, which must
     /// accept it; the apply worker then applies it.
-    async fn webhook(&self, id: &str, event_name: &str) {
+    pub(crate) async fn webhook(&self, id: &str, event_name: &str) {
         let outcome = self
             .sim
             .send_webhook(WebhookRequest::event(id, event_name))
@@ -111,7 +111,7 @@ impl Tracking {
     }
 
     /// (status, tracking) of an item.
-    async fn item(&self, id: &str) -> (String, String) {
+    pub(crate) async fn item(&self, id: &str) -> (String, String) {
         sqlx::query_as("SELECT status, tracking FROM paysafe_items WHERE id = $1")
             .bind(id)
             .fetch_one(&self.pipeline.db.pool)
@@ -120,7 +120,7 @@ impl Tracking {
     }
 
     /// Steps `poller` until `id` is no longer polled, at most `rounds` rounds.
-    async fn poll_until_done(&self, poller: &Poller, id: &str, rounds: usize) {
+    pub(crate) async fn poll_until_done(&self, poller: &Poller, id: &str, rounds: usize) {
         for _ in 0..rounds {
             poller.run_once().await.unwrap();
             if self.item(id).await.1 != "polling" {
@@ -135,7 +135,7 @@ impl Tracking {
     }
 
     /// The ledger events published so far: (event type, reference, status).
-    async fn events(&self) -> Vec<(String, String, String)> {
+    pub(crate) async fn events(&self) -> Vec<(String, String, String)> {
         self.pipeline.relay_all().await;
         self.pipeline
             .ledger_events()

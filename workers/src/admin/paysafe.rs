@@ -56,6 +56,8 @@ type PaysafeItemRow = (
     Option<String>,
     Option<i64>,
     Option<String>,
+    Option<i64>,
+    Option<String>,
     i32,
     Option<OffsetDateTime>,
     OffsetDateTime,
@@ -68,12 +70,14 @@ type PaysafeHistoryRow = (
     String,
     Option<String>,
     String,
+    Option<String>,
 );
 
 /// A tracked Paysafe item: its state and every fact received about it.
 pub async fn paysafe_show(pool: &PgPool, id: &str) -> anyhow::Result<String> {
     let item: Option<PaysafeItemRow> = sqlx::query_as(
-        "SELECT kind, status, tracking, merchant_ref_num, amount, currency_code, poll_attempts,
+        "SELECT kind, status, tracking, merchant_ref_num, amount, currency_code,
+                    merchant_amount, merchant_currency_code, poll_attempts,
                     next_poll_at, deadline_at, created_at
              FROM paysafe_items WHERE id = $1",
     )
@@ -87,6 +91,8 @@ pub async fn paysafe_show(pool: &PgPool, id: &str) -> anyhow::Result<String> {
         merchant_ref,
         amount,
         currency,
+        claimed_amount,
+        claimed_currency,
         attempts,
         next_poll,
         deadline,
@@ -96,10 +102,12 @@ pub async fn paysafe_show(pool: &PgPool, id: &str) -> anyhow::Result<String> {
         bail!("no Paysafe item {id}");
     };
     let mut out = format!(
-        "{kind} {id}: {status} ({tracking}), merchantRefNum {}, amount {} {}\n  tracked since {}, deadline {}, {attempts} poll(s){}\n\nhistory:\n",
+        "{kind} {id}: {status} ({tracking}), merchantRefNum {}, amount {} {} (Paysafe's), {} {} (track command)\n  tracked since {}, deadline {}, {attempts} poll(s){}\n\nhistory:\n",
         merchant_ref.unwrap_or_default(),
-        amount.map(|a| a.to_string()).unwrap_or_default(),
+        amount.map_or("unknown".into(), |a| a.to_string()),
         currency.unwrap_or_default(),
+        claimed_amount.map_or("none".into(), |a| a.to_string()),
+        claimed_currency.unwrap_or_default(),
         rfc3339(created),
         rfc3339(deadline),
         next_poll
@@ -107,19 +115,20 @@ pub async fn paysafe_show(pool: &PgPool, id: &str) -> anyhow::Result<String> {
             .unwrap_or_default(),
     );
     let history: Vec<PaysafeHistoryRow> = sqlx::query_as(
-        "SELECT recorded_at, source, event_name, status, previous_status, effect
+        "SELECT recorded_at, source, event_name, status, previous_status, effect, detail
          FROM paysafe_item_history WHERE item_id = $1 ORDER BY id",
     )
     .bind(id)
     .fetch_all(pool)
     .await?;
-    for (at, source, event, status, previous, effect) in history {
+    for (at, source, event, status, previous, effect, detail) in history {
         let _ = writeln!(
             out,
-            "  {}  {source:<8} {:<22} {} -> {status} {effect}",
+            "  {}  {source:<8} {:<22} {} -> {status} {effect}{}",
             rfc3339(at),
             event.unwrap_or_default(),
             previous.unwrap_or_else(|| "(new)".into()),
+            detail.map(|d| format!("  {d}")).unwrap_or_default(),
         );
     }
     let events = outbox::events_of(pool, id).await?;
