@@ -101,11 +101,19 @@ async fn head_only(
     tls
 }
 
+/// A refusal case: its name, the route, the headers, and what the answer must say.
+type Case = (
+    &'static str,
+    &'static str,
+    Vec<(&'static str, String)>,
+    &'static str,
+);
+
 #[tokio::test]
 async fn refusals_that_need_no_body_are_answered_before_the_body_arrives() {
     let (app, pki, _keys) = spawn(|_| {}).await;
     let hour = time::Duration::hours(1);
-    let cases: [(&str, &str, Vec<(&str, String)>, &str); 4] = [
+    let cases: [Case; 4] = [
         (
             "BNC, unknown client key",
             BNC,

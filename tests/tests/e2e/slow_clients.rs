@@ -177,9 +177,11 @@ async fn refused(app: &TestApp, reason: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
+type Configure = fn(&mut Settings);
+
 #[tokio::test]
 async fn past_a_connection_cap_a_new_connection_is_closed_at_once_and_open_ones_are_served() {
-    let caps: [(&str, fn(&mut Settings)); 2] = [
+    let caps: [(&str, Configure); 2] = [
         ("max_connections_per_address", |s| {
             s.http.max_connections_per_address = 3;
         }),
