@@ -152,6 +152,7 @@ fn every_error_code_the_ingress_produces_is_described() {
         "UNSUPPORTED_MEDIA_TYPE",
         "RATE_LIMITED",
         "ENQUEUE_UNAVAILABLE",
+        "OVERLOADED",
     ] {
         assert!(codes.contains(code), "{code} is not in the description");
     }
