@@ -18,7 +18,6 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -64,7 +63,8 @@ pub async fn serve(
         handshake_timeout: Duration::from_secs(server.http.tls_handshake_timeout_secs),
         idle_timeout: Duration::from_secs(server.http.idle_timeout_secs),
     });
-    let connections = GracefulShutdown::new();
+    // Every connection task holds a clone; once all are dropped, every connection has ended.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let (tcp, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -92,14 +92,19 @@ pub async fn serve(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%peer, %error, "TCP_NODELAY not set");
         }
-        tokio::spawn(
-            connection
-                .clone()
-                .run(tcp, peer, admitted, connections.watcher()),
-        );
+        tokio::spawn(connection.clone().run(
+            tcp,
+            peer,
+            admitted,
+            Closing {
+                stop: stop.clone(),
+                _open: open.clone(),
+            },
+        ));
     }
     drop(listener);
-    if tokio::time::timeout(grace, connections.shutdown())
+    drop(open);
+    if tokio::time::timeout(grace, all_closed.recv())
         .await
         .is_err()
     {
@@ -128,6 +133,17 @@ fn builder(http: &HttpSettings) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// How long a connection closed for idleness has to say so (an HTTP/2 GOAWAY) before it is
+/// dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// What tells a connection to close gracefully: the listener's shutdown. Holding it keeps the
+/// listener's drain waiting.
+struct Closing {
+    stop: CancellationToken,
+    _open: tokio::sync::mpsc::Sender<()>,
+}
+
 /// What every connection of the listener shares.
 struct Connection {
     router: Router,
@@ -144,11 +160,11 @@ impl Connection {
         tcp: TcpStream,
         peer: SocketAddr,
         mut admitted: Admitted,
-        watcher: Watcher,
+        closing: Closing,
     ) {
         let Some(acceptor) = &self.tls else {
             admitted.handshake_done();
-            self.serve(tcp, peer, None, watcher).await;
+            self.serve(tcp, peer, None, closing).await;
             return;
         };
         let handshake = tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await;
@@ -170,17 +186,18 @@ impl Connection {
             .peer_certificates()
             .and_then(|chain| chain.first())
             .map(|der| ClientCertificate::from_der(der));
-        self.serve(tls, peer, certificate, watcher).await;
+        self.serve(tls, peer, certificate, closing).await;
         drop(admitted);
     }
 
-    /// Runs hyper on `io` until the client leaves, an error, or the idle timeout.
+    /// Runs hyper on `io` until the client leaves or an error; at the idle timeout or the
+    /// listener's shutdown, closes it gracefully (HTTP/2: GOAWAY; requests in flight finish).
     async fn serve<I>(
         &self,
         io: I,
         peer: SocketAddr,
         certificate: Option<ClientCertificate>,
-        watcher: Watcher,
+        closing: Closing,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -208,16 +225,36 @@ impl Connection {
         let connection = self
             .builder
             .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
-        tokio::select! {
-            served = watcher.watch(connection.into_owned()) => {
-                if let Err(error) = served {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
+        tokio::pin!(connection);
+        let mut shutting_down = false;
+        // Set once closed for idleness: a connection that does not end by then is dropped.
+        let mut drop_at = None;
+        let served = loop {
+            tokio::select! {
+                served = connection.as_mut() => break served,
+                () = activity.idle_for(self.idle_timeout), if drop_at.is_none() => {
+                    tracing::debug!(%peer, "idle connection closed");
+                    connection.as_mut().graceful_shutdown();
+                    drop_at = Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
                 }
+                () = closing.stop.cancelled(), if !shutting_down => {
+                    shutting_down = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = sleep_until(drop_at) => break Ok(()),
             }
-            () = activity.idle_for(self.idle_timeout) => {
-                tracing::debug!(%peer, "idle connection closed");
-            }
+        };
+        if let Err(error) = served {
+            tracing::debug!(%peer, %error, "connection ended with an error");
         }
+    }
+}
+
+/// Resolves at `deadline`, never without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
