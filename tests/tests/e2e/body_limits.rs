@@ -305,6 +305,19 @@ async fn the_in_flight_body_budget_answers_503_while_spent_and_recovers() {
     assert_eq!(response.status(), 503);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "OVERLOADED");
+    // BNC's own form of it.
+    let mut request = client
+        .post(format!("{}{BNC}", app.base_url))
+        .header("Content-Type", "application/json")
+        .body(r#"{"partnerReferenceNo":"P-BUDGET"}"#);
+    for (name, value) in snap_headers(PARTNER, time::Duration::ZERO) {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["responseCode"], "5000000");
 
     // The stalled sender leaves: its bytes are given back.
     drop(holder);
