@@ -273,3 +273,19 @@ async fn past_the_handshake_cap_a_new_connection_is_closed_and_a_connected_bank_
     .await;
     assert!(admitted, "handshakes admitted again");
 }
+
+#[tokio::test]
+async fn a_bank_whose_pooled_connection_was_closed_for_idleness_is_served_on_a_new_one() {
+    let (app, _pki) =
+        spawn_tls_app_with(|settings| settings.http.idle_timeout_secs = TIMEOUT.as_secs()).await;
+    for round in 0..2 {
+        let reference = format!("PAY-IDLE-{round}");
+        let response = app
+            .post_signed(UNIT, &unit_body(&reference, "PENDING"), &reference)
+            .await;
+        assert_eq!(response.status(), 200, "round {round}");
+        // The connection the client keeps in its pool is closed meanwhile, gracefully: the
+        // next request must not fail on it.
+        tokio::time::sleep(TIMEOUT + Duration::from_secs(1)).await;
+    }
+}
