@@ -46,13 +46,38 @@ pub struct HttpSettings {
     /// Where Prometheus and the orchestrator connect (`/metrics`, `/healthz`, `/readyz`); kept
     /// off the public listener so the outside world never sees them.
     pub ops_listen: SocketAddr,
-    /// Larger bodies get 413 before they are read.
+    /// Larger Corelink bodies get 413 before they are read (BNC and Paysafe have their own).
     pub max_body_bytes: usize,
     /// A body not fully received within this gets 408 and its connection closed, so a client
     /// that stalls mid-body cannot hold a connection (and its memory) for ever.
     pub body_timeout_secs: u64,
     /// How long in-flight requests may take to finish once shutdown starts.
     pub shutdown_grace_secs: u64,
+    /// Request bodies held in memory at once, all routes and connections together; a body
+    /// that would go past it is answered 503 at once rather than queued.
+    pub max_in_flight_body_bytes: usize,
+    /// An HTTP/1 request line and headers not complete within this close the connection; it
+    /// also bounds the wait for the next request on a kept-alive connection.
+    pub header_read_timeout_secs: u64,
+    /// A connection with no request in flight for this long is closed (HTTP/1 and HTTP/2, and
+    /// a connection that never sends a first request).
+    pub idle_timeout_secs: u64,
+    /// A TLS handshake not complete within this closes the connection.
+    pub tls_handshake_timeout_secs: u64,
+    /// HTTP/2: how often an otherwise silent connection is pinged, and how long a ping may go
+    /// unanswered before the connection is closed as dead.
+    pub http2_keep_alive_interval_secs: u64,
+    pub http2_keep_alive_timeout_secs: u64,
+    /// HTTP/2: requests one connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
+    /// Connections open at once; past it, a new connection is closed at once, unread.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address (0 = no per-address cap). Addresses in
+    /// `proxy.trusted_addresses` are exempt: behind a proxy every connection comes from it.
+    pub max_connections_per_address: usize,
+    /// TLS handshakes in progress at once; past it, a new connection is closed at once, so a
+    /// flood of handshakes cannot take every core from the banks already connected.
+    pub max_concurrent_handshakes: usize,
 }
 
 impl Default for HttpSettings {
@@ -63,6 +88,16 @@ impl Default for HttpSettings {
             max_body_bytes: 1024 * 1024,
             body_timeout_secs: 30,
             shutdown_grace_secs: 30,
+            max_in_flight_body_bytes: 64 * 1024 * 1024,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            tls_handshake_timeout_secs: 10,
+            http2_keep_alive_interval_secs: 20,
+            http2_keep_alive_timeout_secs: 10,
+            http2_max_concurrent_streams: 64,
+            max_connections: 4096,
+            max_connections_per_address: 256,
+            max_concurrent_handshakes: 256,
         }
     }
 }
@@ -234,6 +269,8 @@ pub struct BncSettings {
     pub path: String,
     /// Accepted distance between `X-TIMESTAMP` and our clock, either way.
     pub timestamp_tolerance_secs: u64,
+    /// Larger bodies are refused (`4000001 requestBody`); a binding is a few hundred bytes.
+    pub max_body_bytes: usize,
     /// The partners allowed to call, by `X-CLIENT-KEY`. None: the route answers 401 to all.
     pub partners: Vec<BncPartner>,
 }
@@ -243,6 +280,7 @@ impl Default for BncSettings {
         Self {
             path: DEFAULT_BNC_PATH.into(),
             timestamp_tolerance_secs: 300,
+            max_body_bytes: 32 * 1024,
             partners: Vec::new(),
         }
     }
@@ -295,6 +333,8 @@ pub const DEFAULT_PAYSAFE_PATH: &str = "/webhooks/paysafe";
 pub struct PaysafeSettings {
     /// The route's path.
     pub path: String,
+    /// Larger bodies get 413; an event is a few KiB.
+    pub max_body_bytes: usize,
     /// HMAC keys, inline.
     #[serde(deserialize_with = "one_or_many")]
     pub webhook_keys: Vec<String>,
@@ -307,6 +347,7 @@ impl Default for PaysafeSettings {
     fn default() -> Self {
         Self {
             path: DEFAULT_PAYSAFE_PATH.into(),
+            max_body_bytes: 64 * 1024,
             webhook_keys: Vec::new(),
             webhook_key_files: Vec::new(),
         }
@@ -322,6 +363,7 @@ impl std::fmt::Debug for PaysafeSettings {
             .collect();
         f.debug_struct("PaysafeSettings")
             .field("path", &self.path)
+            .field("max_body_bytes", &self.max_body_bytes)
             .field(
                 "webhook_keys",
                 &format_args!("[{} redacted]", self.webhook_keys.len()),
@@ -402,9 +444,42 @@ impl Settings {
     /// start-up, and so is the route table (a path configured here must not clash with a
     /// Corelink route or with another configured path).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let http = &self.http;
         let positive = [
-            ("http.max_body_bytes", self.http.max_body_bytes as u64),
-            ("http.body_timeout_secs", self.http.body_timeout_secs),
+            ("http.max_body_bytes", http.max_body_bytes as u64),
+            ("http.body_timeout_secs", http.body_timeout_secs),
+            (
+                "http.max_in_flight_body_bytes",
+                http.max_in_flight_body_bytes as u64,
+            ),
+            (
+                "http.header_read_timeout_secs",
+                http.header_read_timeout_secs,
+            ),
+            ("http.idle_timeout_secs", http.idle_timeout_secs),
+            (
+                "http.tls_handshake_timeout_secs",
+                http.tls_handshake_timeout_secs,
+            ),
+            (
+                "http.http2_keep_alive_interval_secs",
+                http.http2_keep_alive_interval_secs,
+            ),
+            (
+                "http.http2_keep_alive_timeout_secs",
+                http.http2_keep_alive_timeout_secs,
+            ),
+            (
+                "http.http2_max_concurrent_streams",
+                u64::from(http.http2_max_concurrent_streams),
+            ),
+            ("http.max_connections", http.max_connections as u64),
+            (
+                "http.max_concurrent_handshakes",
+                http.max_concurrent_handshakes as u64,
+            ),
+            ("bnc.max_body_bytes", self.bnc.max_body_bytes as u64),
+            ("paysafe.max_body_bytes", self.paysafe.max_body_bytes as u64),
             (
                 "broker.publish_channels",
                 self.broker.publish_channels as u64,
@@ -443,6 +518,26 @@ impl Settings {
             return Err(ConfigError::new(
                 "broker.reconnect_max_ms",
                 "must be at least broker.reconnect_initial_ms",
+            ));
+        }
+        // Else a body within its route's limit could never be accepted.
+        let largest_body = http
+            .max_body_bytes
+            .max(self.bnc.max_body_bytes)
+            .max(self.paysafe.max_body_bytes);
+        if http.max_in_flight_body_bytes < largest_body {
+            return Err(ConfigError::new(
+                "http.max_in_flight_body_bytes",
+                format!(
+                    "must be at least the largest body limit ({largest_body} bytes, from http.max_body_bytes, bnc.max_body_bytes or paysafe.max_body_bytes)"
+                ),
+            ));
+        }
+        // The semaphore counting those bytes holds at most this many permits.
+        if http.max_in_flight_body_bytes > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ConfigError::new(
+                "http.max_in_flight_body_bytes",
+                format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
             ));
         }
         if self.http.listen == self.http.ops_listen && self.http.listen.port() != 0 {

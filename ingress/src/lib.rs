@@ -8,6 +8,7 @@
 //! serves the operators' listener.
 
 pub mod auth;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod metrics;

@@ -19,6 +19,12 @@ pub const BROKER_CONNECTED: &str = "connector_ingress_broker_connected";
 /// Connections lost and re-established.
 pub const BROKER_RECONNECTS_TOTAL: &str = "connector_ingress_broker_reconnects_total";
 
+/// Connections to the public listener open now.
+pub const CONNECTIONS_OPEN: &str = "connector_ingress_connections_open";
+/// Connections closed at accept because a cap was full, by `reason` (the setting: `max_connections`,
+/// `max_connections_per_address`, `max_concurrent_handshakes`).
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "connector_ingress_connections_refused_total";
+
 /// The process's recorder (shared, with its upkeep thread); the handle renders `/metrics`.
 pub fn install() -> PrometheusHandle {
     connector_runtime::metrics::prometheus()
@@ -39,6 +45,18 @@ pub fn set_broker_connected(connected: bool) {
 
 pub fn count_broker_reconnect() {
     counter!(BROKER_RECONNECTS_TOTAL).increment(1);
+}
+
+pub fn connection_opened() {
+    gauge!(CONNECTIONS_OPEN).increment(1.0);
+}
+
+pub fn connection_closed() {
+    gauge!(CONNECTIONS_OPEN).decrement(1.0);
+}
+
+pub fn count_connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(1);
 }
 
 /// Counts a request as in flight until dropped, whatever path the handler leaves by.

@@ -26,8 +26,9 @@ use crate::auth::keys::{ClientRegistry, KeyStore};
 use crate::auth::replay::ReplayCache;
 use crate::auth::snap::partners::BncPartners;
 use crate::auth::tls;
+use crate::budget::BodyBudget;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, HttpSettings, Settings};
 use crate::publisher::IntakePublisher;
 use crate::rate_limit::ClientRateLimiter;
 use crate::routes::{bnc, body, corelink, paysafe};
@@ -47,6 +48,8 @@ pub struct Application {
     /// publish while the process shuts down.
     publisher_shutdown: CancellationToken,
     grace: Duration,
+    /// The public listener's limits on connections.
+    http: HttpSettings,
     /// The key files as loaded, so an edit made before the watcher first looks still counts.
     key_files_at_start: Option<[u8; 32]>,
 }
@@ -144,7 +147,12 @@ impl Application {
             bnc_partners,
             paysafe_path: settings.paysafe.path.clone(),
             paysafe_keys,
+            paysafe_max_body_bytes: settings.paysafe.max_body_bytes,
             max_body_bytes: settings.http.max_body_bytes,
+            body_budget: BodyBudget::new(
+                settings.http.max_in_flight_body_bytes,
+                settings.broker.retry_after_secs,
+            ),
             body_timeout: Duration::from_secs(settings.http.body_timeout_secs),
             retry_after_secs: settings.broker.retry_after_secs,
         });
@@ -157,6 +165,7 @@ impl Application {
             tls,
             publisher_shutdown,
             grace: Duration::from_secs(settings.http.shutdown_grace_secs),
+            http: settings.http.clone(),
             key_files_at_start,
         })
     }
@@ -205,8 +214,12 @@ impl Application {
 
         let public = server::serve(
             self.public_listener,
-            public_router(self.state.clone()),
-            self.tls,
+            server::PublicServer {
+                router: public_router(self.state.clone()),
+                tls: self.tls,
+                http: self.http,
+                proxies: self.state.proxies.clone(),
+            },
             stop.clone(),
             self.grace,
         );

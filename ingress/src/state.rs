@@ -9,6 +9,7 @@ use crate::auth::hmac::WebhookKeys;
 use crate::auth::keys::KeyStore;
 use crate::auth::replay::ReplayCache;
 use crate::auth::snap::partners::BncPartners;
+use crate::budget::BodyBudget;
 use crate::clock::Clock;
 use crate::config::{BncSettings, CorelinkSettings};
 use crate::publisher::IntakePublisher;
@@ -39,7 +40,12 @@ pub struct SharedState {
     pub paysafe_path: String,
     /// The HMAC keys Paysafe signs webhooks with (several during a rotation).
     pub paysafe_keys: WebhookKeys,
+    /// Paysafe's body limit (`paysafe.max_body_bytes`); BNC's is in `bnc`.
+    pub paysafe_max_body_bytes: usize,
+    /// Corelink's body limit (`http.max_body_bytes`).
     pub max_body_bytes: usize,
+    /// The bytes of all bodies in memory at once (`http.max_in_flight_body_bytes`).
+    pub body_budget: BodyBudget,
     pub body_timeout: std::time::Duration,
     /// `Retry-After` on 503.
     pub retry_after_secs: u64,

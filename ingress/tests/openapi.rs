@@ -53,7 +53,9 @@ fn router(shutdown: &CancellationToken) -> axum::Router {
         bnc_partners: BncPartners::from_pems(Vec::<(String, Vec<Vec<u8>>)>::new()).unwrap(),
         paysafe_path: PaysafeSettings::default().path,
         paysafe_keys: WebhookKeys::new(["paysafe-key"]),
+        paysafe_max_body_bytes: 1024,
         max_body_bytes: 1024,
+        body_budget: connector_ingress::budget::BodyBudget::new(4096, 5),
         body_timeout: std::time::Duration::from_secs(30),
         retry_after_secs: 5,
     }))
@@ -150,6 +152,7 @@ fn every_error_code_the_ingress_produces_is_described() {
         "UNSUPPORTED_MEDIA_TYPE",
         "RATE_LIMITED",
         "ENQUEUE_UNAVAILABLE",
+        "OVERLOADED",
     ] {
         assert!(codes.contains(code), "{code} is not in the description");
     }

@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod logs;
 pub mod pipeline;
 pub mod proxy;
+pub mod raw;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -418,6 +419,38 @@ impl TestPki {
             builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
         }
         builder.build().unwrap()
+    }
+
+    /// A raw TLS connector (HTTP/1.1 only) trusting the test CA, presenting `identity` (or no
+    /// certificate): for tests that write bytes by hand, such as a client that stalls.
+    pub fn tls_connector(
+        &self,
+        identity: Option<&connector_ingress::pki::IssuedCertificate>,
+    ) -> tokio_rustls::TlsConnector {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.ca.cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let mut config = match identity {
+            Some(identity) => {
+                let chain =
+                    vec![CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).unwrap()];
+                let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 
     fn write(&self, name: &str, contents: &str) -> PathBuf {

@@ -131,3 +131,55 @@ fn paysafe_settings_are_validated_and_never_show_a_key() {
         "paysafe.path"
     );
 }
+
+#[test]
+fn edge_limits_are_validated_by_key() {
+    let refused = |change: fn(&mut Settings)| {
+        let mut settings = Settings::default();
+        change(&mut settings);
+        settings.validate().unwrap_err().key
+    };
+    assert_eq!(
+        refused(|s| s.http.header_read_timeout_secs = 0),
+        "http.header_read_timeout_secs"
+    );
+    assert_eq!(
+        refused(|s| s.http.idle_timeout_secs = 0),
+        "http.idle_timeout_secs"
+    );
+    assert_eq!(
+        refused(|s| s.http.max_connections = 0),
+        "http.max_connections"
+    );
+    assert_eq!(
+        refused(|s| s.http.max_concurrent_handshakes = 0),
+        "http.max_concurrent_handshakes"
+    );
+    assert_eq!(
+        refused(|s| s.http.http2_max_concurrent_streams = 0),
+        "http.http2_max_concurrent_streams"
+    );
+    assert_eq!(refused(|s| s.bnc.max_body_bytes = 0), "bnc.max_body_bytes");
+    assert_eq!(
+        refused(|s| s.paysafe.max_body_bytes = 0),
+        "paysafe.max_body_bytes"
+    );
+    // The in-flight budget must hold the largest body any route accepts.
+    assert_eq!(
+        refused(|s| s.http.max_in_flight_body_bytes = s.http.max_body_bytes - 1),
+        "http.max_in_flight_body_bytes"
+    );
+    assert_eq!(
+        refused(|s| {
+            s.http.max_in_flight_body_bytes = s.http.max_body_bytes;
+            s.paysafe.max_body_bytes = s.http.max_body_bytes + 1;
+        }),
+        "http.max_in_flight_body_bytes"
+    );
+    // No per-address cap (0) is a valid choice, behind a proxy that is not trusted.
+    let mut settings = Settings::default();
+    settings.http.max_connections_per_address = 0;
+    settings
+        .validate()
+        .expect("0 turns the per-address cap off");
+}

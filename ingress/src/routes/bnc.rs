@@ -25,7 +25,7 @@ use connector_schema::bnc::{
 use connector_schema::{IntakeEnvelope, IntakeKind};
 
 use crate::auth::snap::partners::BncPartners;
-use crate::auth::snap::{SnapAuthError, verify};
+use crate::auth::snap::{self, SnapAuthError, verify_signature};
 use crate::routes::body;
 use crate::routes::error::ApiError;
 use crate::routes::headers::once;
@@ -65,14 +65,9 @@ impl SnapRejection {
 }
 
 /// The whole check of one callback whose body has arrived, in the order the route answers:
-///
-/// 1. the headers' presence and format (400, [`validate_headers`]);
-/// 2. authentication (401, [`verify`]): before the body is judged, so that only the partner
-///    learns anything about our body rules, and a forged request costs no parsing;
-/// 3. the body (400, [`parse_account_binding`]).
-///
-/// `header` looks a header up case-insensitively (`|name| request.headers().get(name)`). Pure
-/// (the clock is an argument), so the shared vectors drive it.
+/// [`check_headers`], then [`check_body`]. `header` looks a header up case-insensitively
+/// (`|name| request.headers().get(name)`). Pure (the clock is an argument), so the shared
+/// vectors drive it.
 pub fn check_request<'a, V>(
     partners: &BncPartners,
     header: impl Fn(&str) -> Option<&'a V>,
@@ -84,10 +79,40 @@ pub fn check_request<'a, V>(
 where
     V: AsRef<[u8]> + ?Sized + 'a,
 {
-    let headers = validate_headers(header)?;
-    verify(partners, &headers, path_as_sent, body, now, tolerance)?;
-    let callback = parse_account_binding(body)?;
+    let headers = check_headers(partners, header, now, tolerance)?;
+    let callback = check_body(partners, &headers, path_as_sent, body)?;
     Ok((headers, callback))
+}
+
+/// What is judged before the body is read, so a stranger cannot make us hold a connection or
+/// memory for a body: the headers' presence and format (400, [`validate_headers`]), then the
+/// client key, the timestamp window and the signature's encoding (401,
+/// [`snap::check_headers`]).
+pub fn check_headers<'a, V>(
+    partners: &BncPartners,
+    header: impl Fn(&str) -> Option<&'a V>,
+    now: OffsetDateTime,
+    tolerance: Duration,
+) -> Result<SnapHeaders<'a>, SnapRejection>
+where
+    V: AsRef<[u8]> + ?Sized + 'a,
+{
+    let headers = validate_headers(header)?;
+    snap::check_headers(partners, &headers, now, tolerance)?;
+    Ok(headers)
+}
+
+/// What needs the body: the signature over it (401, [`verify_signature`]), before the body is
+/// judged so that only the partner learns anything about our body rules and a forged request
+/// costs no parsing; then the body (400, [`parse_account_binding`]).
+pub fn check_body(
+    partners: &BncPartners,
+    headers: &SnapHeaders<'_>,
+    path_as_sent: &str,
+    body: &[u8],
+) -> Result<AccountBindingCallback, SnapRejection> {
+    verify_signature(partners, headers, path_as_sent, body)?;
+    Ok(parse_account_binding(body)?)
 }
 
 /// The 200 answer: the binding is durably enqueued.
@@ -192,23 +217,35 @@ async fn accept(state: &AppState, request: Request) -> Result<Accepted, Refusal>
     {
         return Err(SnapResponse::invalid_format(twice).into());
     }
-    let path_as_sent = body::target_as_sent(&parts.uri);
-    let body = body::read(request_body, state.max_body_bytes, state.body_timeout)
-        .await
-        .map_err(|error| Refusal {
-            response: SnapResponse::invalid_format(connector_schema::bnc::BODY_FIELD),
-            retry_after_secs: None,
-            close: matches!(error, ApiError::RequestTimeout(_)),
-        })?;
-    let (headers, callback) = check_request(
+    let headers = check_headers(
         &state.bnc_partners,
         |name| parts.headers.get(name),
-        &path_as_sent,
-        &body,
         received_at,
         state.bnc.timestamp_tolerance(),
     )
     .map_err(|rejection| Refusal::from(rejection.response()))?;
+    let path_as_sent = body::target_as_sent(&parts.uri);
+    let body::ReadBody { bytes: body, held } = body::read(
+        request_body,
+        state.bnc.max_body_bytes,
+        state.body_timeout,
+        &state.body_budget,
+    )
+    .await
+    .map_err(|error| match error {
+        ApiError::Overloaded { retry_after_secs } => Refusal {
+            response: SnapResponse::general_error(),
+            retry_after_secs: Some(retry_after_secs),
+            close: false,
+        },
+        error => Refusal {
+            response: SnapResponse::invalid_format(connector_schema::bnc::BODY_FIELD),
+            retry_after_secs: None,
+            close: matches!(error, ApiError::RequestTimeout(_)),
+        },
+    })?;
+    let callback = check_body(&state.bnc_partners, &headers, &path_as_sent, &body)
+        .map_err(|rejection| Refusal::from(rejection.response()))?;
     let span = tracing::Span::current();
     span.record("client_key", headers.client_key);
     span.record("external_id", headers.external_id);
@@ -245,6 +282,7 @@ async fn accept(state: &AppState, request: Request) -> Result<Accepted, Refusal>
             retry_after_secs: Some(state.retry_after_secs),
             close: false,
         })?;
+    drop(held);
     Ok(Accepted)
 }
 

@@ -1,7 +1,7 @@
-//! Reading a request body with the two limits every route applies: its size (413, refused from
-//! `Content-Length` before a byte is read when it says too much) and the time it may take to
-//! arrive (408, the connection then closed), so neither a huge nor a trickling body can hold
-//! memory or a connection. And the honest end of a connection whose body was never read: routes
+//! Reading a request body with the limits every route applies: its size (413, refused from
+//! `Content-Length` before a byte is read when it says too much), the time it may take to
+//! arrive (408, the connection then closed) and the process's in-flight budget (503), so
+//! neither a huge nor a trickling body, nor many of them, can hold memory or a connection. And the honest end of a connection whose body was never read: routes
 //! refuse on headers first, without reading what an unauthenticated caller sends.
 
 use std::pin::Pin;
@@ -19,6 +19,7 @@ use axum::response::Response;
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use crate::budget::{BodyBudget, HeldBytes};
 use crate::routes::error::ApiError;
 
 /// 413 at once when `Content-Length` declares more than `limit` bytes: no need to read them.
@@ -33,20 +34,50 @@ pub fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), Ap
     Ok(())
 }
 
-/// Reads at most `limit` bytes within `timeout`; more is 413 whatever `Content-Length` claimed.
-pub async fn read(body: Body, limit: usize, timeout: Duration) -> Result<bytes::Bytes, ApiError> {
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| ApiError::RequestTimeout(timeout.as_secs()))?;
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge { limit })
+/// A body read to its end, with its bytes held in the in-flight budget until dropped: keep it
+/// until the request is answered.
+#[derive(Debug)]
+pub struct ReadBody {
+    pub bytes: bytes::Bytes,
+    pub held: HeldBytes,
+}
+
+/// Reads at most `limit` bytes within `timeout`, taking each chunk from `budget` as it arrives;
+/// more than `limit` is 413 whatever `Content-Length` claimed, a spent budget 503 `OVERLOADED`
+/// at once.
+pub async fn read(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+    budget: &BodyBudget,
+) -> Result<ReadBody, ApiError> {
+    let collect = async {
+        let mut body = Limited::new(body, limit);
+        let mut held = budget.share();
+        let mut bytes = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|error| {
+                if error.downcast_ref::<LengthLimitError>().is_some() {
+                    ApiError::PayloadTooLarge { limit }
+                } else {
+                    ApiError::MalformedJson(format!("the body could not be read: {error}"))
+                }
+            })?;
+            if let Ok(data) = frame.into_data() {
+                held.grow(data.len()).map_err(|_| ApiError::Overloaded {
+                    retry_after_secs: budget.retry_after_secs,
+                })?;
+                bytes.extend_from_slice(&data);
+            }
         }
-        Err(error) => Err(ApiError::MalformedJson(format!(
-            "the body could not be read: {error}"
-        ))),
-    }
+        Ok(ReadBody {
+            bytes: bytes.freeze(),
+            held,
+        })
+    };
+    tokio::time::timeout(timeout, collect)
+        .await
+        .map_err(|_| ApiError::RequestTimeout(timeout.as_secs()))?
 }
 
 /// The request target as the sender wrote it: path and query. What signatures cover and what the

@@ -242,7 +242,8 @@ async fn accept(
     }
 
     let received_path = body::target_as_sent(&parts.uri);
-    let body = body::read(request_body, limit, state.body_timeout).await?;
+    let body::ReadBody { bytes: body, held } =
+        body::read(request_body, limit, state.body_timeout, &state.body_budget).await?;
     let signed_path = format!("{}{received_path}", state.corelink.external_path_prefix);
     authenticate(
         &state.keys.current(),
@@ -271,6 +272,8 @@ async fn accept(
         // Not accepted: the same request may come again as is.
         state.replay.forget(&headers.client_id, &headers.nonce);
     }
+    // The body's bytes stay counted until it is published or refused.
+    drop(held);
     result
 }
 

@@ -61,6 +61,11 @@ pub enum ApiError {
         "the request could not be durably enqueued; retry later with the same X-Idempotency-Key"
     )]
     EnqueueUnavailable { retry_after_secs: u64 },
+    /// The in-flight body budget is spent: answered at once, nothing read further or enqueued.
+    #[error(
+        "the connector holds as many request bodies as it may at once; retry after {retry_after_secs} s"
+    )]
+    Overloaded { retry_after_secs: u64 },
 }
 
 impl ApiError {
@@ -82,7 +87,9 @@ impl ApiError {
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::EnqueueUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::EnqueueUnavailable { .. } | Self::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -105,6 +112,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::EnqueueUnavailable { .. } => "ENQUEUE_UNAVAILABLE",
+            Self::Overloaded { .. } => "OVERLOADED",
         }
     }
 
@@ -146,7 +154,8 @@ impl IntoResponse for ApiError {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Self::EnqueueUnavailable { retry_after_secs }
-        | Self::RateLimited { retry_after_secs } = self
+        | Self::RateLimited { retry_after_secs }
+        | Self::Overloaded { retry_after_secs } = self
         {
             response
                 .headers_mut()

@@ -1,4 +1,5 @@
-//! The Paysafe webhook route (DESIGN.md §5): the body, then the `Signature` header, then the body
+//! The Paysafe webhook route (DESIGN.md §5): the `Signature` header's presence and form, then
+//! the body (at most `paysafe.max_body_bytes`), then the signature over it, then the body
 //! rules, then the durable enqueue (§2.1). TLS without a client certificate: the HMAC is
 //! Paysafe's proof.
 //!
@@ -20,6 +21,8 @@ use axum::extract::Request;
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 use tracing::field;
 use uuid::Uuid;
@@ -94,6 +97,19 @@ pub fn check(
     })
 }
 
+/// What [`check`] would refuse without the body: no `Signature` (once, non-empty), or one that
+/// cannot be an HMAC-SHA256 (not base64 of 32 bytes).
+pub fn check_before_body(headers: &HeaderMap) -> Result<(), ApiError> {
+    let signature = signature(headers)?;
+    match STANDARD.decode(signature.trim()) {
+        Ok(mac) if mac.len() == HMAC_SHA256_LEN => Ok(()),
+        _ => Err(ApiError::HmacMismatch(SIGNATURE_HEADER)),
+    }
+}
+
+/// Bytes in an HMAC-SHA256.
+const HMAC_SHA256_LEN: usize = 32;
+
 fn signature(headers: &HeaderMap) -> Result<&str, ApiError> {
     let missing = |reason| ApiError::SignatureMissing {
         header: SIGNATURE_HEADER,
@@ -146,11 +162,15 @@ pub async fn handle(state: AppState, request: Request) -> Response {
 
 async fn accept(state: &AppState, request: Request) -> Result<Accepted, ApiError> {
     let received_at = state.clock.now();
-    let limit = state.max_body_bytes;
+    let limit = state.paysafe_max_body_bytes;
     let (parts, request_body) = request.into_parts();
+    // What needs no body is judged before a byte of it is read: a caller without a signature
+    // cannot make us hold a connection or memory for it.
+    check_before_body(&parts.headers)?;
     body::check_declared_length(&parts.headers, limit)?;
     let request_path = body::target_as_sent(&parts.uri);
-    let body = body::read(request_body, limit, state.body_timeout).await?;
+    let body::ReadBody { bytes: body, held } =
+        body::read(request_body, limit, state.body_timeout, &state.body_budget).await?;
 
     let verified = check(&state.paysafe_keys, &parts.headers, &body)?;
     let webhook = &verified.webhook;
@@ -181,6 +201,7 @@ async fn accept(state: &AppState, request: Request) -> Result<Accepted, ApiError
         .map_err(|_| ApiError::EnqueueUnavailable {
             retry_after_secs: state.retry_after_secs,
         })?;
+    drop(held);
     Ok(Accepted {
         status: "ACCEPTED",
         received_at: rfc3339(received_at),
@@ -325,7 +346,9 @@ mod tests {
             bnc_partners: BncPartners::default(),
             paysafe_path: DEFAULT_PATH.into(),
             paysafe_keys: keys(),
+            paysafe_max_body_bytes: max_body_bytes,
             max_body_bytes,
+            body_budget: crate::budget::BodyBudget::new(max_body_bytes, 7),
             body_timeout: Duration::from_millis(200),
             retry_after_secs: 7,
         }))
@@ -392,7 +415,7 @@ mod tests {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(error_code(response).await, "SIGNATURE_INVALID");
 
-        // Too large: refused before any signature check.
+        // Too large: refused before the HMAC is computed.
         let large = format!("{{\"pad\":\"{}\"}}", "x".repeat(300));
         let response = send(&router, Some(&good), Body::from(large)).await;
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
@@ -405,6 +428,15 @@ mod tests {
         let response = send(&router, Some(&good), stalled).await;
         assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
         assert_eq!(response.headers()[header::CONNECTION], "close");
+
+        // Without a usable signature nothing is read: 401, not the body's 408.
+        for signature in [None, Some("bm90IGl0")] {
+            let stalled = Body::from_stream(futures_util::stream::pending::<
+                Result<bytes::Bytes, std::io::Error>,
+            >());
+            let response = send(&router, signature, stalled).await;
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{signature:?}");
+        }
 
         let response = router
             .clone()

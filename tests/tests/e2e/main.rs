@@ -7,6 +7,7 @@
 mod bank_integration;
 mod behind_proxy;
 mod bnc_callbacks;
+mod body_limits;
 mod broker_faults;
 mod corelink_ingress;
 mod hostile_inputs;
@@ -16,6 +17,7 @@ mod mtls;
 mod paysafe_amounts;
 mod paysafe_tracking;
 mod paysafe_webhooks;
+mod slow_clients;
 mod trust_boundaries;
 mod worker_faults;
 mod workers_pipeline;

@@ -164,7 +164,7 @@ async fn signed_webhooks_are_enqueued_byte_for_byte_under_either_key_and_spellin
 async fn refused_webhooks_enqueue_nothing() {
     let paysafe = spawn(|s| {
         s.paysafe.webhook_keys = vec![KEY.into()];
-        s.http.max_body_bytes = 4096;
+        s.paysafe.max_body_bytes = 4096;
     })
     .await;
     let valid = event("eventName", "SA_CREDIT_COMPLETED", "credit-0001");

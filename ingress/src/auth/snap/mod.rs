@@ -52,15 +52,8 @@ impl From<SnapAuthError> for SnapResponse {
     }
 }
 
-/// Authenticates a request whose headers [`validate_headers`] accepted.
-///
-/// Order: the client key, then the timestamp window (cheap, and it refuses a captured request
-/// replayed later before spending any RSA work on it), then the signature against each of the
-/// partner's keys (any one may match, so a partner can rotate). `path_as_sent` is the request
-/// path exactly as received, `body` the exact body bytes; `now` comes from the injected clock.
-///
-/// A body that cannot be minified (an unterminated string) has no string to sign, so no
-/// signature can be valid for it: [`SnapAuthError::InvalidSignature`].
+/// Authenticates a request whose headers [`validate_headers`] accepted: [`check_headers`],
+/// then [`verify_signature`].
 pub fn verify(
     partners: &BncPartners,
     headers: &SnapHeaders<'_>,
@@ -69,12 +62,46 @@ pub fn verify(
     now: OffsetDateTime,
     tolerance: Duration,
 ) -> Result<(), SnapAuthError> {
-    let mut keys = partners
-        .keys(headers.client_key)
-        .ok_or(SnapAuthError::UnknownClientKey)?;
+    check_headers(partners, headers, now, tolerance)?;
+    verify_signature(partners, headers, path_as_sent, body)
+}
+
+/// What authentication can refuse before the body has arrived, cheapest first: the client key,
+/// then the timestamp window (which refuses a captured request replayed later before any RSA
+/// work), then a signature that is not base64. `now` comes from the injected clock.
+pub fn check_headers(
+    partners: &BncPartners,
+    headers: &SnapHeaders<'_>,
+    now: OffsetDateTime,
+    tolerance: Duration,
+) -> Result<(), SnapAuthError> {
+    if partners.keys(headers.client_key).is_none() {
+        return Err(SnapAuthError::UnknownClientKey);
+    }
     if (now - headers.sent_at).unsigned_abs() > tolerance {
         return Err(SnapAuthError::TimestampOutOfWindow);
     }
+    STANDARD
+        .decode(headers.signature)
+        .map_err(|_| SnapAuthError::SignatureNotBase64)?;
+    Ok(())
+}
+
+/// The signature over the body, against each of the partner's keys (any one may match, so a
+/// partner can rotate). `path_as_sent` is the request path exactly as received, `body` the
+/// exact body bytes.
+///
+/// A body that cannot be minified (an unterminated string) has no string to sign, so no
+/// signature can be valid for it: [`SnapAuthError::InvalidSignature`].
+pub fn verify_signature(
+    partners: &BncPartners,
+    headers: &SnapHeaders<'_>,
+    path_as_sent: &str,
+    body: &[u8],
+) -> Result<(), SnapAuthError> {
+    let mut keys = partners
+        .keys(headers.client_key)
+        .ok_or(SnapAuthError::UnknownClientKey)?;
     let signature = STANDARD
         .decode(headers.signature)
         .map_err(|_| SnapAuthError::SignatureNotBase64)?;
