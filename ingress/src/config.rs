@@ -18,6 +18,11 @@ use connector_schema::topology::TopologySettings;
 pub use connector_runtime::config::ConfigError;
 pub use connector_runtime::telemetry::{LogFormat, LogSettings};
 
+mod paysafe;
+pub use paysafe::{
+    DEFAULT_PAYSAFE_PATH, KeyEncoding, PaysafeSettings, WebhookKey, WebhookKeyEntry,
+};
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -279,82 +284,6 @@ pub struct BncPartner {
     pub public_key_files: Vec<RelativePathBuf>,
 }
 
-/// The Paysafe webhook route's path unless `paysafe.path` says otherwise.
-pub const DEFAULT_PAYSAFE_PATH: &str = "/webhooks/paysafe";
-
-/// The Paysafe webhook route (DESIGN.md §5).
-///
-/// The keys are the HMAC keys Paysafe shows for the webhook configuration; the signature is
-/// computed over their UTF-8 bytes as written. They come inline (`webhook_keys`, also from
-/// `CONNECTOR_PAYSAFE__WEBHOOK_KEYS`, as a list `["k1","k2"]` or a single key) and/or from files
-/// (`webhook_key_files`, one key per file, surrounding whitespace ignored: Docker or Kubernetes
-/// secrets). Every key listed is accepted, so a rotation lists the old and the new key side by
-/// side. `Debug` never shows a key.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PaysafeSettings {
-    /// The route's path.
-    pub path: String,
-    /// HMAC keys, inline.
-    #[serde(deserialize_with = "one_or_many")]
-    pub webhook_keys: Vec<String>,
-    /// Files each holding one HMAC key; relative paths resolve against the configuration
-    /// file's folder. Read at start-up.
-    pub webhook_key_files: Vec<RelativePathBuf>,
-}
-
-impl Default for PaysafeSettings {
-    fn default() -> Self {
-        Self {
-            path: DEFAULT_PAYSAFE_PATH.into(),
-            webhook_keys: Vec::new(),
-            webhook_key_files: Vec::new(),
-        }
-    }
-}
-
-impl std::fmt::Debug for PaysafeSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let files: Vec<_> = self
-            .webhook_key_files
-            .iter()
-            .map(|file| file.relative())
-            .collect();
-        f.debug_struct("PaysafeSettings")
-            .field("path", &self.path)
-            .field(
-                "webhook_keys",
-                &format_args!("[{} redacted]", self.webhook_keys.len()),
-            )
-            .field("webhook_key_files", &files)
-            .finish()
-    }
-}
-
-impl PaysafeSettings {
-    /// Checks what the types cannot express (errors name `paysafe.<key>`). The key files are
-    /// read and checked when the keys are loaded at start-up.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        check_route_path("paysafe.path", &self.path, DEFAULT_PAYSAFE_PATH)?;
-        for (i, key) in self.webhook_keys.iter().enumerate() {
-            // The message never quotes the key.
-            if key.trim().is_empty() {
-                return Err(ConfigError::new(
-                    format!("paysafe.webhook_keys[{i}]"),
-                    "must not be empty",
-                ));
-            }
-            if key.trim() != key {
-                return Err(ConfigError::new(
-                    format!("paysafe.webhook_keys[{i}]"),
-                    "has leading or trailing whitespace (a copy-paste slip?); Paysafe's keys have none",
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// A route's path must be what a sender can call and sign: absolute, without query or fragment.
 fn check_route_path(key: &str, path: &str, example: &str) -> Result<(), ConfigError> {
     if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
@@ -364,25 +293,6 @@ fn check_route_path(key: &str, path: &str, example: &str) -> Result<(), ConfigEr
         ));
     }
     Ok(())
-}
-
-/// A single string is a list of one: `CONNECTOR_PAYSAFE__WEBHOOK_KEYS=key` works as well as
-/// `CONNECTOR_PAYSAFE__WEBHOOK_KEYS='["old","new"]'`.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    // Not `untagged`'s generic message: say what is expected, without echoing a key.
-    match OneOrMany::deserialize(deserializer) {
-        Ok(OneOrMany::One(key)) => Ok(vec![key]),
-        Ok(OneOrMany::Many(keys)) => Ok(keys),
-        Err(_) => Err(serde::de::Error::custom(
-            "expected a key or a list of keys, each a string (quote a key that looks like a number)",
-        )),
-    }
 }
 
 /// The top-level sections of this process's configuration.

@@ -69,7 +69,10 @@ fn paysafe_keys_from_the_file_and_the_environment() {
             "[paysafe]\nwebhook_keys = [\"file-key\"]\nwebhook_key_files = [\"secrets/paysafe\"]\n",
         )?;
         let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
-        assert_eq!(settings.paysafe.webhook_keys, ["file-key"]);
+        assert_eq!(
+            settings.paysafe.webhook_keys,
+            [WebhookKey::from("file-key")]
+        );
         assert_eq!(settings.paysafe.path, "/webhooks/paysafe");
         let file = settings.paysafe.webhook_key_files[0].relative();
         assert!(file.is_absolute() && file.ends_with("secrets/paysafe"));
@@ -82,13 +85,19 @@ fn paysafe_keys_from_the_file_and_the_environment() {
         let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
         assert_eq!(
             settings.paysafe.webhook_keys,
-            ["old+key/2025==", "new,key]2026"]
+            [
+                WebhookKey::from("old+key/2025=="),
+                WebhookKey::from("new,key]2026")
+            ]
         );
 
         // One key needs no brackets.
         jail.set_env("CONNECTOR_PAYSAFE__WEBHOOK_KEYS", "only-key");
         let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
-        assert_eq!(settings.paysafe.webhook_keys, ["only-key"]);
+        assert_eq!(
+            settings.paysafe.webhook_keys,
+            [WebhookKey::from("only-key")]
+        );
 
         // A key that reads as a number would lose its text: refused, and not echoed.
         jail.set_env("CONNECTOR_PAYSAFE__WEBHOOK_KEYS", "0012345");
@@ -119,7 +128,7 @@ fn paysafe_settings_are_validated_and_never_show_a_key() {
         err.key
     };
     assert_eq!(
-        refused(|s| s.paysafe.webhook_keys = vec!["k".into(), String::new()]),
+        refused(|s| s.paysafe.webhook_keys = vec!["k".into(), "".into()]),
         "paysafe.webhook_keys[1]"
     );
     assert_eq!(
@@ -129,5 +138,84 @@ fn paysafe_settings_are_validated_and_never_show_a_key() {
     assert_eq!(
         refused(|s| s.paysafe.path = "webhooks/paysafe".into()),
         "paysafe.path"
+    );
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment's Jail API, not ours
+fn each_paysafe_key_says_its_encoding() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "ingress.toml",
+            r#"
+            [paysafe]
+            webhook_keys = [
+              "plain-text-key",
+              { key = "c2VjcmV0LWJ5dGVz", encoding = "base64" },
+              { key = "also-text", encoding = "raw" },
+              { key_file = "secrets/paysafe.b64", encoding = "base64" },
+            ]
+            "#,
+        )?;
+        let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
+        let keys = &settings.paysafe.webhook_keys;
+        assert_eq!(keys[0], WebhookKey::from("plain-text-key"));
+        assert_eq!(
+            keys[1],
+            WebhookKey::inline("c2VjcmV0LWJ5dGVz", KeyEncoding::Base64)
+        );
+        assert_eq!(keys[2], WebhookKey::inline("also-text", KeyEncoding::Raw));
+        let WebhookKey::Entry(entry) = &keys[3] else {
+            panic!("a table is an entry: {:?}", keys[3]);
+        };
+        let file = entry.key_file.as_ref().expect("key_file").relative();
+        assert!(
+            file.is_absolute() && file.ends_with("secrets/paysafe.b64"),
+            "resolved against the file's folder"
+        );
+        assert_eq!(entry.encoding, KeyEncoding::Base64);
+
+        // The table form must say its encoding: that is what it is for.
+        jail.create_file(
+            "implicit.toml",
+            "[paysafe]\nwebhook_keys = [{ key = \"k\" }]\n",
+        )?;
+        let err = Settings::load(Some(Path::new("implicit.toml"))).unwrap_err();
+        assert!(err.to_string().contains("encoding"), "{err}");
+
+        // From the environment, a single entry needs no brackets.
+        jail.set_env(
+            "CONNECTOR_PAYSAFE__WEBHOOK_KEYS",
+            r#"{key="c2VjcmV0LWJ5dGVz", encoding="base64"}"#,
+        );
+        let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
+        assert_eq!(
+            settings.paysafe.webhook_keys,
+            [WebhookKey::inline("c2VjcmV0LWJ5dGVz", KeyEncoding::Base64)]
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_base64_key_that_does_not_decode_names_its_index_and_not_the_key() {
+    let mut settings = Settings::default();
+    settings.paysafe.webhook_keys = vec![
+        "raw-key".into(),
+        WebhookKey::inline("c2VjcmV0LWJ5dGVz", KeyEncoding::Base64),
+        WebhookKey::inline("s3cr3t*not-base64!", KeyEncoding::Base64),
+    ];
+    let err = settings.validate().unwrap_err();
+    assert_eq!(err.key, "paysafe.webhook_keys[2]");
+    assert!(err.message.contains("base64"), "{err}");
+    assert!(!err.to_string().contains("s3cr3t"), "{err}");
+    // The same text as a raw key is fine: the encoding decides.
+    settings.paysafe.webhook_keys[2] = WebhookKey::inline("s3cr3t*not-base64!", KeyEncoding::Raw);
+    settings.validate().expect("valid");
+    // Decoding to nothing is no key.
+    settings.paysafe.webhook_keys[2] = WebhookKey::inline("", KeyEncoding::Base64);
+    assert_eq!(
+        settings.validate().unwrap_err().key,
+        "paysafe.webhook_keys[2]"
     );
 }
