@@ -15,10 +15,11 @@ use connector_schema::corelink::DEFAULT_MAX_BATCH_ORDERS;
 pub use connector_schema::seal::SealSettings;
 use connector_schema::topology::TopologySettings;
 
-pub use connector_runtime::config::ConfigError;
+pub use connector_runtime::config::{ConfigError, Mode};
 pub use connector_runtime::telemetry::{LogFormat, LogSettings};
 
 mod paysafe;
+mod production;
 pub use paysafe::{
     DEFAULT_PAYSAFE_PATH, KeyEncoding, PaysafeSettings, WebhookKey, WebhookKeyEntry,
 };
@@ -26,6 +27,9 @@ pub use paysafe::{
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
+    /// `production` (the default) or `development`: what production refuses is in
+    /// `config/production.rs`.
+    pub mode: Mode,
     pub http: HttpSettings,
     pub tls: TlsSettings,
     /// Behind a TLS-terminating load balancer that forwards the client certificate.
@@ -106,6 +110,11 @@ pub struct BrokerSettings {
     /// First and largest delay between reconnection attempts (exponential, with jitter).
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
+    /// Declare the intake topology at every connection (so the ingress can start before any
+    /// worker), which needs the broker's `configure` permission on it. `false`: only check
+    /// that the intake exchange exists (a passive declare, which needs no permission), for a
+    /// broker user that may publish and nothing else; the workers declare the topology.
+    pub declare_topology: bool,
 }
 
 impl Default for BrokerSettings {
@@ -117,6 +126,7 @@ impl Default for BrokerSettings {
             retry_after_secs: 5,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 10_000,
+            declare_topology: true,
         }
     }
 }
@@ -210,6 +220,11 @@ pub struct ProxySettings {
     pub trusted_addresses: Vec<String>,
     /// The header carrying the verified client certificate as URL-encoded PEM.
     pub client_cert_header: String,
+    /// In production, the widest block `trusted_addresses` may name (a prefix length): a
+    /// wider one would let anyone in it forward a bank's certificate. `0.0.0.0/0` and `::/0`
+    /// are always refused (the bound is at least 1).
+    pub widest_ipv4_prefix: u8,
+    pub widest_ipv6_prefix: u8,
 }
 
 impl Default for ProxySettings {
@@ -217,6 +232,8 @@ impl Default for ProxySettings {
         Self {
             trusted_addresses: Vec::new(),
             client_cert_header: "x-client-cert".into(),
+            widest_ipv4_prefix: 16,
+            widest_ipv6_prefix: 48,
         }
     }
 }
@@ -296,16 +313,23 @@ fn check_route_path(key: &str, path: &str, example: &str) -> Result<(), ConfigEr
 }
 
 /// The top-level sections of this process's configuration.
-const SECTIONS: [&str; 10] = [
-    "http", "tls", "proxy", "broker", "topology", "corelink", "bnc", "paysafe", "log", "seal",
+const SECTIONS: [&str; 11] = [
+    "mode", "http", "tls", "proxy", "broker", "topology", "corelink", "bnc", "paysafe", "log",
+    "seal",
 ];
 
 impl Settings {
     /// Defaults, then the TOML file at `path` (if given), then the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let settings: Settings = connector_runtime::config::load(path, &SECTIONS)?;
+        let settings = Self::read(path)?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The layers, typed but not validated: for tools and tests that check a file's contents
+    /// apart from whether this process could start with it.
+    pub fn read(path: Option<&Path>) -> Result<Self, ConfigError> {
+        connector_runtime::config::load(path, &SECTIONS)
     }
 
     /// Checks what the types cannot express. Keys themselves are loaded (and checked) at
@@ -370,6 +394,18 @@ impl Settings {
             .url
             .parse::<lapin::uri::AMQPUri>()
             .map_err(|e| ConfigError::new("broker.url", format!("not an AMQP URI: {e}")))?;
+        if !(1..=32).contains(&self.proxy.widest_ipv4_prefix) {
+            return Err(ConfigError::new(
+                "proxy.widest_ipv4_prefix",
+                "must be 1..32 (0.0.0.0/0 is never a proxy's range)",
+            ));
+        }
+        if !(1..=128).contains(&self.proxy.widest_ipv6_prefix) {
+            return Err(ConfigError::new(
+                "proxy.widest_ipv6_prefix",
+                "must be 1..128 (::/0 is never a proxy's range)",
+            ));
+        }
         let prefix = &self.corelink.external_path_prefix;
         if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
             return Err(ConfigError::new(
@@ -377,7 +413,7 @@ impl Settings {
                 "must start with `/` and not end with one (e.g. `/connector`), or be empty",
             ));
         }
-        Ok(())
+        self.check_production()
     }
 }
 

@@ -15,6 +15,7 @@ mod log_pipes;
 mod mtls;
 mod paysafe_tracking;
 mod paysafe_webhooks;
+mod production_mode;
 mod trust_boundaries;
 mod worker_faults;
 mod workers_pipeline;

@@ -528,6 +528,7 @@ async fn start_workers(
     stop: CancellationToken,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let mut settings = WorkerSettings::default();
+    settings.mode = connector_workers::config::Mode::Development;
     settings.database.url = database.url.clone();
     settings.broker.url = env.amqp_url.clone();
     settings.topology = topology.clone();
