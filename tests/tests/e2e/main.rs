@@ -8,6 +8,7 @@ mod bank_integration;
 mod behind_proxy;
 mod bnc_callbacks;
 mod broker_faults;
+mod broker_users;
 mod corelink_ingress;
 mod hostile_inputs;
 mod key_rotation;
