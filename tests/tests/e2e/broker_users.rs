@@ -179,6 +179,21 @@ async fn each_party_has_only_the_broker_permissions_the_definitions_file_gives()
     let users = BrokerUsers::create();
     let topology = Topology::with_prefix(Topology::DEFAULT_PREFIX, QueueOptions::default());
 
+    // The real ingress, as the ingress user with declare_topology = false: before the workers
+    // have declared the intake exchange it cannot be ready (it checks, and retries).
+    let url = users.url("connector-ingress");
+    let ingress_app = tokio::spawn(spawn_app_with(move |settings| {
+        settings.broker.url = url;
+        settings.broker.declare_topology = false;
+        settings.topology.prefix = Topology::DEFAULT_PREFIX.into();
+        settings.topology.queue_expires_secs = None;
+    }));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !ingress_app.is_finished(),
+        "the ingress connected although the intake exchange does not exist yet"
+    );
+
     // The workers declare the whole topology, as they do at start-up.
     let workers = users.connect("connector-workers").await;
     let channel = workers.create_channel().await.unwrap();
@@ -229,16 +244,11 @@ async fn each_party_has_only_the_broker_permissions_the_definitions_file_gives()
         );
     }
 
-    // The real ingress, as the ingress user with declare_topology = false, answers 200 for a
-    // signed callback; the workers consume everything that got through, and only that.
-    let url = users.url("connector-ingress");
-    let app = spawn_app_with(move |settings| {
-        settings.broker.url = url;
-        settings.broker.declare_topology = false;
-        settings.topology.prefix = Topology::DEFAULT_PREFIX.into();
-        settings.topology.queue_expires_secs = None;
-    })
-    .await;
+    // Now declared: the real ingress gets ready and answers 200 for a signed callback; the
+    // workers consume everything that got through, and only that.
+    let app = ingress_app
+        .await
+        .expect("the ingress gets ready once the exchange exists");
     let response = app
         .post_signed(
             "/callbacks/orders/status",
