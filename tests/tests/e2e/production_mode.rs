@@ -169,3 +169,30 @@ fn the_workers_refuse_to_start_in_production_with_guest_or_plain_http() {
         eprintln!("refused as expected: {name}");
     }
 }
+
+/// A base64 key in a file is decoded at start-up: one that does not decode stops the ingress,
+/// naming the entry and the file, never the key.
+#[test]
+fn the_ingress_refuses_a_base64_key_file_that_does_not_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = binary("connector-ingress", "connector-ingress");
+    std::fs::write(dir.path().join("paysafe.b64"), "s3cr3t!not*base64\n").unwrap();
+    let contents = r#"
+mode = "development"
+[http]
+listen = "127.0.0.1:0"
+ops_listen = "127.0.0.1:0"
+[paysafe]
+webhook_keys = [{ key_file = "paysafe.b64", encoding = "base64" }]
+"#;
+    let output = run(&exe, dir.path(), "ingress.toml", contents, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started: {stderr}");
+    assert!(
+        stderr.contains("configuration key `paysafe.webhook_keys[0].key_file`")
+            && stderr.contains("paysafe.b64")
+            && stderr.contains("not valid base64"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cr3t"), "{stderr}");
+}
