@@ -15,12 +15,21 @@ use connector_schema::corelink::DEFAULT_MAX_BATCH_ORDERS;
 pub use connector_schema::seal::SealSettings;
 use connector_schema::topology::TopologySettings;
 
-pub use connector_runtime::config::ConfigError;
+pub use connector_runtime::config::{ConfigError, Mode};
 pub use connector_runtime::telemetry::{LogFormat, LogSettings};
+
+mod paysafe;
+mod production;
+pub use paysafe::{
+    DEFAULT_PAYSAFE_PATH, KeyEncoding, PaysafeSettings, WebhookKey, WebhookKeyEntry,
+};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
+    /// `production` (the default) or `development`: what production refuses is in
+    /// `config/production.rs`.
+    pub mode: Mode,
     pub http: HttpSettings,
     pub tls: TlsSettings,
     /// Behind a TLS-terminating load balancer that forwards the client certificate.
@@ -136,6 +145,11 @@ pub struct BrokerSettings {
     /// First and largest delay between reconnection attempts (exponential, with jitter).
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
+    /// Declare the intake topology at every connection (so the ingress can start before any
+    /// worker), which needs the broker's `configure` permission on it. `false`: only check
+    /// that the intake exchange exists (a passive declare, which needs no permission), for a
+    /// broker user that may publish and nothing else; the workers declare the topology.
+    pub declare_topology: bool,
 }
 
 impl Default for BrokerSettings {
@@ -147,6 +161,7 @@ impl Default for BrokerSettings {
             retry_after_secs: 5,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 10_000,
+            declare_topology: true,
         }
     }
 }
@@ -240,6 +255,11 @@ pub struct ProxySettings {
     pub trusted_addresses: Vec<String>,
     /// The header carrying the verified client certificate as URL-encoded PEM.
     pub client_cert_header: String,
+    /// In production, the widest block `trusted_addresses` may name (a prefix length): a
+    /// wider one would let anyone in it forward a bank's certificate. `0.0.0.0/0` and `::/0`
+    /// are always refused (the bound is at least 1).
+    pub widest_ipv4_prefix: u8,
+    pub widest_ipv6_prefix: u8,
 }
 
 impl Default for ProxySettings {
@@ -247,6 +267,8 @@ impl Default for ProxySettings {
         Self {
             trusted_addresses: Vec::new(),
             client_cert_header: "x-client-cert".into(),
+            widest_ipv4_prefix: 16,
+            widest_ipv6_prefix: 48,
         }
     }
 }
@@ -317,86 +339,6 @@ pub struct BncPartner {
     pub public_key_files: Vec<RelativePathBuf>,
 }
 
-/// The Paysafe webhook route's path unless `paysafe.path` says otherwise.
-pub const DEFAULT_PAYSAFE_PATH: &str = "/webhooks/paysafe";
-
-/// The Paysafe webhook route (DESIGN.md §5).
-///
-/// The keys are the HMAC keys Paysafe shows for the webhook configuration; the signature is
-/// computed over their UTF-8 bytes as written. They come inline (`webhook_keys`, also from
-/// `CONNECTOR_PAYSAFE__WEBHOOK_KEYS`, as a list `["k1","k2"]` or a single key) and/or from files
-/// (`webhook_key_files`, one key per file, surrounding whitespace ignored: Docker or Kubernetes
-/// secrets). Every key listed is accepted, so a rotation lists the old and the new key side by
-/// side. `Debug` never shows a key.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PaysafeSettings {
-    /// The route's path.
-    pub path: String,
-    /// Larger bodies get 413; an event is a few KiB.
-    pub max_body_bytes: usize,
-    /// HMAC keys, inline.
-    #[serde(deserialize_with = "one_or_many")]
-    pub webhook_keys: Vec<String>,
-    /// Files each holding one HMAC key; relative paths resolve against the configuration
-    /// file's folder. Read at start-up.
-    pub webhook_key_files: Vec<RelativePathBuf>,
-}
-
-impl Default for PaysafeSettings {
-    fn default() -> Self {
-        Self {
-            path: DEFAULT_PAYSAFE_PATH.into(),
-            max_body_bytes: 64 * 1024,
-            webhook_keys: Vec::new(),
-            webhook_key_files: Vec::new(),
-        }
-    }
-}
-
-impl std::fmt::Debug for PaysafeSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let files: Vec<_> = self
-            .webhook_key_files
-            .iter()
-            .map(|file| file.relative())
-            .collect();
-        f.debug_struct("PaysafeSettings")
-            .field("path", &self.path)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field(
-                "webhook_keys",
-                &format_args!("[{} redacted]", self.webhook_keys.len()),
-            )
-            .field("webhook_key_files", &files)
-            .finish()
-    }
-}
-
-impl PaysafeSettings {
-    /// Checks what the types cannot express (errors name `paysafe.<key>`). The key files are
-    /// read and checked when the keys are loaded at start-up.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        check_route_path("paysafe.path", &self.path, DEFAULT_PAYSAFE_PATH)?;
-        for (i, key) in self.webhook_keys.iter().enumerate() {
-            // The message never quotes the key.
-            if key.trim().is_empty() {
-                return Err(ConfigError::new(
-                    format!("paysafe.webhook_keys[{i}]"),
-                    "must not be empty",
-                ));
-            }
-            if key.trim() != key {
-                return Err(ConfigError::new(
-                    format!("paysafe.webhook_keys[{i}]"),
-                    "has leading or trailing whitespace (a copy-paste slip?); Paysafe's keys have none",
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// A route's path must be what a sender can call and sign: absolute, without query or fragment.
 fn check_route_path(key: &str, path: &str, example: &str) -> Result<(), ConfigError> {
     if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
@@ -408,36 +350,24 @@ fn check_route_path(key: &str, path: &str, example: &str) -> Result<(), ConfigEr
     Ok(())
 }
 
-/// A single string is a list of one: `CONNECTOR_PAYSAFE__WEBHOOK_KEYS=key` works as well as
-/// `CONNECTOR_PAYSAFE__WEBHOOK_KEYS='["old","new"]'`.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    // Not `untagged`'s generic message: say what is expected, without echoing a key.
-    match OneOrMany::deserialize(deserializer) {
-        Ok(OneOrMany::One(key)) => Ok(vec![key]),
-        Ok(OneOrMany::Many(keys)) => Ok(keys),
-        Err(_) => Err(serde::de::Error::custom(
-            "expected a key or a list of keys, each a string (quote a key that looks like a number)",
-        )),
-    }
-}
-
 /// The top-level sections of this process's configuration.
-const SECTIONS: [&str; 10] = [
-    "http", "tls", "proxy", "broker", "topology", "corelink", "bnc", "paysafe", "log", "seal",
+const SECTIONS: [&str; 11] = [
+    "mode", "http", "tls", "proxy", "broker", "topology", "corelink", "bnc", "paysafe", "log",
+    "seal",
 ];
 
 impl Settings {
     /// Defaults, then the TOML file at `path` (if given), then the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let settings: Settings = connector_runtime::config::load(path, &SECTIONS)?;
+        let settings = Self::read(path)?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The layers, typed but not validated: for tools and tests that check a file's contents
+    /// apart from whether this process could start with it.
+    pub fn read(path: Option<&Path>) -> Result<Self, ConfigError> {
+        connector_runtime::config::load(path, &SECTIONS)
     }
 
     /// Checks what the types cannot express. Keys themselves are loaded (and checked) at
@@ -555,6 +485,18 @@ impl Settings {
             .url
             .parse::<lapin::uri::AMQPUri>()
             .map_err(|e| ConfigError::new("broker.url", format!("not an AMQP URI: {e}")))?;
+        if !(1..=32).contains(&self.proxy.widest_ipv4_prefix) {
+            return Err(ConfigError::new(
+                "proxy.widest_ipv4_prefix",
+                "must be 1..32 (0.0.0.0/0 is never a proxy's range)",
+            ));
+        }
+        if !(1..=128).contains(&self.proxy.widest_ipv6_prefix) {
+            return Err(ConfigError::new(
+                "proxy.widest_ipv6_prefix",
+                "must be 1..128 (::/0 is never a proxy's range)",
+            ));
+        }
         let prefix = &self.corelink.external_path_prefix;
         if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
             return Err(ConfigError::new(
@@ -562,7 +504,7 @@ impl Settings {
                 "must start with `/` and not end with one (e.g. `/connector`), or be empty",
             ));
         }
-        Ok(())
+        self.check_production()
     }
 }
 

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use backoff::ExponentialBackoffBuilder;
 use backoff::backoff::Backoff;
 use futures_util::StreamExt;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Event};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -101,6 +102,7 @@ impl IntakePublisher {
             channel_count: settings.publish_channels.max(1),
             initial_delay: Duration::from_millis(settings.reconnect_initial_ms),
             max_delay: Duration::from_millis(settings.reconnect_max_ms),
+            declare_topology: settings.declare_topology,
             live_tx,
         };
         let handle = tokio::spawn(supervisor.run(shutdown));
@@ -178,6 +180,8 @@ struct Supervisor {
     channel_count: usize,
     initial_delay: Duration,
     max_delay: Duration,
+    /// `broker.declare_topology`.
+    declare_topology: bool,
     live_tx: watch::Sender<Option<Arc<LiveConnection>>>,
 }
 
@@ -203,7 +207,7 @@ impl Supervisor {
                     metrics::set_broker_connected(true);
                     tracing::info!(
                         generation,
-                        "connected to the broker; intake topology declared"
+                        "connected to the broker; intake topology in place"
                     );
 
                     let lost = tokio::select! {
@@ -251,11 +255,30 @@ impl Supervisor {
             .create_channel()
             .await
             .context("opening a channel")?;
-        self.inner
-            .topology
-            .declare_intake(&setup)
-            .await
-            .context("declaring the intake topology")?;
+        if self.declare_topology {
+            self.inner
+                .topology
+                .declare_intake(&setup)
+                .await
+                .context("declaring the intake topology")?;
+        } else {
+            // A user without `configure` may still check: until the workers have declared
+            // the exchange, this fails and the ingress stays unready and retries.
+            let passive = ExchangeDeclareOptions {
+                passive: true,
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            };
+            setup
+                .exchange_declare(
+                    self.inner.topology.intake_exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    passive,
+                    FieldTable::default(),
+                )
+                .await
+                .context("checking that the intake exchange exists (broker.declare_topology = false: the workers declare it)")?;
+        }
         setup.close(200, "topology declared".into()).await.ok();
         let mut channels = Vec::with_capacity(self.channel_count);
         for _ in 0..self.channel_count {

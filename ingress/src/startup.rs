@@ -369,7 +369,10 @@ mod tests {
     fn configured_paths_must_not_clash_with_another_route() {
         check_routes(&Settings::default()).expect("the defaults do not clash");
         let refused = |change: fn(&mut Settings)| {
-            let mut settings = Settings::default();
+            let mut settings = Settings {
+                mode: crate::config::Mode::Development,
+                ..Settings::default()
+            };
             change(&mut settings);
             settings.validate().expect("valid on its own");
             check_routes(&settings).unwrap_err().key

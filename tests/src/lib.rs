@@ -166,7 +166,11 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let key_dir = tempfile::tempdir().unwrap();
     let bank = TestBank::new("BANK_X", key_dir.path());
 
-    let mut settings = Settings::default();
+    // The tests run without TLS (mostly) and as the broker's guest user.
+    let mut settings = Settings {
+        mode: connector_ingress::config::Mode::Development,
+        ..Settings::default()
+    };
     settings.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     settings.http.ops_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     settings.log.format = LogFormat::Pretty;

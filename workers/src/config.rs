@@ -12,12 +12,16 @@ use connector_schema::seal::SealKeys;
 pub use connector_schema::seal::SealSettings;
 use connector_schema::topology::TopologySettings;
 
-pub use connector_runtime::config::ConfigError;
+pub use connector_runtime::config::{ConfigError, Mode};
+use connector_runtime::config::{check_broker_user, check_https};
 pub use connector_runtime::telemetry::{LogFormat, LogSettings};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
+    /// `production` (the default) refuses the broker's guest user and a plain-http Paysafe
+    /// API; `development` (ops/run-local, the tests) allows them.
+    pub mode: Mode,
     pub database: DatabaseSettings,
     pub broker: BrokerSettings,
     pub topology: TopologySettings,
@@ -246,8 +250,9 @@ impl Default for OpsSettings {
 }
 
 /// The top-level sections of this process's configuration.
-const SECTIONS: [&str; 10] = [
-    "database", "broker", "topology", "apply", "relay", "nonces", "paysafe", "ops", "log", "seal",
+const SECTIONS: [&str; 11] = [
+    "mode", "database", "broker", "topology", "apply", "relay", "nonces", "paysafe", "ops", "log",
+    "seal",
 ];
 
 impl Settings {
@@ -260,9 +265,15 @@ impl Settings {
 
     /// Defaults, then the TOML file at `path` (if given), then the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let settings: Settings = connector_runtime::config::load(path, &SECTIONS)?;
+        let settings = Self::read(path)?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The layers, typed but not validated: for tests that check a file's contents apart from
+    /// whether a process could start with it.
+    pub fn read(path: Option<&Path>) -> Result<Self, ConfigError> {
+        connector_runtime::config::load(path, &SECTIONS)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -333,10 +344,13 @@ impl Settings {
         self.topology
             .validate()
             .map_err(|(key, message)| ConfigError::new(format!("topology.{key}"), message))?;
-        self.broker
+        let broker = self
+            .broker
             .url
             .parse::<lapin::uri::AMQPUri>()
             .map_err(|e| ConfigError::new("broker.url", format!("not an AMQP URI: {e}")))?;
+        check_broker_user(self.mode, &broker.authority.userinfo.username)?;
+        check_https(self.mode, "paysafe.base_url", &self.paysafe.base_url)?;
         let paysafe = &self.paysafe;
         if !(paysafe.base_url.starts_with("https://") || paysafe.base_url.starts_with("http://")) {
             return Err(ConfigError::new(
@@ -379,16 +393,23 @@ impl Settings {
 mod tests {
     use super::*;
 
+    fn development() -> Settings {
+        Settings {
+            mode: Mode::Development,
+            ..Settings::default()
+        }
+    }
+
     #[test]
     fn defaults_are_valid_and_errors_name_the_key() {
-        Settings::default().validate().expect("defaults validate");
-        let mut settings = Settings::default();
+        development().validate().expect("defaults validate");
+        let mut settings = development();
         settings.apply.prefetch = 1;
         assert_eq!(settings.validate().unwrap_err().key, "apply.prefetch");
-        let mut settings = Settings::default();
+        let mut settings = development();
         settings.database.url = "mysql://x".into();
         assert_eq!(settings.validate().unwrap_err().key, "database.url");
-        let mut settings = Settings::default();
+        let mut settings = development();
         settings.relay.claim_lease_secs = settings.relay.confirm_timeout_ms / 1000;
         assert_eq!(
             settings.validate().unwrap_err().key,
@@ -403,13 +424,56 @@ mod tests {
         // keeps them from leaking into this load.
         figment::Jail::expect_with(|_| {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/workers.example.toml");
-            let example = Settings::load(Some(&path)).expect("loads");
+            let example = Settings::read(Some(&path)).expect("loads");
             assert_eq!(
                 serde_json::to_value(&example).unwrap(),
                 serde_json::to_value(Settings::default()).unwrap()
             );
+            // Production, whose broker user is still to fill in: refused for that alone.
+            assert_eq!(example.mode, Mode::Production);
+            assert_eq!(example.validate().unwrap_err().key, "broker.url");
+            Settings {
+                mode: Mode::Development,
+                ..example
+            }
+            .validate()
+            .expect("otherwise valid");
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod production_tests {
+    use super::*;
+
+    #[test]
+    fn production_refuses_guest_and_a_plain_http_paysafe_api() {
+        let mut settings = Settings::default();
+        settings.broker.url = "amqp://connector-workers:s3cr3t@rabbit:5672/connector".into();
+        settings
+            .validate()
+            .expect("production with its own user and https");
+        for guest in [
+            "amqp://guest:guest@rabbit:5672/%2f",
+            "amqp://rabbit:5672/%2f",
+        ] {
+            let mut settings = settings.clone();
+            settings.broker.url = guest.into();
+            assert_eq!(
+                settings.validate().unwrap_err().key,
+                "broker.url",
+                "{guest}"
+            );
+        }
+        let mut http = settings.clone();
+        http.paysafe.base_url = "http://api.test.paysafe.com".into();
+        let err = http.validate().unwrap_err();
+        assert_eq!(err.key, "paysafe.base_url");
+        assert!(err.message.contains("https"), "{err}");
+        http.mode = Mode::Development;
+        http.broker.url = "amqp://guest:guest@127.0.0.1:5672/%2f".into();
+        http.validate().expect("development allows both");
     }
 }
 
@@ -421,6 +485,7 @@ mod seal_tests {
     #[allow(clippy::result_large_err)] // figment's Jail API, not ours
     fn seal_keys_come_from_the_file_or_the_environment_and_are_required() {
         figment::Jail::expect_with(|jail| {
+            jail.set_env("CONNECTOR_MODE", "development");
             assert_eq!(
                 Settings::load(None).unwrap().seal_keys().unwrap_err().key,
                 "seal.keys"

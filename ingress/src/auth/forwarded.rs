@@ -106,6 +106,16 @@ fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// On a request whose trusted proxy sent the certificate header more than once (or one header
+/// holding a comma-joined list): which copy is the bank's cannot be known, since a proxy that
+/// appends its header to one the client sent itself forwards both. The Corelink routes refuse
+/// such a request (400 `INVALID_HEADER`) rather than pick one.
+#[derive(Debug, Clone)]
+pub struct ForwardedCertificateRepeated {
+    /// The configured header's name, for the answer's `details`.
+    pub header: HeaderName,
+}
+
 /// Middleware: on a connection from a trusted proxy, the forwarded certificate becomes the
 /// request's [`ClientCertificate`] (replacing the proxy's own, when it speaks TLS to us too).
 /// From anyone else the header is ignored, and any certificate claim it makes is dropped.
@@ -118,27 +128,44 @@ pub async fn forwarded_certificate(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(peer)| peer.ip());
-    if let Some(value) = request.headers().get(&proxies.header) {
-        match peer {
-            Some(peer) if proxies.trusts(peer) => match certificate_from_header(value.as_bytes()) {
-                Some(certificate) => {
-                    request.extensions_mut().insert(certificate);
-                }
-                None => {
-                    tracing::warn!(%peer, "the proxy forwarded an unreadable client certificate");
-                    request.extensions_mut().remove::<ClientCertificate>();
-                }
-            },
-            _ => {
-                tracing::warn!(
-                    peer = ?peer,
-                    "a forwarded client certificate from an untrusted address was ignored"
-                );
-            }
-        }
-    } else if peer.is_some_and(|peer| proxies.trusts(peer)) {
+    let trusted = peer.is_some_and(|peer| proxies.trusts(peer));
+    let mut values = request.headers().get_all(&proxies.header).iter();
+    let (first, repeated) = (values.next().cloned(), values.next().is_some());
+    if trusted {
         // The proxy's own TLS certificate, if any, is not a bank's.
         request.extensions_mut().remove::<ClientCertificate>();
+    }
+    match first {
+        None => {}
+        Some(_) if !trusted => {
+            tracing::warn!(
+                peer = ?peer,
+                "a forwarded client certificate from an untrusted address was ignored"
+            );
+        }
+        // A raw comma never occurs in URL-encoded PEM: two values joined into one header.
+        Some(value) if repeated || value.as_bytes().contains(&b',') => {
+            tracing::warn!(
+                ?peer,
+                "the proxy forwarded the client certificate header more than once"
+            );
+            request
+                .extensions_mut()
+                .insert(ForwardedCertificateRepeated {
+                    header: proxies.header.clone(),
+                });
+        }
+        Some(value) => match certificate_from_header(value.as_bytes()) {
+            Some(certificate) => {
+                request.extensions_mut().insert(certificate);
+            }
+            None => {
+                tracing::warn!(
+                    ?peer,
+                    "the proxy forwarded an unreadable client certificate"
+                );
+            }
+        },
     }
     next.run(request).await
 }

@@ -7,7 +7,7 @@ use std::fmt;
 
 use connector_schema::paysafe::verify_webhook_signature;
 
-use crate::config::{ConfigError, PaysafeSettings};
+use crate::config::{ConfigError, KeyEncoding, PaysafeSettings, WebhookKey, WebhookKeyEntry};
 
 /// The HMAC keys webhooks may be signed with: the UTF-8 bytes of each configured key.
 #[derive(Clone, Default)]
@@ -30,30 +30,51 @@ impl WebhookKeys {
         }
     }
 
-    /// The inline keys, then one key per file (surrounding whitespace ignored). Errors name
-    /// the file, never its contents. The inline keys are checked by
-    /// [`PaysafeSettings::validate`].
+    /// The `webhook_keys` entries (inline keys, or files, each decoded by its encoding), then
+    /// the raw `webhook_key_files`. A file's surrounding whitespace is ignored. Errors name the
+    /// entry and the file, never a key. Inline keys are checked by
+    /// [`PaysafeSettings::validate`] too, so a bad one fails before start-up work.
     pub fn from_settings(settings: &PaysafeSettings) -> Result<Self, ConfigError> {
-        let mut keys: Vec<Vec<u8>> = settings
-            .webhook_keys
-            .iter()
-            .map(|key| key.as_bytes().to_vec())
-            .collect();
+        let mut keys = Vec::new();
+        for (i, key) in settings.webhook_keys.iter().enumerate() {
+            let at = format!("paysafe.webhook_keys[{i}]");
+            let inline = |text: &str, encoding: KeyEncoding| {
+                encoding
+                    .decode(text)
+                    .map_err(|message| ConfigError::new(&at, message))
+            };
+            let bytes = match key {
+                WebhookKey::Text(text) => inline(text, KeyEncoding::Raw)?,
+                WebhookKey::Entry(WebhookKeyEntry {
+                    key: Some(text),
+                    key_file: None,
+                    encoding,
+                }) => inline(text, *encoding)?,
+                WebhookKey::Entry(WebhookKeyEntry {
+                    key: None,
+                    key_file: Some(file),
+                    encoding,
+                }) => {
+                    let path = file.relative();
+                    let fail =
+                        |message: String| ConfigError::new(format!("{at}.key_file"), message);
+                    let text = read_key_file(&path).map_err(fail)?;
+                    encoding
+                        .decode(&text)
+                        .map_err(|message| fail(format!("{}: {message}", path.display())))?
+                }
+                WebhookKey::Entry(_) => {
+                    return Err(ConfigError::new(at, "needs exactly one of key, key_file"));
+                }
+            };
+            keys.push(bytes);
+        }
         for (i, file) in settings.webhook_key_files.iter().enumerate() {
             let path = file.relative();
-            let fail = |message: String| {
-                ConfigError::new(
-                    format!("paysafe.webhook_key_files[{i}]"),
-                    format!("{}: {message}", path.display()),
-                )
-            };
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| fail(format!("cannot read: {e}")))?;
-            let key = text.trim();
-            if key.is_empty() {
-                return Err(fail("is empty".into()));
-            }
-            keys.push(key.as_bytes().to_vec());
+            let text = read_key_file(&path).map_err(|message| {
+                ConfigError::new(format!("paysafe.webhook_key_files[{i}]"), message)
+            })?;
+            keys.push(text.into_bytes());
         }
         Ok(Self { keys })
     }
@@ -70,6 +91,17 @@ impl WebhookKeys {
     pub fn verify(&self, body: &[u8], signature: &str) -> bool {
         verify_webhook_signature(&self.keys, body, signature)
     }
+}
+
+/// A key file's one key, trimmed; the error names the file, never its contents.
+fn read_key_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(format!("{}: is empty", path.display()));
+    }
+    Ok(key.to_owned())
 }
 
 #[cfg(test)]
@@ -109,6 +141,57 @@ mod tests {
             assert_eq!(err.key, "paysafe.webhook_key_files[1]");
             assert!(err.message.contains(expect), "{err}");
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_base64_key_signs_with_its_decoded_bytes_from_a_file_or_inline() {
+        use base64::Engine as _;
+        let dir = std::env::temp_dir().join(format!("paysafe-keys-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret: &[u8] = b"\x00\xffbinary-paysafe-key\x10";
+        let encoded = base64::engine::general_purpose::STANDARD.encode(secret);
+        std::fs::write(dir.join("encoded"), format!("{encoded}\n")).unwrap();
+        std::fs::write(dir.join("garbled"), "not base64 at all!\n").unwrap();
+        let good = webhook_signature(secret, BODY.as_bytes());
+        let over_text = webhook_signature(encoded.as_bytes(), BODY.as_bytes());
+
+        for key in [
+            WebhookKey::file(dir.join("encoded"), KeyEncoding::Base64),
+            WebhookKey::inline(&encoded, KeyEncoding::Base64),
+        ] {
+            let keys = WebhookKeys::from_settings(&PaysafeSettings {
+                webhook_keys: vec![key],
+                ..PaysafeSettings::default()
+            })
+            .unwrap();
+            assert!(keys.verify(BODY.as_bytes(), &good));
+            assert!(
+                !keys.verify(BODY.as_bytes(), &over_text),
+                "not the text's bytes"
+            );
+        }
+        // Raw: the text's bytes, as before encodings existed.
+        let raw = WebhookKeys::from_settings(&PaysafeSettings {
+            webhook_keys: vec![WebhookKey::file(dir.join("encoded"), KeyEncoding::Raw)],
+            ..PaysafeSettings::default()
+        })
+        .unwrap();
+        assert!(raw.verify(BODY.as_bytes(), &over_text));
+
+        let err = WebhookKeys::from_settings(&PaysafeSettings {
+            webhook_keys: vec![
+                "inline".into(),
+                WebhookKey::file(dir.join("garbled"), KeyEncoding::Base64),
+            ],
+            ..PaysafeSettings::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.key, "paysafe.webhook_keys[1].key_file");
+        assert!(
+            err.message.contains("base64") && !err.message.contains("not base64 at all"),
+            "{err}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -15,6 +15,7 @@ use connector_schema::corelink::{self, SignedRequestClaims, headers as names};
 use connector_schema::envelope::rfc3339;
 use connector_schema::{IntakeEnvelope, IntakeKind};
 
+use crate::auth::forwarded::ForwardedCertificateRepeated;
 use crate::auth::jws::verify_request_signature;
 use crate::auth::keys::ClientRegistry;
 use crate::auth::tls::ClientCertificate;
@@ -227,6 +228,11 @@ async fn accept(
     let received_at = state.clock.now();
     let limit = state.max_body_bytes;
     let (parts, request_body) = request.into_parts();
+    if let Some(repeated) = parts.extensions.get::<ForwardedCertificateRepeated>() {
+        return Err(ApiError::ForwardedCertificateRepeated(
+            repeated.header.to_string(),
+        ));
+    }
     let certificate = parts.extensions.get::<ClientCertificate>();
     if state.mtls && certificate.is_none() {
         return Err(ApiError::ClientCertRequired);

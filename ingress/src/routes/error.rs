@@ -24,6 +24,9 @@ pub enum ApiError {
         header: &'static str,
         reason: String,
     },
+    /// A trusted proxy forwarded the client certificate header more than once.
+    #[error("header {0} (the forwarded client certificate) must appear once")]
+    ForwardedCertificateRepeated(String),
     /// No signature header, or an empty one: `reason` says which.
     #[error("header {header} {reason}")]
     SignatureMissing {
@@ -74,7 +77,8 @@ impl ApiError {
             Self::MalformedJson(_)
             | Self::ValidationFailed(_)
             | Self::MissingHeader(_)
-            | Self::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
+            | Self::InvalidHeader { .. }
+            | Self::ForwardedCertificateRepeated(_) => StatusCode::BAD_REQUEST,
             Self::SignatureMissing { .. }
             | Self::SignatureInvalid(_)
             | Self::HmacMismatch(_)
@@ -99,7 +103,7 @@ impl ApiError {
             Self::MalformedJson(_) => "MALFORMED_JSON",
             Self::ValidationFailed(_) => "VALIDATION_FAILED",
             Self::MissingHeader(_) => "MISSING_HEADER",
-            Self::InvalidHeader { .. } => "INVALID_HEADER",
+            Self::InvalidHeader { .. } | Self::ForwardedCertificateRepeated(_) => "INVALID_HEADER",
             Self::SignatureMissing { .. } => "SIGNATURE_MISSING",
             Self::SignatureInvalid(_) | Self::HmacMismatch(_) => "SIGNATURE_INVALID",
             Self::TimestampOutOfWindow { .. } => "TIMESTAMP_OUT_OF_WINDOW",
@@ -123,6 +127,9 @@ impl ApiError {
             Self::SignatureMissing { header, reason } => vec![FieldError::new(*header, *reason)],
             Self::InvalidHeader { header, reason } => {
                 vec![FieldError::new(*header, reason.clone())]
+            }
+            Self::ForwardedCertificateRepeated(header) => {
+                vec![FieldError::new(header.clone(), "must appear once")]
             }
             _ => Vec::new(),
         }

@@ -29,6 +29,7 @@ pub struct NoncePurge {
 pub fn ingress_config(listen: u16, ops: u16, broker_url: &str, key_file: &Path) -> String {
     format!(
         r#"# Written by fault-harness.
+mode = "development"
 [http]
 listen = "127.0.0.1:{listen}"
 ops_listen = "127.0.0.1:{ops}"
@@ -74,6 +75,7 @@ pub fn workers_config(
     });
     format!(
         r#"# Written by fault-harness.
+mode = "development"
 [database]
 url = "{db_url}"
 max_connections = 10

@@ -324,6 +324,7 @@ async fn spawn_ingress(config: &Path, prefix: &str) -> (tokio::process::Child, S
             .args(["--config", config.to_str().unwrap()])
             .env("CONNECTOR_BROKER__URL", amqp_url())
             .envs([connector_e2e_tests::test_seal_env()])
+            .env("CONNECTOR_MODE", "development")
             .env("CONNECTOR_TOPOLOGY__PREFIX", prefix)
             .env("CONNECTOR_TOPOLOGY__QUEUE_EXPIRES_SECS", "600")
             .env("CONNECTOR_LOG__FORMAT", "json")
@@ -381,7 +382,8 @@ async fn a_second_bank_is_onboarded_as_the_readme_says() {
     std::fs::write(
         &config,
         format!(
-            r#"[http]
+            r#"mode = "development"
+[http]
 listen = "127.0.0.1:0"
 ops_listen = "127.0.0.1:0"
 

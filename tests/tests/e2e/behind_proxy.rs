@@ -26,20 +26,23 @@ fn escaped(certificate: &IssuedCertificate) -> String {
 
 /// A correctly signed BANK_X callback, with the forwarded certificate header if given.
 async fn send(app: &TestApp, reference: &str, forwarded: Option<&str>) -> (u16, String) {
-    let body = unit_body(reference, "SUCCESS");
-    let signed = app.bank.sign(UNIT, body.as_bytes(), reference);
-    let mut headers = signed.pairs().to_vec();
-    if let Some(value) = forwarded {
-        headers.push((HEADER, value));
-    }
-    let response = app.post(UNIT, &headers, body).await;
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = send_all(app, reference, forwarded.as_slice()).await;
     let code = body["error"]["code"]
         .as_str()
         .unwrap_or("ACCEPTED")
         .to_owned();
     (status, code)
+}
+
+/// A correctly signed BANK_X callback with one forwarded certificate header per value.
+async fn send_all(app: &TestApp, reference: &str, forwarded: &[&str]) -> (u16, Value) {
+    let body = unit_body(reference, "SUCCESS");
+    let signed = app.bank.sign(UNIT, body.as_bytes(), reference);
+    let mut headers = signed.pairs().to_vec();
+    headers.extend(forwarded.iter().map(|value| (HEADER, *value)));
+    let response = app.post(UNIT, &headers, body).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
 }
 
 /// An ingress trusting the proxy at `trusted`, with BANK_X bound to `bank_x`.
@@ -104,4 +107,49 @@ async fn the_header_from_an_untrusted_address_is_ignored() {
         "a client cannot claim a bank's certificate by sending the header itself"
     );
     assert_eq!(app.broker.intake_depth().await, 0);
+}
+
+/// A proxy that appends its header to one the client sent forwards two: which is the bank's
+/// cannot be known, so the request is refused rather than one picked (the first could be the
+/// client's own forgery).
+#[tokio::test]
+async fn a_certificate_header_forwarded_twice_is_refused() {
+    let ca = DevCa::new("load balancer test CA").unwrap();
+    let bank_x = ca.client("BANK_X").unwrap();
+    let other = ca.client("BANK_Y").unwrap();
+    let app = behind_proxy(&bank_x, "127.0.0.0/8").await;
+    let (genuine, forged) = (escaped(&bank_x), escaped(&other));
+
+    for (name, values) in [
+        ("the forgery first", vec![genuine.as_str(), forged.as_str()]),
+        (
+            "the same certificate twice",
+            vec![genuine.as_str(), genuine.as_str()],
+        ),
+        (
+            "forged, then genuine",
+            vec![forged.as_str(), genuine.as_str()],
+        ),
+    ] {
+        let (status, body) = send_all(&app, "PAY-LB6", &values).await;
+        assert_eq!(status, 400, "{name}: {body}");
+        assert_eq!(body["error"]["code"], "INVALID_HEADER", "{name}");
+        assert_eq!(
+            body["error"]["details"][0]["field"], "x-client-cert",
+            "{name}: {body}"
+        );
+    }
+    let joined = format!("{forged}, {genuine}");
+    let (status, body) = send_all(&app, "PAY-LB7", &[joined.as_str()]).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("INVALID_HEADER")),
+        "two values joined into one header: {body}"
+    );
+    assert_eq!(app.broker.intake_depth().await, 0, "nothing enqueued");
+    assert_eq!(
+        send(&app, "PAY-LB8", Some(&genuine)).await,
+        (200, "ACCEPTED".into()),
+        "sent once, the same certificate is accepted"
+    );
 }

@@ -30,6 +30,7 @@ fn write_config(path: &std::path::Path, prefix: &str, keys: &[&TestBank]) {
         .collect();
     let config = format!(
         r#"
+mode = "development"
 [http]
 listen = "127.0.0.1:0"
 ops_listen = "127.0.0.1:0"

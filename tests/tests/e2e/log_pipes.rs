@@ -97,7 +97,8 @@ async fn ingress_keeps_answering(reader: Reader) {
     std::fs::write(
         &config,
         format!(
-            r#"[http]
+            r#"mode = "development"
+[http]
 listen = "127.0.0.1:0"
 ops_listen = "127.0.0.1:0"
 [corelink]
@@ -116,6 +117,7 @@ keys = [{{ kid = "{}", alg = "ES256", jwk_file = "{}" }}]
             .args(["--config", config.to_str().unwrap()])
             .env("CONNECTOR_BROKER__URL", amqp_url())
             .envs([connector_e2e_tests::test_seal_env()])
+            .env("CONNECTOR_MODE", "development")
             .env("CONNECTOR_TOPOLOGY__PREFIX", &prefix)
             .env("CONNECTOR_TOPOLOGY__QUEUE_EXPIRES_SECS", "600")
             .env("CONNECTOR_LOG__FORMAT", "json")
@@ -202,6 +204,7 @@ async fn workers_keep_applying(reader: Reader) {
         .env("CONNECTOR_DATABASE__URL", &p.db.url)
         .env("CONNECTOR_BROKER__URL", amqp_url())
         .envs([connector_e2e_tests::test_seal_env()])
+        .env("CONNECTOR_MODE", "development")
         .env(
             "CONNECTOR_TOPOLOGY__PREFIX",
             &p.app.settings.topology.prefix,

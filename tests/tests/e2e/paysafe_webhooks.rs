@@ -305,3 +305,80 @@ async fn refused_webhooks_enqueue_nothing() {
     assert!(paysafe.app.broker.take_intake().await.is_none());
     assert_no_secret_logged(&[good, bad_hmac]);
 }
+
+/// Some Paysafe accounts issue the HMAC key base64-encoded and sign with the decoded bytes;
+/// each configured key says which it is. Over the real TLS ingress: a raw key, a base64 key
+/// inline and a base64 key in a file, side by side.
+#[tokio::test]
+async fn each_key_is_used_as_its_encoding_says() {
+    use base64::Engine as _;
+    use connector_ingress::config::{KeyEncoding, WebhookKey};
+
+    let secret: &[u8] = b"\x9c\x00binary-key-from-paysafe\xfe";
+    let file_secret: &[u8] = b"another\x01decoded\xffkey";
+    let encoded = base64::engine::general_purpose::STANDARD.encode(secret);
+    let file_encoded = base64::engine::general_purpose::STANDARD.encode(file_secret);
+    let dir = std::env::temp_dir().join(format!("paysafe-b64-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("paysafe.b64");
+    std::fs::write(&key_file, format!("{file_encoded}\n")).unwrap();
+
+    let (inline, file) = (encoded.clone(), key_file.clone());
+    let paysafe = spawn(move |s| {
+        s.paysafe.webhook_keys = vec![
+            KEY.into(),
+            WebhookKey::inline(&inline, KeyEncoding::Base64),
+            WebhookKey::file(file, KeyEncoding::Base64),
+        ]
+    })
+    .await;
+    let deliver_with = |key: &[u8], payment: &str| {
+        let body = event("eventName", "PAYMENT_COMPLETED", payment);
+        let signature = webhook_signature(key, body.as_bytes());
+        let paysafe = &paysafe;
+        async move {
+            let answer = paysafe
+                .post(
+                    &[
+                        ("Content-Type", "application/json"),
+                        ("Signature", signature.as_str()),
+                    ],
+                    body,
+                )
+                .await;
+            (error_code(&answer).0, answer.1["error"]["code"].clone())
+        }
+    };
+
+    assert_eq!(
+        deliver_with(KEY.as_bytes(), "pay-raw").await.0,
+        200,
+        "raw key"
+    );
+    assert_eq!(
+        deliver_with(secret, "pay-b64").await.0,
+        200,
+        "inline base64: decoded bytes"
+    );
+    assert_eq!(
+        deliver_with(file_secret, "pay-b64-file").await.0,
+        200,
+        "base64 key file"
+    );
+    // The base64 text itself is not the key.
+    assert_eq!(
+        deliver_with(encoded.as_bytes(), "pay-b64-text").await,
+        (401, Value::from("SIGNATURE_INVALID"))
+    );
+    assert_eq!(
+        deliver_with(file_encoded.as_bytes(), "pay-b64-file-text").await,
+        (401, Value::from("SIGNATURE_INVALID"))
+    );
+    assert_eq!(
+        paysafe.app.broker.intake_depth().await,
+        3,
+        "only the three signed right"
+    );
+    logs::assert_absent("paysafe_webhook", &[KEY, &encoded, &file_encoded]);
+    std::fs::remove_dir_all(dir).unwrap();
+}

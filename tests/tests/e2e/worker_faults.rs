@@ -90,6 +90,7 @@ async fn a_worker_killed_before_commit_leaves_nothing_and_the_batch_is_applied_o
         .env("CONNECTOR_DATABASE__URL", &p.db.url)
         .env("CONNECTOR_BROKER__URL", amqp_url())
         .envs([connector_e2e_tests::test_seal_env()])
+        .env("CONNECTOR_MODE", "development")
         .env(
             "CONNECTOR_TOPOLOGY__PREFIX",
             &p.app.settings.topology.prefix,

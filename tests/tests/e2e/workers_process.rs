@@ -31,6 +31,7 @@ async fn spawn_workers(
         .env("CONNECTOR_DATABASE__URL", &p.db.url)
         .env("CONNECTOR_BROKER__URL", amqp_url())
         .envs([connector_e2e_tests::test_seal_env()])
+        .env("CONNECTOR_MODE", "development")
         .env(
             "CONNECTOR_TOPOLOGY__PREFIX",
             &p.app.settings.topology.prefix,
@@ -208,6 +209,7 @@ async fn topology_delete_removes_a_throw_away_topology_and_refuses_any_other() {
         let mut command = std::process::Command::new(workers_binary());
         command
             .args(["topology", "delete"])
+            .env("CONNECTOR_MODE", "development")
             .env("CONNECTOR_BROKER__URL", amqp_url())
             .env("CONNECTOR_TOPOLOGY__PREFIX", &prefix);
         if let Some(secs) = expires {

@@ -527,7 +527,10 @@ async fn start_workers(
     topology: &TopologySettings,
     stop: CancellationToken,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
-    let mut settings = WorkerSettings::default();
+    let mut settings = WorkerSettings {
+        mode: connector_workers::config::Mode::Development,
+        ..WorkerSettings::default()
+    };
     settings.database.url = database.url.clone();
     settings.broker.url = env.amqp_url.clone();
     settings.topology = topology.clone();
