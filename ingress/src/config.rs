@@ -101,6 +101,10 @@ pub struct BrokerSettings {
     /// First and largest delay between reconnection attempts (exponential, with jitter).
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
+    /// How often the publisher sends an unroutable probe message to learn of a broker alarm:
+    /// RabbitMQ tells a connection it is blocked only once it publishes, so without probes the
+    /// first request of an alarm would be the one to find out (and be left in doubt).
+    pub alarm_probe_interval_ms: u64,
 }
 
 impl Default for BrokerSettings {
@@ -112,6 +116,7 @@ impl Default for BrokerSettings {
             retry_after_secs: 5,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 10_000,
+            alarm_probe_interval_ms: 200,
         }
     }
 }
@@ -411,6 +416,10 @@ impl Settings {
             ),
             ("broker.confirm_timeout_ms", self.broker.confirm_timeout_ms),
             ("broker.retry_after_secs", self.broker.retry_after_secs),
+            (
+                "broker.alarm_probe_interval_ms",
+                self.broker.alarm_probe_interval_ms,
+            ),
             (
                 "broker.reconnect_initial_ms",
                 self.broker.reconnect_initial_ms,

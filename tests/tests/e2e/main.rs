@@ -7,6 +7,7 @@
 mod bank_integration;
 mod behind_proxy;
 mod bnc_callbacks;
+mod broker_alarms;
 mod broker_faults;
 mod corelink_ingress;
 mod hostile_inputs;
