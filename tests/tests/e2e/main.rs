@@ -10,6 +10,7 @@ mod bnc_callbacks;
 mod broker_alarms;
 mod broker_faults;
 mod corelink_ingress;
+mod database_outage;
 mod hostile_inputs;
 mod key_rotation;
 mod log_pipes;

@@ -187,7 +187,8 @@ async fn the_database_unreachable_while_messages_arrive_loses_nothing() {
     )
     .await;
 
-    // The worker takes the messages and holds them while it retries.
+    // The worker takes the messages; finding the database down, it gives them back and
+    // pauses until it answers (database_outage.rs follows that path closely).
     let intake = p.app.topology.intake_queue.clone();
     assert!(
         eventually(Duration::from_secs(10), || async {
