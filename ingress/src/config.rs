@@ -150,6 +150,10 @@ pub struct BrokerSettings {
     /// that the intake exchange exists (a passive declare, which needs no permission), for a
     /// broker user that may publish and nothing else; the workers declare the topology.
     pub declare_topology: bool,
+    /// How often the publisher sends an unroutable probe message to learn of a broker alarm:
+    /// RabbitMQ tells a connection it is blocked only once it publishes, so without probes the
+    /// first request of an alarm would be the one to find out (and be left in doubt).
+    pub alarm_probe_interval_ms: u64,
 }
 
 impl Default for BrokerSettings {
@@ -162,6 +166,7 @@ impl Default for BrokerSettings {
             reconnect_initial_ms: 100,
             reconnect_max_ms: 10_000,
             declare_topology: true,
+            alarm_probe_interval_ms: 200,
         }
     }
 }
@@ -416,6 +421,10 @@ impl Settings {
             ),
             ("broker.confirm_timeout_ms", self.broker.confirm_timeout_ms),
             ("broker.retry_after_secs", self.broker.retry_after_secs),
+            (
+                "broker.alarm_probe_interval_ms",
+                self.broker.alarm_probe_interval_ms,
+            ),
             (
                 "broker.reconnect_initial_ms",
                 self.broker.reconnect_initial_ms,

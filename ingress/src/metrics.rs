@@ -16,6 +16,8 @@ pub const PUBLISH_CONFIRM_SECONDS: &str = "connector_ingress_publish_confirm_dur
 pub const REQUESTS_IN_FLIGHT: &str = "connector_ingress_requests_in_flight";
 /// 1 while the publisher holds a usable broker connection, else 0.
 pub const BROKER_CONNECTED: &str = "connector_ingress_broker_connected";
+/// 1 while the broker blocks this ingress's publishing (memory or disk alarm), else 0.
+pub const BROKER_BLOCKED: &str = "connector_ingress_broker_blocked";
 /// Connections lost and re-established.
 pub const BROKER_RECONNECTS_TOTAL: &str = "connector_ingress_broker_reconnects_total";
 
@@ -41,6 +43,10 @@ pub fn record_confirm_latency(elapsed: Duration) {
 
 pub fn set_broker_connected(connected: bool) {
     gauge!(BROKER_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+pub fn set_broker_blocked(blocked: bool) {
+    gauge!(BROKER_BLOCKED).set(if blocked { 1.0 } else { 0.0 });
 }
 
 pub fn count_broker_reconnect() {

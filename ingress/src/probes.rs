@@ -1,5 +1,5 @@
 //! The probe listener (`http.ops_listen`): `/metrics` for Prometheus, `/healthz` (the process
-//! is alive) and `/readyz` (it can accept work: broker connected). Separate from the public
+//! is alive) and `/readyz` (it can accept work: broker connected and not blocking publishers). Separate from the public
 //! listener so banks never reach it.
 
 use axum::Router;
@@ -10,7 +10,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use crate::publisher::IntakePublisher;
+use crate::publisher::{BrokerState, IntakePublisher};
 
 #[derive(Debug, Clone)]
 struct OpsState {
@@ -27,15 +27,17 @@ pub fn router(publisher: IntakePublisher, metrics: PrometheusHandle) -> Router {
 }
 
 async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
-    if state.publisher.is_connected() {
+    // Blocked (a broker resource alarm) is not ready either: requests would only get 503.
+    let broker = state.publisher.state();
+    if broker == BrokerState::Connected {
         (
             StatusCode::OK,
-            axum::Json(json!({"status": "ready", "broker": "connected"})),
+            axum::Json(json!({"status": "ready", "broker": broker.as_str()})),
         )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "not_ready", "broker": "disconnected"})),
+            axum::Json(json!({"status": "not_ready", "broker": broker.as_str()})),
         )
     }
 }

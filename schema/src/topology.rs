@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::IntakeKind;
 
+/// Default bound on the intake and ledger queues (messages). Far above any healthy backlog
+/// (the soak never saw more than a few dozen), far below what fills a broker's memory alarm.
+pub const DEFAULT_MAX_LENGTH: u32 = 1_000_000;
+
 /// Knobs on the queues' arguments. Changing one on an existing queue makes RabbitMQ refuse
 /// the declaration (PRECONDITION_FAILED); change them through a policy, or migrate the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +30,12 @@ pub struct QueueOptions {
     pub delivery_limit: u32,
     /// Bound on the intake queue's length (`x-max-length`). With `reject-publish` overflow
     /// the broker nacks further publishes, and the ingress answers 503 so senders retry
-    /// later instead of the broker running out of memory or disk.
+    /// later instead of the broker running out of memory or disk. `None`: no argument (a
+    /// policy may bound the queue instead).
     pub intake_max_length: Option<u32>,
+    /// The same for the ledger queue: a stalled ledger consumer turns into nacks to the relay,
+    /// whose events stay in the outbox and are retried, never into a broker alarm.
+    pub ledger_max_length: Option<u32>,
     /// Deletes an unused queue after this long (`x-expires`): set for throw-away topologies
     /// (tests, benches, the local check), whose abandoned queues then go even when their run
     /// was killed, and which alone `connector-workers topology delete` agrees to delete.
@@ -39,7 +47,8 @@ impl Default for QueueOptions {
     fn default() -> Self {
         Self {
             delivery_limit: 10,
-            intake_max_length: None,
+            intake_max_length: Some(DEFAULT_MAX_LENGTH),
+            ledger_max_length: Some(DEFAULT_MAX_LENGTH),
             expires: None,
         }
     }
@@ -55,8 +64,11 @@ pub struct TopologySettings {
     pub prefix: String,
     /// `x-delivery-limit` of the intake queue.
     pub intake_delivery_limit: u32,
-    /// `x-max-length` of the intake queue; unset means unbounded.
-    pub intake_max_length: Option<u32>,
+    /// `x-max-length` of the intake queue (`reject-publish`); 0 declares no limit argument
+    /// (for a queue declared before the limit existed, bounded by a policy instead).
+    pub intake_max_length: u32,
+    /// `x-max-length` of the ledger queue (`reject-publish`); 0 as above.
+    pub ledger_max_length: u32,
     /// `x-expires` of every queue: only for throw-away environments (tests, previews).
     pub queue_expires_secs: Option<u64>,
 }
@@ -66,7 +78,8 @@ impl Default for TopologySettings {
         Self {
             prefix: Topology::DEFAULT_PREFIX.into(),
             intake_delivery_limit: QueueOptions::default().delivery_limit,
-            intake_max_length: None,
+            intake_max_length: DEFAULT_MAX_LENGTH,
+            ledger_max_length: DEFAULT_MAX_LENGTH,
             queue_expires_secs: None,
         }
     }
@@ -78,7 +91,8 @@ impl TopologySettings {
             &self.prefix,
             QueueOptions {
                 delivery_limit: self.intake_delivery_limit,
-                intake_max_length: self.intake_max_length,
+                intake_max_length: (self.intake_max_length > 0).then_some(self.intake_max_length),
+                ledger_max_length: (self.ledger_max_length > 0).then_some(self.ledger_max_length),
                 expires: self.queue_expires_secs.map(Duration::from_secs),
             },
         )
@@ -163,7 +177,10 @@ impl Topology {
             .await?;
         self.declare_exchange(channel, &self.ledger_exchange, ExchangeKind::Topic)
             .await?;
-        let arguments = self.dead_lettering_arguments(&self.ledger_dead_letter_queue);
+        let mut arguments = self.dead_lettering_arguments(&self.ledger_dead_letter_queue);
+        if let Some(max) = self.options.ledger_max_length {
+            arguments.insert("x-max-length".into(), int(max));
+        }
         self.declare_quorum_queue(channel, &self.ledger_queue, arguments)
             .await?;
         bind(channel, &self.ledger_queue, &self.ledger_exchange, "#").await
@@ -293,5 +310,21 @@ mod tests {
         assert_eq!(t.ledger_exchange, "connector.ledger");
         assert_eq!(t.ledger_queue, "connector.ledger.events");
         assert_eq!(t.ledger_dead_letter_queue, "connector.ledger.dlq");
+    }
+
+    #[test]
+    fn both_queues_are_bounded_by_default_and_zero_leaves_it_to_a_policy() {
+        let bounded = TopologySettings::default().topology().options;
+        assert_eq!(bounded.intake_max_length, Some(DEFAULT_MAX_LENGTH));
+        assert_eq!(bounded.ledger_max_length, Some(DEFAULT_MAX_LENGTH));
+        let by_policy = TopologySettings {
+            intake_max_length: 0,
+            ledger_max_length: 0,
+            ..TopologySettings::default()
+        }
+        .topology()
+        .options;
+        assert_eq!(by_policy.intake_max_length, None);
+        assert_eq!(by_policy.ledger_max_length, None);
     }
 }

@@ -7,6 +7,7 @@
 pub mod cleanup;
 pub mod logs;
 pub mod pipeline;
+pub mod private_broker;
 pub mod proxy;
 pub mod raw;
 

@@ -7,12 +7,16 @@
 //! - forged (a `type` other than its routing key, a missing or wrong ingress seal: see
 //!   `intake`) → the same, counted apart: nothing of it is applied;
 //! - transient failure (database down, deadlock) → retried with backoff while the message stays
-//!   unacknowledged, so an outage neither burns its delivery attempts nor dead-letters it;
+//!   unacknowledged, for at most `apply.max_hold_secs`; then it is given back (requeued) and
+//!   the worker stops consuming until the database answers again. Holding it longer would
+//!   run into the broker's consumer timeout, whose requeues count towards the delivery limit
+//!   again and again: a long outage would dead-letter accepted notifications. This way an
+//!   outage of any length costs a held message one delivery attempt;
 //! - any other failure → requeued, and the queue's delivery limit dead-letters a message that
 //!   keeps failing.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backoff::backoff::Backoff;
@@ -20,8 +24,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::FieldTable;
 use sqlx::PgPool;
@@ -35,6 +39,10 @@ use crate::config::{ApplySettings, BrokerSettings, PaysafeSettings};
 use crate::intake::{self, Admitted, Refusal};
 use crate::outcome::{ApplyError, Outcome};
 use crate::{Step, broker, db, metrics, quarantine};
+
+/// While consuming, how often the apply role checks that the database answers; when it does
+/// not, the role stops consuming before it takes messages it would only have to give back.
+const DATABASE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 use crate::{bnc, corelink, paysafe};
 
 /// What to tell the broker about a delivery.
@@ -51,6 +59,15 @@ pub enum Disposition {
     },
     /// Failed for an unexpected reason: requeue, counting toward the delivery limit.
     Requeue(String),
+    /// The database stayed unreachable: requeue it, and pause consuming until it answers.
+    GiveBack(String),
+}
+
+/// How a consuming session ended without a broker failure.
+enum Session {
+    Shutdown,
+    /// A message found the database unreachable for too long: consumption paused.
+    DatabaseDown,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +84,9 @@ pub struct ApplyWorker {
     shutdown: CancellationToken,
     /// Shared with `/readyz`.
     connected: Arc<AtomicBool>,
+    /// Cancelled when a message is given back: the others held give back too, and the
+    /// session stops consuming. Replaced at each session.
+    give_back: Arc<Mutex<CancellationToken>>,
 }
 
 impl ApplyWorker {
@@ -87,6 +107,7 @@ impl ApplyWorker {
             seal,
             shutdown,
             connected: Arc::new(AtomicBool::new(false)),
+            give_back: Arc::default(),
         }
     }
 
@@ -129,6 +150,9 @@ impl ApplyWorker {
     async fn apply_with_retries(&self, admitted: &Admitted) -> Disposition {
         let envelope = &admitted.envelope;
         let mut retries = broker::retry_schedule(&self.broker);
+        let give_back = self.give_back_signal();
+        let max_hold = Duration::from_secs(self.settings.max_hold_secs);
+        let mut failing_since = None;
         loop {
             let error = match self.apply(envelope).await {
                 Ok(outcome) => {
@@ -161,12 +185,24 @@ impl ApplyWorker {
                 Err(ApplyError::Database(error)) => return Disposition::Requeue(error.to_string()),
             };
             metrics::transient_retry();
+            let failing_for = failing_since.get_or_insert_with(Instant::now).elapsed();
+            if failing_for >= max_hold {
+                return Disposition::GiveBack(format!(
+                    "failing for {failing_for:?} (apply.max_hold_secs): {error}"
+                ));
+            }
             let delay = retries
                 .next_backoff()
                 .unwrap_or_else(|| self.broker.retry_max());
             tracing::warn!(%error, ?delay, "transient failure; retrying while holding the message");
-            if !broker::pause(delay, &self.shutdown).await {
-                return Disposition::Requeue("shutting down during a retry".into());
+            tokio::select! {
+                () = self.shutdown.cancelled() => {
+                    return Disposition::Requeue("shutting down during a retry".into());
+                }
+                () = give_back.cancelled() => {
+                    return Disposition::GiveBack(format!("another message gave up first: {error}"));
+                }
+                () = tokio::time::sleep(delay) => {}
             }
         }
     }
@@ -224,6 +260,17 @@ impl ApplyWorker {
                     .await?;
                 metrics::message(kind, "requeued", started.elapsed());
             }
+            Disposition::GiveBack(reason) => {
+                tracing::warn!(%reason, delivery_tag = delivery.delivery_tag, "database unreachable: message given back, consumption pauses");
+                self.give_back_signal().cancel();
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await?;
+                metrics::message(kind, "given_back", started.elapsed());
+            }
         }
         Ok(disposition)
     }
@@ -231,6 +278,8 @@ impl ApplyWorker {
     /// Takes one message from the intake queue, if any, and handles it. For tests and tools
     /// that step the worker instead of running it.
     pub async fn run_once(&self, channel: &Channel) -> anyhow::Result<Step> {
+        // A step is its own session: an earlier give-back does not cut this one short.
+        *self.give_back.lock().unwrap_or_else(|e| e.into_inner()) = CancellationToken::new();
         let message = channel
             .basic_get(
                 self.topology.intake_queue.as_str().into(),
@@ -250,8 +299,19 @@ impl ApplyWorker {
     pub async fn run(self) {
         let mut reconnects = broker::retry_schedule(&self.broker);
         while !self.shutdown.is_cancelled() {
-            let Err(error) = self.consume(&mut reconnects).await else {
-                break;
+            let error = match self.consume(&mut reconnects).await {
+                Ok(Session::Shutdown) => break,
+                Ok(Session::DatabaseDown) => {
+                    metrics::apply_paused(true);
+                    let back = self.wait_for_database().await;
+                    metrics::apply_paused(false);
+                    if !back {
+                        break;
+                    }
+                    tracing::info!("the database answers again: consuming again");
+                    continue;
+                }
+                Err(error) => error,
             };
             self.set_connected(false);
             if !broker::back_off(
@@ -270,8 +330,40 @@ impl ApplyWorker {
         tracing::info!("apply worker stopped");
     }
 
-    /// One broker session: returns `Ok` on shutdown, `Err` when the connection is lost.
-    async fn consume(&self, reconnects: &mut backoff::ExponentialBackoff) -> anyhow::Result<()> {
+    /// Waits, not consuming, until the database answers (`true`) or shutdown (`false`).
+    async fn wait_for_database(&self) -> bool {
+        let mut retries = broker::retry_schedule(&self.broker);
+        loop {
+            let delay = retries
+                .next_backoff()
+                .unwrap_or_else(|| self.broker.retry_max());
+            if !broker::pause(delay, &self.shutdown).await {
+                return false;
+            }
+            match sqlx::query("SELECT 1").execute(&self.pool).await {
+                Ok(_) => return true,
+                Err(error) => {
+                    tracing::warn!(%error, ?delay, "database still unreachable; not consuming")
+                }
+            }
+        }
+    }
+
+    fn give_back_signal(&self) -> CancellationToken {
+        self.give_back
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// One broker session: `Ok` on shutdown or when the database is found down (consumption
+    /// paused), `Err` when the connection is lost.
+    async fn consume(
+        &self,
+        reconnects: &mut backoff::ExponentialBackoff,
+    ) -> anyhow::Result<Session> {
+        let give_back = CancellationToken::new();
+        *self.give_back.lock().unwrap_or_else(|e| e.into_inner()) = give_back.clone();
         let connection = broker::connect(&self.broker.url, "apply").await?;
         let channel = connection.create_channel().await?;
         self.topology.declare_intake(&channel).await?;
@@ -290,13 +382,30 @@ impl ApplyWorker {
         reconnects.reset();
         tracing::info!(queue = %self.topology.intake_queue, "consuming");
 
-        // Stops taking deliveries at shutdown; those in flight still finish and are settled.
+        let consumer_tag = consumer.tag();
+        // Stops taking deliveries at shutdown, or once a message was given back; those in
+        // flight still finish and are settled.
+        let stop = {
+            let (shutdown, give_back) = (self.shutdown.clone(), give_back.clone());
+            async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = give_back.cancelled() => {}
+                }
+            }
+        };
+        let watcher = tokio::spawn(watch_database(
+            self.pool.clone(),
+            give_back.clone(),
+            self.shutdown.clone(),
+        ));
         let result = consumer
-            .take_until(self.shutdown.cancelled())
+            .take_until(stop)
             .try_for_each_concurrent(self.settings.concurrency, |delivery| async move {
                 self.handle(delivery).await.map(drop)
             })
             .await;
+        watcher.abort();
         self.set_connected(false);
         if self.shutdown.is_cancelled() {
             let _ = tokio::time::timeout(
@@ -304,15 +413,47 @@ impl ApplyWorker {
                 connection.close(200, "shutdown".into()),
             )
             .await;
-            return Ok(());
+            return Ok(Session::Shutdown);
         }
         result?;
+        if give_back.is_cancelled() {
+            // Cancel the consumer, then close: what the broker had sent ahead goes back to the
+            // queue, and nothing is held while the database is away.
+            let _ = channel
+                .basic_cancel(consumer_tag, BasicCancelOptions::default())
+                .await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                connection.close(200, "database unreachable".into()),
+            )
+            .await;
+            tracing::warn!(queue = %self.topology.intake_queue, "consumer cancelled until the database answers again");
+            return Ok(Session::DatabaseDown);
+        }
         anyhow::bail!("the broker ended the consumer")
     }
 
     fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Relaxed);
         metrics::broker_connected("apply", connected);
+    }
+}
+
+/// Cancels `give_back` once the database does not answer (ends with the session).
+async fn watch_database(pool: PgPool, give_back: CancellationToken, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = give_back.cancelled() => return,
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(DATABASE_CHECK_INTERVAL) => {}
+        }
+        if let Err(error) = sqlx::query("SELECT 1").execute(&pool).await
+            && db::is_unreachable(&error)
+        {
+            tracing::warn!(%error, "the database does not answer: consumption pauses");
+            give_back.cancel();
+            return;
+        }
     }
 }
 

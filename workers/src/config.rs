@@ -94,6 +94,11 @@ pub struct ApplySettings {
     pub concurrency: usize,
     /// Unacknowledged deliveries the broker sends ahead (basic.qos); at least `concurrency`.
     pub prefetch: u16,
+    /// How long a message is held through transient database failures before it is given back
+    /// and consumption pauses until the database answers again. Must stay well under the
+    /// broker's `consumer_timeout` (30 min by default): a message held past it is requeued by
+    /// the broker, and every such requeue counts towards `x-delivery-limit`.
+    pub max_hold_secs: u64,
 }
 
 impl Default for ApplySettings {
@@ -101,6 +106,7 @@ impl Default for ApplySettings {
         Self {
             concurrency: 4,
             prefetch: 16,
+            max_hold_secs: 60,
         }
     }
 }
@@ -288,6 +294,7 @@ impl Settings {
             ),
             ("broker.retry_initial_ms", self.broker.retry_initial_ms),
             ("apply.concurrency", self.apply.concurrency as u64),
+            ("apply.max_hold_secs", self.apply.max_hold_secs),
             ("relay.batch_size", self.relay.batch_size.max(0) as u64),
             ("relay.poll_interval_ms", self.relay.poll_interval_ms),
             ("relay.confirm_timeout_ms", self.relay.confirm_timeout_ms),
@@ -406,6 +413,9 @@ mod tests {
         let mut settings = development();
         settings.apply.prefetch = 1;
         assert_eq!(settings.validate().unwrap_err().key, "apply.prefetch");
+        let mut settings = development();
+        settings.apply.max_hold_secs = 0;
+        assert_eq!(settings.validate().unwrap_err().key, "apply.max_hold_secs");
         let mut settings = development();
         settings.database.url = "mysql://x".into();
         assert_eq!(settings.validate().unwrap_err().key, "database.url");

@@ -43,6 +43,18 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Whether `error` is a passing condition (database unreachable or restarting, deadlock,
 /// serialization failure, pool exhausted) rather than a fault of the message or the code.
+/// The database cannot be reached (as opposed to busy: a pool timeout is not counted, so a
+/// worker whose connections are all applying does not take itself for cut off).
+pub fn is_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
+        _ => false,
+    }
+}
+
 pub fn is_transient(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)

@@ -21,6 +21,8 @@ pub const APPLY_DURATION_SECONDS: &str = "connector_worker_apply_duration_second
 pub const TRANSIENT_RETRIES_TOTAL: &str = "connector_worker_transient_retries_total";
 /// 1 while the role holds a broker connection, by `role`.
 pub const BROKER_CONNECTED: &str = "connector_worker_broker_connected";
+/// 1 while the apply role has stopped consuming because the database does not answer.
+pub const APPLY_PAUSED: &str = "connector_worker_apply_paused";
 /// Ledger events confirmed by the broker, by `event_type`.
 pub const RELAY_PUBLISHED_TOTAL: &str = "connector_relay_published_total";
 /// Ledger events not confirmed, by `reason` (nack, unroutable, timeout, channel).
@@ -80,6 +82,10 @@ pub fn quarantine_held(reason: String, count: i64) {
 
 pub fn transient_retry() {
     counter!(TRANSIENT_RETRIES_TOTAL).increment(1);
+}
+
+pub fn apply_paused(paused: bool) {
+    gauge!(APPLY_PAUSED).set(if paused { 1.0 } else { 0.0 });
 }
 
 pub fn broker_connected(role: &'static str, connected: bool) {

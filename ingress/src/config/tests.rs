@@ -28,6 +28,13 @@ fn errors_name_the_key() {
     let mut settings = development();
     settings.broker.url = "http://nope".into();
     assert_eq!(settings.validate().unwrap_err().key, "broker.url");
+
+    let mut settings = Settings::default();
+    settings.broker.alarm_probe_interval_ms = 0;
+    assert_eq!(
+        settings.validate().unwrap_err().key,
+        "broker.alarm_probe_interval_ms"
+    );
 }
 
 #[test]

@@ -17,6 +17,11 @@ pub struct Cli {
     /// Length of a round, under load.
     #[arg(long, default_value_t = 8)]
     pub round_secs: u64,
+    /// Only these infrastructure faults, in rotation (comma-separated): cut-broker,
+    /// cut-database, restart-rabbitmq, crash-rabbitmq, kill-node, restart-postgres,
+    /// memory-alarm, long-db-outage. Default: all of the mode (single node or cluster).
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::faults::INFRA_NAMES))]
+    pub infra: Vec<String>,
     /// A three-node RabbitMQ cluster (quorum queues on all three) and node-loss rounds.
     #[arg(long)]
     pub cluster: bool,

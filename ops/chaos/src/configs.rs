@@ -26,6 +26,17 @@ pub struct NoncePurge {
     pub interval_secs: u64,
 }
 
+/// The broker's consumer timeout in the harness: 2 s instead of 30 min, so that the
+/// long-database-outage round outlasts it many times (checked on a 250 ms channel tick).
+pub const CONSUMER_TIMEOUT_MS: u64 = 2_000;
+
+/// `advanced.config` of every RabbitMQ node of the harness.
+pub fn rabbit_advanced_config() -> String {
+    format!(
+        "[{{rabbit, [{{consumer_timeout, {CONSUMER_TIMEOUT_MS}}}, {{channel_tick_interval, 250}}]}}].\n"
+    )
+}
+
 pub fn ingress_config(listen: u16, ops: u16, broker_url: &str, key_file: &Path) -> String {
     format!(
         r#"# Written by fault-harness.
@@ -88,6 +99,10 @@ retry_max_ms = 2000
 
 [topology]
 prefix = "{PREFIX}"
+
+[apply]
+# Under the harness's 2 s consumer timeout: give a message back after 1 s of database failures.
+max_hold_secs = 1
 
 [relay]
 poll_interval_ms = 500

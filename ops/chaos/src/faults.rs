@@ -23,7 +23,29 @@ pub enum Fault {
     RestartPostgres,
     /// Cluster only: SIGKILL one node under load, restart it a few seconds later.
     KillNode(usize),
+    /// A broker memory alarm for `MEMORY_ALARM`: publishers blocked, the ingress answers 503.
+    MemoryAlarm,
+    /// The database cut for `LONG_OUTAGE`, many broker consumer timeouts long.
+    LongDatabaseOutage,
 }
+
+/// How long the memory alarm is held.
+const MEMORY_ALARM: Duration = Duration::from_secs(3);
+/// The long database outage: 12 consumer timeouts of the harness's broker (2 s), more than the
+/// intake delivery limit (10); the 40-minute outage of production (30 min timeout), scaled.
+const LONG_OUTAGE: Duration = Duration::from_secs(25);
+
+/// The infrastructure faults' names, for `--infra`.
+pub const INFRA_NAMES: [&str; 8] = [
+    "cut-broker",
+    "cut-database",
+    "restart-rabbitmq",
+    "crash-rabbitmq",
+    "kill-node",
+    "restart-postgres",
+    "memory-alarm",
+    "long-db-outage",
+];
 
 impl Fault {
     pub fn label(self, cluster: bool) -> String {
@@ -42,44 +64,81 @@ impl Fault {
             Self::RestartRabbit { crash: true, .. } => "crash RabbitMQ (SIGKILL, start)".into(),
             Self::RestartPostgres => "restart PostgreSQL (pg_ctl restart -m fast)".into(),
             Self::KillNode(node) => format!("SIGKILL RabbitMQ node chaos{} under load", node + 1),
+            Self::MemoryAlarm => format!("RabbitMQ memory alarm {}s", MEMORY_ALARM.as_secs()),
+            Self::LongDatabaseOutage => {
+                format!("cut database connections {}s", LONG_OUTAGE.as_secs())
+            }
         }
     }
 
-    /// The two faults of round `round` (0-based).
-    pub fn schedule(round: usize, cluster: bool) -> [Fault; 2] {
+    /// The name `--infra` selects it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CutBroker => "cut-broker",
+            Self::CutDatabase => "cut-database",
+            Self::RestartRabbit { crash: true, .. } => "crash-rabbitmq",
+            Self::RestartRabbit { .. } => "restart-rabbitmq",
+            Self::KillNode(_) => "kill-node",
+            Self::RestartPostgres => "restart-postgres",
+            Self::MemoryAlarm => "memory-alarm",
+            Self::LongDatabaseOutage => "long-db-outage",
+            Self::KillIngress(_) => "kill-ingress",
+            Self::KillWorkers(_) => "kill-workers",
+        }
+    }
+
+    /// The two faults of round `round` (0-based); `only`, when not empty, restricts the
+    /// infrastructure faults to those names (in rotation order).
+    pub fn schedule(round: usize, cluster: bool, only: &[String]) -> [Fault; 2] {
         let process = if round.is_multiple_of(2) {
             Fault::KillIngress((round / 2) % 2)
         } else {
             Fault::KillWorkers((round / 2) % 2)
         };
-        let cycle = round / 5;
-        let infra = if cluster {
-            match round % 5 {
-                0 => Fault::CutBroker,
-                1 => Fault::CutDatabase,
-                2 => Fault::KillNode(cycle % 3),
-                3 => Fault::RestartPostgres,
-                _ => Fault::RestartRabbit {
+        let rotation: Vec<Fault> = Self::rotation(round, cluster)
+            .into_iter()
+            .filter(|f| only.is_empty() || only.iter().any(|name| name == f.name()))
+            .collect();
+        let infra = match rotation.as_slice() {
+            [] => Fault::CutBroker,
+            faults => faults[round % faults.len()],
+        };
+        [process, infra]
+    }
+
+    /// The infrastructure faults in the order the rounds take them (`round` picks the node).
+    fn rotation(round: usize, cluster: bool) -> Vec<Fault> {
+        let cycle = round / 7;
+        if cluster {
+            vec![
+                Fault::CutBroker,
+                Fault::CutDatabase,
+                Fault::KillNode(cycle % 3),
+                Fault::RestartPostgres,
+                Fault::RestartRabbit {
                     node: (cycle + 1) % 3,
                     crash: false,
                 },
-            }
+                Fault::MemoryAlarm,
+                Fault::LongDatabaseOutage,
+            ]
         } else {
-            match round % 5 {
-                0 => Fault::CutBroker,
-                1 => Fault::CutDatabase,
-                2 => Fault::RestartRabbit {
+            vec![
+                Fault::CutBroker,
+                Fault::CutDatabase,
+                Fault::RestartRabbit {
                     node: 0,
                     crash: false,
                 },
-                3 => Fault::RestartPostgres,
-                _ => Fault::RestartRabbit {
+                Fault::RestartPostgres,
+                Fault::RestartRabbit {
                     node: 0,
                     crash: true,
                 },
-            }
-        };
-        [process, infra]
+                Fault::MemoryAlarm,
+                Fault::LongDatabaseOutage,
+            ]
+        }
     }
 }
 
@@ -133,6 +192,20 @@ pub async fn inject(
             }
         }
         Fault::RestartPostgres => harness.restart_postgres().await?,
+        Fault::MemoryAlarm => {
+            bank.set_in_alarm(true);
+            harness.memory_alarm(true).await?;
+            harness.tick(MEMORY_ALARM).await;
+            harness.memory_alarm(false).await?;
+            // Answers to requests refused while blocked may still be on their way back.
+            harness.tick(Duration::from_secs(1)).await;
+            bank.set_in_alarm(false);
+        }
+        Fault::LongDatabaseOutage => {
+            harness.proxy(Link::Database)?.cut();
+            harness.tick(LONG_OUTAGE).await;
+            harness.proxy(Link::Database)?.restore();
+        }
         Fault::KillNode(node) => {
             let line = lose_node(harness, bank, node).await?;
             log.node_losses.push(line);
@@ -174,7 +247,9 @@ mod tests {
 
     #[test]
     fn the_short_form_injects_every_kind_of_fault() {
-        let faults: Vec<Fault> = (0..4).flat_map(|r| Fault::schedule(r, false)).collect();
+        let faults: Vec<Fault> = (0..4)
+            .flat_map(|r| Fault::schedule(r, false, &[]))
+            .collect();
         for wanted in [
             Fault::KillIngress(0),
             Fault::KillIngress(1),
@@ -197,8 +272,27 @@ mod tests {
     }
 
     #[test]
+    fn infra_selects_the_alarm_and_the_long_outage() {
+        let only = ["memory-alarm".to_owned(), "long-db-outage".to_owned()];
+        let faults: Vec<Fault> = (0..4)
+            .map(|r| Fault::schedule(r, false, &only)[1])
+            .collect();
+        assert_eq!(
+            faults,
+            [
+                Fault::MemoryAlarm,
+                Fault::LongDatabaseOutage,
+                Fault::MemoryAlarm,
+                Fault::LongDatabaseOutage
+            ]
+        );
+    }
+
+    #[test]
     fn the_cluster_form_loses_every_node_in_turn() {
-        let faults: Vec<Fault> = (0..24).flat_map(|r| Fault::schedule(r, true)).collect();
+        let faults: Vec<Fault> = (0..24)
+            .flat_map(|r| Fault::schedule(r, true, &[]))
+            .collect();
         for node in 0..3 {
             assert!(
                 faults.contains(&Fault::KillNode(node)),

@@ -20,7 +20,9 @@ use connector_schema::topology::{Topology, TopologySettings};
 
 use crate::binaries::run_to_end;
 use crate::broker;
-use crate::configs::{CLIENT_ID, KID, NoncePurge, PREFIX, ingress_config, workers_config};
+use crate::configs::{
+    CLIENT_ID, KID, NoncePurge, PREFIX, ingress_config, rabbit_advanced_config, workers_config,
+};
 use crate::console::out;
 use crate::load::Bank;
 use crate::proxy::Balancer;
@@ -132,6 +134,7 @@ impl Harness {
         let node_count = if self.cluster { 3 } else { 1 };
         for index in 1..=node_count {
             let mut node = RabbitNode::new(&self.dir.join("rabbitmq"), index)?;
+            node.set_advanced_config(&rabbit_advanced_config())?;
             node.start().await?;
             out(format!(
                 "rabbitmq: {} on 127.0.0.1:{}",
@@ -342,6 +345,16 @@ impl Harness {
     /// Starts node `index` again and waits until it has booted.
     pub async fn start_node(&mut self, index: usize) -> anyhow::Result<()> {
         self.nodes[index].start().await
+    }
+
+    /// Raises (or clears) a memory alarm on the first node: publishers are blocked cluster-wide.
+    pub async fn memory_alarm(&self, raise: bool) -> anyhow::Result<()> {
+        let node = self.nodes.first().context("no RabbitMQ node")?;
+        if raise {
+            node.raise_memory_alarm().await
+        } else {
+            node.clear_memory_alarm().await
+        }
     }
 
     /// `pg_ctl restart -m fast`.

@@ -133,6 +133,10 @@ pub struct Bank {
     retrying: AtomicBool,
     /// Soak: new logical requests are started at a fixed rate instead of back to back.
     pace: Mutex<Option<Pace>>,
+    /// Set while the harness holds a broker memory alarm.
+    in_alarm: AtomicBool,
+    /// Nonces of the attempts answered 503 during a memory alarm: none may be applied.
+    pub refused_in_alarm: Mutex<Vec<String>>,
     log: Mutex<std::fs::File>,
     started: Instant,
 }
@@ -163,6 +167,8 @@ impl Bank {
             accepting: AtomicBool::new(true),
             retrying: AtomicBool::new(true),
             pace: Mutex::new(None),
+            in_alarm: AtomicBool::new(false),
+            refused_in_alarm: Mutex::new(Vec::new()),
             log: Mutex::new(std::fs::File::create(log_path)?),
             started: Instant::now(),
         }))
@@ -347,12 +353,13 @@ impl Bank {
                 return false;
             }
             let target = &self.targets[((seed + attempt) % self.targets.len() as u64) as usize];
+            let nonce = random_nonce();
             let signed = match self.signer.sign(
                 request.path,
                 request.body.as_bytes(),
                 &request.key,
                 OffsetDateTime::now_utc(),
-                &random_nonce(),
+                &nonce,
             ) {
                 Ok(signed) => signed,
                 Err(error) => {
@@ -385,6 +392,12 @@ impl Bank {
                         || answer.status() == reqwest::StatusCode::TOO_MANY_REQUESTS =>
                 {
                     self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                    if self.in_alarm.load(Ordering::SeqCst) {
+                        self.refused_in_alarm
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(nonce);
+                    }
                 }
                 Ok(answer) => {
                     let status = answer.status();
@@ -404,6 +417,11 @@ impl Bank {
             delay = (delay * 2).min(Duration::from_secs(2));
         }
         false
+    }
+
+    /// Marks the time a memory alarm is held (503s then are checked never to be applied).
+    pub fn set_in_alarm(&self, on: bool) {
+        self.in_alarm.store(on, Ordering::SeqCst);
     }
 
     fn unexpected(&self, what: String) {

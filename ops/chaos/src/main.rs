@@ -21,7 +21,6 @@ mod load;
 mod proxy;
 mod rounds;
 mod run;
-mod services;
 mod soak;
 mod summary;
 mod verify;
@@ -30,6 +29,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+// The services live in the library, shared with the end-to-end tests.
+use connector_chaos::services;
 
 use crate::cli::Cli;
 use crate::console::out;

@@ -37,7 +37,7 @@ pub async fn run(harness: &mut Harness, cli: &Cli, bank: &Arc<Bank>) -> anyhow::
     for round in 0..cli.rounds {
         let round_started = Instant::now();
         let length = Duration::from_secs(cli.round_secs);
-        let [process_fault, infra_fault] = Fault::schedule(round, cli.cluster);
+        let [process_fault, infra_fault] = Fault::schedule(round, cli.cluster, &cli.infra);
         inject(harness, bank, process_fault, &mut faults).await?;
         harness.tick_until(round_started + length / 3).await;
         inject(harness, bank, infra_fault, &mut faults).await?;

@@ -225,6 +225,12 @@ pub struct RabbitNode {
 impl RabbitNode {
     /// Prepares node `index` (1-based) under `root` (which holds the shared cookie).
     pub fn new(root: &Path, index: usize) -> anyhow::Result<Self> {
+        Self::named(root, &format!("chaos{index}"))
+    }
+
+    /// Prepares node `<short>@localhost` under `root`. Two nodes of one name cannot run at
+    /// once on a machine, so a test names its node uniquely.
+    pub fn named(root: &Path, short: &str) -> anyhow::Result<Self> {
         let home = root.join("home");
         std::fs::create_dir_all(&home)?;
         let cookie = home.join(".erlang.cookie");
@@ -250,7 +256,7 @@ impl RabbitNode {
                 "ERL_EPMD_ADDRESS=127.0.0.1\nexport ERL_FLAGS=\"-kernel inet_dist_use_interface {127,0,0,1}\"\n",
             )?;
         }
-        let dir = root.join(format!("chaos{index}"));
+        let dir = root.join(short);
         std::fs::create_dir_all(dir.join("mnesia"))?;
         std::fs::create_dir_all(dir.join("log"))?;
         let port = free_port()?;
@@ -259,7 +265,7 @@ impl RabbitNode {
             dist_port = free_port()?;
         }
         Ok(Self {
-            name: format!("chaos{index}@localhost"),
+            name: format!("{short}@localhost"),
             port,
             dist_port,
             dir,
@@ -312,6 +318,26 @@ impl RabbitNode {
             &format!("rabbitmqctl -n {} {}", self.name, args.join(" ")),
         )
         .await
+    }
+
+    /// Sets the node's `advanced.config` (Erlang terms, read at start), e.g. a short
+    /// `consumer_timeout`.
+    pub fn set_advanced_config(&self, terms: &str) -> anyhow::Result<()> {
+        Ok(std::fs::write(self.dir.join("advanced.config"), terms)?)
+    }
+
+    /// A memory alarm: the node blocks every publishing connection until it is cleared.
+    pub async fn raise_memory_alarm(&self) -> anyhow::Result<()> {
+        self.ctl_run(&["set_vm_memory_high_watermark", "absolute", "1"])
+            .await
+            .map(drop)
+    }
+
+    /// Back to the default watermark (0.4 of the machine's memory): the alarm clears.
+    pub async fn clear_memory_alarm(&self) -> anyhow::Result<()> {
+        self.ctl_run(&["set_vm_memory_high_watermark", "0.4"])
+            .await
+            .map(drop)
     }
 
     /// Starts the node (in its own process group) and waits until it has booted.

@@ -178,6 +178,10 @@ impl Summary<'_> {
                 "unexpected answers".into(),
                 report.unexpected_answers.to_string(),
             ),
+            (
+                "503s during a memory alarm / of them received by the workers".into(),
+                format!("{} / {}", report.refused_in_alarm, report.refused_applied),
+            ),
         ];
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         for (key, value) in rows {

@@ -105,6 +105,12 @@ async fn a_broker_that_stops_answering_gives_503_after_the_confirm_timeout() {
             .await,
     )
     .await;
+    // The connection the publish sat on was aborted with the 503: not ready until a new one
+    // is up, long before heartbeats (2 s) could have told.
+    assert!(
+        eventually(Duration::from_secs(1), || async { !ready(&app).await }).await,
+        "the unconfirmed connection is dropped at once"
+    );
 
     proxy.restore();
     assert!(
@@ -140,13 +146,26 @@ async fn an_unroutable_publish_is_not_acknowledged() {
     )
     .await;
     assert_eq!(app.broker.intake_depth().await, 0);
+
+    // The return makes the ingress reconnect, which declares the binding again.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            app.post_signed(UNIT, &unit_body("PAY-U2", "SUCCESS"), "PAY-U2")
+                .await
+                .status()
+                == 200
+        })
+        .await,
+        "accepts again once the topology is declared again"
+    );
+    assert_eq!(app.broker.intake_depth().await, 1);
 }
 
 #[tokio::test]
 async fn a_full_intake_queue_nacks_and_gives_503() {
     // Quorum queues apply `x-max-length` once the length is over the limit, so with a limit
     // of 1 the second message still fits and the third is refused.
-    let app = spawn_app_with(|settings| settings.topology.intake_max_length = Some(1)).await;
+    let app = spawn_app_with(|settings| settings.topology.intake_max_length = 1).await;
     for reference in ["PAY-N1", "PAY-N2"] {
         assert_eq!(
             app.post_signed(UNIT, &unit_body(reference, "SUCCESS"), reference)

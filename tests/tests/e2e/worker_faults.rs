@@ -188,7 +188,8 @@ async fn the_database_unreachable_while_messages_arrive_loses_nothing() {
     )
     .await;
 
-    // The worker takes the messages and holds them while it retries.
+    // The worker takes the messages; finding the database down, it gives them back and
+    // pauses until it answers (database_outage.rs follows that path closely).
     let intake = p.app.topology.intake_queue.clone();
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -448,5 +449,67 @@ async fn a_stalled_broker_fails_the_batch_once_and_releases_its_claim() {
     p.relay_all().await;
     let events = p.ledger_events().await;
     assert_eq!(events.len(), 3, "{events:?}");
+    p.teardown().await;
+}
+
+#[tokio::test]
+async fn a_full_ledger_queue_nacks_and_the_events_wait_in_the_outbox() {
+    // Quorum queues apply `x-max-length` once the length is over it: with 1, two fit.
+    let app = connector_e2e_tests::spawn_app_with(|settings| {
+        settings.topology.ledger_max_length = 1;
+    })
+    .await;
+    let p = connector_e2e_tests::pipeline::spawn_pipeline_on(app).await;
+    for reference in ["PAY-F1", "PAY-F2", "PAY-F3"] {
+        post(&p, UNIT, &unit_body(reference, "SUCCESS"), reference).await;
+    }
+    assert_eq!(p.apply_all().await, 3);
+
+    // One event per step: the queue's length is checked as each publish arrives.
+    let mut settings = worker_settings(&p.app, &p.db.url);
+    settings.relay.batch_size = 1;
+    let relay = Relay::new(
+        p.db.pool.clone(),
+        p.app.topology.clone(),
+        settings.broker,
+        settings.relay,
+        CancellationToken::new(),
+    );
+    // The stalled ledger consumer: the broker refuses the third event, which stays unpublished.
+    let mut nacked = false;
+    for _ in 0..3 {
+        match relay.run_once(&p.relay_channel).await {
+            Err(error) => {
+                assert!(error.to_string().contains("nack"), "{error}");
+                nacked = true;
+            }
+            Ok(Step::Idle) => break,
+            Ok(Step::Processed) => {}
+        }
+    }
+    assert!(nacked, "the broker refused an event");
+    assert_eq!(p.depth(&p.app.topology.ledger_queue).await, 2);
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM ledger_outbox WHERE published_at IS NULL")
+            .await,
+        1
+    );
+
+    // The consumer catches up: the waiting event goes out, once.
+    let mut events = p.ledger_events().await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            let _ = relay.run_once(&p.relay_channel).await;
+            p.db.count("SELECT count(*) FROM ledger_outbox WHERE published_at IS NULL")
+                .await
+                == 0
+        })
+        .await,
+        "published once the queue has room"
+    );
+    events.extend(p.ledger_events().await);
+    let mut references: Vec<_> = events.iter().map(|e| e.0.reference.clone()).collect();
+    references.sort();
+    assert_eq!(references, ["PAY-F1", "PAY-F2", "PAY-F3"]);
     p.teardown().await;
 }

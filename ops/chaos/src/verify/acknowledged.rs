@@ -21,6 +21,22 @@ pub(super) fn unexpected_answers(facts: &Facts<'_>) -> Report {
     findings
 }
 
+/// Every attempt answered 503 during a memory alarm was refused whole: none reached the
+/// workers (its nonce is in no `received_messages` row). The sender's retry is what applies it.
+pub(super) fn refused_in_alarm_not_applied(facts: &Facts<'_>) -> Report {
+    let mut findings = Report {
+        refused_in_alarm: facts.refused_in_alarm.len(),
+        refused_applied: facts.refused_received.len(),
+        ..Report::default()
+    };
+    for nonce in facts.refused_received.iter().take(20) {
+        findings.problems.push(format!(
+            "an attempt answered 503 during the memory alarm was received by the workers (nonce {nonce})"
+        ));
+    }
+    findings
+}
+
 /// One order's final `status`: applied once in its history, one outbox row and one event on
 /// the ledger queue, both with the deterministic event id. Its problems go into `findings`;
 /// the caller counts the verdict.

@@ -43,6 +43,10 @@ pub(super) type Quarantined = (uuid::Uuid, String, Option<String>, String);
 pub(super) struct Facts<'a> {
     /// Answers that were neither a 200 nor worth a retry.
     pub unexpected: Vec<String>,
+    /// Nonces of the attempts answered 503 during a memory alarm ...
+    pub refused_in_alarm: Vec<String>,
+    /// ... and those of them found in `received_messages` (applied or at least received).
+    pub refused_received: Vec<String>,
     /// Every status ever sent for each reference (acknowledged or not).
     pub sent: HashMap<String, Vec<Status>>,
     /// Acknowledged statuses per order, conflict pairs apart.
@@ -94,6 +98,17 @@ impl<'a> Facts<'a> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let refused_in_alarm = inputs
+            .bank
+            .refused_in_alarm
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let refused_received: Vec<String> =
+            sqlx::query_scalar("SELECT nonce FROM received_messages WHERE nonce = ANY($1)")
+                .bind(&refused_in_alarm)
+                .fetch_all(inputs.db)
+                .await?;
         let mut acked: BTreeMap<String, HashSet<Status>> = BTreeMap::new();
         let mut conflicts: BTreeMap<String, Vec<(String, Status)>> = BTreeMap::new();
         let mut acked_batches: HashSet<String> = HashSet::new();
@@ -180,6 +195,8 @@ impl<'a> Facts<'a> {
 
         Ok(Self {
             unexpected,
+            refused_in_alarm,
+            refused_received,
             sent,
             acked,
             conflicts,

@@ -39,6 +39,7 @@ pub async fn check(inputs: Inputs<'_>) -> anyhow::Result<Report> {
     let mut report = Report::default();
     for findings in [
         acknowledged::unexpected_answers(&facts),
+        acknowledged::refused_in_alarm_not_applied(&facts),
         ledger::outbox_published(&facts),
         ledger::ledger_events_match_orders(&facts),
         ledger::ledger_republishes(&facts),

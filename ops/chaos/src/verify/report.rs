@@ -37,6 +37,10 @@ pub struct Report {
     pub unbacked_final: usize,
     pub unknown_rows: usize,
     pub unexpected_answers: usize,
+    /// Attempts answered 503 while the broker held a memory alarm ...
+    pub refused_in_alarm: usize,
+    /// ... that were applied all the same (must be none: a 503 is a total rejection).
+    pub refused_applied: usize,
     /// What went wrong, one line each (the table prints the first ones).
     pub problems: Vec<String>,
     pub notes: Vec<String>,
@@ -54,6 +58,7 @@ impl Report {
             || self.unbacked_final > 0
             || self.unknown_rows > 0
             || self.unexpected_answers > 0
+            || self.refused_applied > 0
     }
 
     /// Adds one check's findings: counters summed, its problems and notes after those so far.
@@ -83,9 +88,13 @@ impl Report {
             unbacked_final,
             unknown_rows,
             unexpected_answers,
+            refused_in_alarm,
+            refused_applied,
             problems,
             notes,
         } = findings;
+        self.refused_in_alarm += refused_in_alarm;
+        self.refused_applied += refused_applied;
         self.acked_orders += acked_orders;
         self.applied += applied;
         self.lost += lost;
