@@ -129,10 +129,6 @@ impl Answer for Accepted {
     fn code(&self) -> &'static str {
         SnapResponse::success().response_code
     }
-
-    fn is_server_error(&self) -> bool {
-        false
-    }
 }
 
 /// Why a callback was not accepted, with the SNAP answer it gets.

@@ -80,10 +80,6 @@ impl Answer for Accepted {
     fn code(&self) -> &'static str {
         "ACCEPTED"
     }
-
-    fn is_server_error(&self) -> bool {
-        false
-    }
 }
 
 /// The contract's request headers, checked for presence, uniqueness and form.

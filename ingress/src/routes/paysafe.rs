@@ -58,10 +58,6 @@ impl Answer for Accepted {
     fn code(&self) -> &'static str {
         "ACCEPTED"
     }
-
-    fn is_server_error(&self) -> bool {
-        false
-    }
 }
 
 /// A webhook whose signature is proven and whose body is a Paysafe event.

@@ -19,7 +19,10 @@ pub trait Answer: IntoResponse {
     fn code(&self) -> &'static str;
 
     /// Whether the failure is ours, not the sender's (who should retry): logged as a warning.
-    fn is_server_error(&self) -> bool;
+    /// An acceptance is not.
+    fn is_server_error(&self) -> bool {
+        false
+    }
 }
 
 /// Runs `accept` (a route's work on one request) inside `span`, then counts, logs and answers
