@@ -24,10 +24,12 @@ impl<S> Clone for Tap<S> {
 struct State<S> {
     /// `None` once the test took it back.
     io: Option<S>,
-    /// While false, the client reads nothing: the server's frames wait in the socket.
+    /// While false, the client reads nothing: what the server sends is read (and recorded)
+    /// but held back from the client.
     reads_open: bool,
     read_waker: Option<Waker>,
     received: Vec<u8>,
+    held: Vec<u8>,
     sent: Vec<u8>,
     closed_by_peer: bool,
 }
@@ -88,6 +90,7 @@ impl<S> Tap<S> {
             reads_open: true,
             read_waker: None,
             received: Vec::new(),
+            held: Vec::new(),
             sent: Vec::new(),
             closed_by_peer: false,
         })))
@@ -101,10 +104,8 @@ impl<S> Tap<S> {
     pub fn open_reads(&self, open: bool) {
         let mut state = self.state();
         state.reads_open = open;
-        if open {
-            if let Some(waker) = state.read_waker.take() {
-                waker.wake();
-            }
+        if open && let Some(waker) = state.read_waker.take() {
+            waker.wake();
         }
     }
 
@@ -162,28 +163,48 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut state = self.state();
-        if !state.reads_open {
-            state.read_waker = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
         let State {
             io,
+            reads_open,
+            read_waker,
             received,
+            held,
             closed_by_peer,
             ..
         } = &mut *state;
         let Some(io) = io.as_mut() else {
             return Poll::Ready(Err(detached()));
         };
-        let before = buf.filled().len();
-        let polled = Pin::new(io).poll_read(cx, buf);
-        match &polled {
-            Poll::Ready(Ok(())) if buf.filled().len() == before => *closed_by_peer = true,
-            Poll::Ready(Ok(())) => received.extend_from_slice(&buf.filled()[before..]),
-            Poll::Ready(Err(_)) => *closed_by_peer = true,
-            Poll::Pending => {}
+        // Everything the socket has is read, so the test sees it even while the client may not;
+        // reading on to `Pending` keeps the client's task woken for what comes next.
+        while !*closed_by_peer {
+            let mut chunk = [0u8; 4096];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut *io).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => *closed_by_peer = true,
+                Poll::Ready(Ok(())) => {
+                    received.extend_from_slice(read.filled());
+                    held.extend_from_slice(read.filled());
+                }
+                Poll::Ready(Err(_)) => *closed_by_peer = true,
+                Poll::Pending => break,
+            }
         }
-        polled
+        if !*reads_open {
+            *read_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        if !held.is_empty() {
+            let n = held.len().min(buf.remaining());
+            buf.put_slice(&held[..n]);
+            held.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        if *closed_by_peer {
+            // The end of the stream.
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
     }
 }
 

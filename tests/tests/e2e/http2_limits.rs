@@ -97,10 +97,15 @@ async fn finish(
     response.status().as_u16()
 }
 
-fn count(frames: &[Frame], kind: u8, flags: u8) -> usize {
+fn count(frames: &[Frame], kind: u8) -> usize {
+    frames.iter().filter(|frame| frame.kind == kind).count()
+}
+
+/// PINGs, or their acknowledgements.
+fn pings(frames: &[Frame], ack: bool) -> usize {
     frames
         .iter()
-        .filter(|frame| frame.kind == kind && frame.flags & Frame::ACK == flags)
+        .filter(|frame| frame.kind == Frame::PING && (frame.flags & Frame::ACK != 0) == ack)
         .count()
 }
 
@@ -123,7 +128,7 @@ async fn past_the_stream_cap_new_streams_are_refused_and_a_bank_on_another_conne
         streams.push((response, sender, body));
     }
     let all_sent = eventually(Duration::from_secs(10), || async {
-        count(&h2.tap.sent(), Frame::HEADERS, 0) == CAP + 2
+        count(&h2.tap.sent(), Frame::HEADERS) == CAP + 2
     })
     .await;
     assert!(all_sent, "the client sent every stream's headers");
@@ -220,15 +225,15 @@ async fn a_peer_that_stops_answering_pings_is_dropped_and_one_that_answers_is_ke
     assert!(after >= NOT_BEFORE, "dropped after {after:?}");
     let unanswered = frames(&unanswered);
     assert!(
-        count(&unanswered, Frame::PING, 0) > 0,
+        pings(&unanswered, false) > 0,
         "the server pinged before dropping it: {unanswered:?}"
     );
 
     // The peer that answers stays, pinged and answering, past several intervals and timeouts.
     tokio::time::sleep_until(started + (TIMEOUT + TIMEOUT) * 3).await;
     assert!(!live.tap.closed_by_peer(), "a live peer is kept");
-    assert!(count(&live.tap.received(), Frame::PING, 0) >= 2);
-    assert!(count(&live.tap.sent(), Frame::PING, Frame::ACK) >= 2);
+    assert!(pings(&live.tap.received(), false) >= 2);
+    assert!(pings(&live.tap.sent(), true) >= 2);
     assert_eq!(answered_at_once(&mut live).await, 401);
     live.driver.abort();
 }
@@ -239,7 +244,7 @@ async fn closed_as_idle(h2: &mut H2) {
     let started = Instant::now();
     let bound = TIMEOUT + MARGIN;
     let told = eventually(bound, || async {
-        count(&h2.tap.received(), Frame::GOAWAY, 0) > 0
+        count(&h2.tap.received(), Frame::GOAWAY) > 0
     })
     .await;
     assert!(told, "an idle HTTP/2 connection gets a GOAWAY");
@@ -296,10 +301,50 @@ async fn an_idle_http2_connection_gets_a_goaway_and_one_with_a_request_in_flight
 
     tokio::time::sleep(TIMEOUT * 2).await;
     assert!(!busy.tap.closed_by_peer(), "not cut mid-request");
-    let goaway = count(&busy.tap.received(), Frame::GOAWAY, 0);
+    let goaway = count(&busy.tap.received(), Frame::GOAWAY);
     assert_eq!(goaway, 0, "no GOAWAY while a request is in flight");
     assert_eq!(finish(response, sender, body).await, 200);
 
     // Answered, it is idle in turn.
     closed_as_idle(&mut busy).await;
+}
+
+#[tokio::test]
+async fn a_request_that_crosses_the_idle_goaway_is_served_not_cut() {
+    let (app, pki) = spawn_tls_app_with(|settings| {
+        settings.http.idle_timeout_secs = TIMEOUT.as_secs();
+        settings.http.http2_keep_alive_interval_secs = LONG_SECS;
+        settings.http.body_timeout_secs = LONG_SECS;
+    })
+    .await;
+    let mut h2 = connect(&app, &pki, true).await;
+    assert_eq!(answered_at_once(&mut h2).await, 401);
+
+    // The client stops seeing what the server sends, so it does not learn of the GOAWAY and
+    // sends a request after it: the race of a pooled connection closed as idle. The server's
+    // first GOAWAY names no last stream yet, so it takes the request.
+    h2.tap.open_reads(false);
+    let told = eventually(TIMEOUT + MARGIN, || async {
+        count(&h2.tap.received(), Frame::GOAWAY) > 0
+    })
+    .await;
+    assert!(told, "the idle connection is told to go away");
+    let (request, body) = signed(&app, "PAY-H2-CROSSING");
+    let (response, sender) = h2.send.send_request(request, false).unwrap();
+    let sent = eventually(Duration::from_secs(10), || async {
+        count(&h2.tap.sent(), Frame::HEADERS) == 2
+    })
+    .await;
+    assert!(sent, "the request went out after the GOAWAY");
+
+    // Its body comes well after the grace an idle connection has to close.
+    tokio::time::sleep(TIMEOUT * 2).await;
+    assert!(!h2.tap.closed_by_peer(), "not cut mid-request");
+    h2.tap.open_reads(true);
+    assert_eq!(finish(response, sender, body).await, 200);
+    let ended = eventually(TIMEOUT + MARGIN, || async {
+        h2.tap.closed_by_peer() || h2.driver.is_finished()
+    })
+    .await;
+    assert!(ended, "then the connection ends");
 }
