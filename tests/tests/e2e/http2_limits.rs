@@ -1,7 +1,8 @@
 //! The edge's HTTP/2 limits (DESIGN.md §2.8), over the real TLS listener (ALPN h2, a bank's
 //! client certificate) and the real broker: streams past `http.http2_max_concurrent_streams`
 //! are refused while a bank is served; a peer that stops answering pings is dropped; an idle
-//! HTTP/2 connection gets a GOAWAY and is closed, and one with a request in flight is not cut.
+//! HTTP/2 connection gets a GOAWAY and is closed, and one with a request in flight, or one
+//! sent as the GOAWAY crossed it, is not cut.
 //! The client is the `h2` crate over a [`Tap`], so the test sees every frame and decides when
 //! the client reads and whether it answers at all.
 
