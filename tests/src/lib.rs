@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod private_broker;
 pub mod proxy;
 pub mod raw;
+pub mod tap;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -432,6 +433,22 @@ impl TestPki {
         &self,
         identity: Option<&connector_ingress::pki::IssuedCertificate>,
     ) -> tokio_rustls::TlsConnector {
+        self.connector(identity, b"http/1.1")
+    }
+
+    /// The same, offering HTTP/2 only (ALPN `h2`): for tests that drive an HTTP/2 client.
+    pub fn h2_connector(
+        &self,
+        identity: Option<&connector_ingress::pki::IssuedCertificate>,
+    ) -> tokio_rustls::TlsConnector {
+        self.connector(identity, b"h2")
+    }
+
+    fn connector(
+        &self,
+        identity: Option<&connector_ingress::pki::IssuedCertificate>,
+        alpn: &[u8],
+    ) -> tokio_rustls::TlsConnector {
         use rustls_pki_types::pem::PemObject as _;
         use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -454,7 +471,7 @@ impl TestPki {
             }
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 

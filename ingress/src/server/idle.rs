@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Requests in flight on one connection, and when that last changed.
@@ -14,6 +15,8 @@ use tokio::time::Instant;
 pub struct Activity {
     in_flight: AtomicUsize,
     last_change: Mutex<Instant>,
+    /// Told when the last request in flight is answered.
+    none_left: Notify,
 }
 
 impl Activity {
@@ -21,6 +24,7 @@ impl Activity {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
             last_change: Mutex::new(Instant::now()),
+            none_left: Notify::new(),
         })
     }
 
@@ -48,11 +52,28 @@ impl Activity {
     /// Resolves once the connection has been without a request for `timeout`.
     pub async fn idle_for(&self, timeout: Duration) {
         loop {
+            // Waits out a request in flight rather than re-checking a past deadline: that spun
+            // (a wake-up per timer tick) for as long as a request outlived the timeout.
+            self.none_in_flight().await;
             let since = self.last_change();
             tokio::time::sleep_until(since + timeout).await;
             if self.in_flight.load(Ordering::SeqCst) == 0 && self.last_change() == since {
                 return;
             }
+        }
+    }
+
+    /// Resolves once no request is in flight: at once when none is.
+    pub async fn none_in_flight(&self) {
+        loop {
+            let answered = self.none_left.notified();
+            tokio::pin!(answered);
+            // Registered before the check, so an answer in between is not missed.
+            answered.as_mut().enable();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            answered.await;
         }
     }
 }
@@ -63,8 +84,11 @@ pub struct InFlightRequest(Arc<Activity>);
 
 impl Drop for InFlightRequest {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let was = self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.0.touch();
+        if was == 1 {
+            self.0.none_left.notify_waiters();
+        }
     }
 }
 
@@ -85,5 +109,47 @@ mod tests {
             .await
             .expect("idle once the request is answered");
         assert!(started.elapsed() >= timeout, "counted from the last answer");
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_past_the_timeout_is_waited_for_without_spinning() {
+        let activity = Activity::new();
+        let timeout = Duration::from_millis(50);
+        let request = activity.request();
+        let polls = AtomicUsize::new(0);
+        let idle = activity.idle_for(timeout);
+        tokio::pin!(idle);
+        let counted = std::future::poll_fn(|cx| {
+            polls.fetch_add(1, Ordering::SeqCst);
+            idle.as_mut().poll(cx)
+        });
+        let busy = tokio::time::timeout(timeout * 10, counted).await;
+        assert!(busy.is_err(), "a request in flight keeps it busy");
+        let polls = polls.load(Ordering::SeqCst);
+        assert!(polls < 10, "woken {polls} times while nothing changed");
+        drop(request);
+        tokio::time::timeout(Duration::from_secs(5), idle)
+            .await
+            .expect("idle once the request is answered");
+    }
+
+    #[tokio::test]
+    async fn none_in_flight_waits_for_the_last_answer() {
+        let activity = Activity::new();
+        activity.none_in_flight().await;
+        let first = activity.request();
+        let second = activity.request();
+        let waiting = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.none_in_flight().await }
+        });
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one request is still in flight");
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("resolved once the last one is answered")
+            .unwrap();
     }
 }

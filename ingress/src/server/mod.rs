@@ -134,7 +134,7 @@ fn builder(http: &HttpSettings) -> auto::Builder<TokioExecutor> {
 }
 
 /// How long a connection closed for idleness has to say so (an HTTP/2 GOAWAY) before it is
-/// dropped.
+/// dropped, once no request is in flight on it.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// What tells a connection to close gracefully: the listener's shutdown. Holding it keeps the
@@ -241,7 +241,7 @@ impl Connection {
                     shutting_down = true;
                     connection.as_mut().graceful_shutdown();
                 }
-                () = sleep_until(drop_at) => break Ok(()),
+                () = quiet_after(drop_at, &activity) => break Ok(()),
             }
         };
         if let Err(error) = served {
@@ -250,10 +250,16 @@ impl Connection {
     }
 }
 
-/// Resolves at `deadline`, never without one.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+/// Resolves at `deadline`, or later once the connection has had no request in flight for
+/// [`IDLE_CLOSE_GRACE`]; never without a deadline. A request that crossed the idle GOAWAY
+/// (sent before the client read it) was accepted, and HTTP/2 says it is served: it is not cut,
+/// and its answer gets the grace to be written; its own timeouts (body, enqueue) bound it.
+async fn quiet_after(deadline: Option<tokio::time::Instant>, activity: &Activity) {
     match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        Some(deadline) => {
+            tokio::time::sleep_until(deadline).await;
+            activity.idle_for(IDLE_CLOSE_GRACE).await;
+        }
         None => std::future::pending().await,
     }
 }

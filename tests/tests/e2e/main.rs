@@ -14,6 +14,7 @@ mod broker_users;
 mod corelink_ingress;
 mod database_outage;
 mod hostile_inputs;
+mod http2_limits;
 mod key_rotation;
 mod log_pipes;
 mod mtls;
