@@ -125,3 +125,60 @@ async fn a_certificate_or_key_that_is_not_one_is_refused_at_start() {
         assert!(format!("{error:#}").contains(why), "{why}: {error:#}");
     }
 }
+
+/// The shipped binary, as the compose stack runs it: `--tls-cert` and `--tls-key` (files),
+/// HTTPS on the announced URL; one without the other is refused before anything starts.
+#[tokio::test]
+async fn the_binary_serves_https_with_the_tls_flags() {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let (ca_pem, cert_pem, key_pem) = pki();
+    let dir = std::env::temp_dir().join(format!("paysafe-sim-https-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("sim.pem"), dir.join("sim.key"));
+    std::fs::write(&cert, &cert_pem).unwrap();
+    std::fs::write(&key, &key_pem).unwrap();
+    let exe = env!("CARGO_BIN_EXE_paysafe-sim");
+
+    let half = std::process::Command::new(exe)
+        .args(["--api-key", "u:p", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(!half.status.success());
+    assert!(String::from_utf8_lossy(&half.stderr).contains("--tls-key"));
+
+    let mut sim = tokio::process::Command::new(exe)
+        .args(["--api-key", "u:p", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(sim.stderr.take().unwrap()).lines();
+    let base_url = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find("https://127.0.0.1:") {
+                let url: String = line[at..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
+                    .collect();
+                return url;
+            }
+        }
+        panic!("the simulator exited without announcing an https URL");
+    })
+    .await
+    .expect("announced within 30 s");
+    let health = client(Some(&ca_pem))
+        .get(format!("{base_url}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.text().await.unwrap(), "ok");
+    sim.kill().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
