@@ -11,26 +11,27 @@ const PASSWORD: &str = "https-s3cr3t";
 
 /// (CA certificate PEM, server certificate PEM for 127.0.0.1 and localhost, its key PEM)
 fn pki() -> (String, String, String) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("test PKI");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let ca_key = KeyPair::generate().expect("test PKI");
+    let ca_pem = ca_params.self_signed(&ca_key).expect("test PKI").pem();
     let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
+    let server_key = KeyPair::generate().expect("test PKI");
     let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
+        .expect("test PKI")
         .signed_by(&server_key, &issuer)
-        .unwrap();
+        .expect("test PKI");
     (ca_pem, server.pem(), server_key.serialize_pem())
 }
 
 fn client(ca_pem: Option<&str>) -> reqwest::Client {
     let mut builder = reqwest::Client::builder();
     if let Some(pem) = ca_pem {
-        builder =
-            builder.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+        builder = builder.add_root_certificate(
+            reqwest::Certificate::from_pem(pem.as_bytes()).expect("a PEM CA"),
+        );
     }
-    builder.build().unwrap()
+    builder.build().expect("an HTTP client")
 }
 
 #[tokio::test]
