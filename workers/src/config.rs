@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use figment::value::magic::RelativePathBuf;
+use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 use connector_schema::seal::SealKeys;
@@ -15,6 +17,8 @@ use connector_schema::topology::TopologySettings;
 pub use connector_runtime::config::{ConfigError, Mode};
 use connector_runtime::config::{check_broker_user, check_https};
 pub use connector_runtime::telemetry::{LogFormat, LogSettings};
+
+mod paysafe_ca;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -163,6 +167,10 @@ pub struct PaysafeSettings {
     /// `https://api.test.paysafe.com` (test) or `https://api.paysafe.com` (live); the simulator's
     /// URL in development.
     pub base_url: String,
+    /// A PEM file of CA certificates to trust for `base_url`, beside the built-in (webpki)
+    /// roots: a private CA in front of Paysafe, or the development CA of the compose stack's
+    /// simulator. None (the default): the built-in roots only. Relative to the file's folder.
+    pub ca_file: Option<RelativePathBuf>,
     /// The API key's user name and password (HTTP Basic). Secrets: set them from the
     /// environment (`CONNECTOR_PAYSAFE__API_USERNAME`, `CONNECTOR_PAYSAFE__API_PASSWORD`).
     pub api_username: String,
@@ -197,6 +205,10 @@ impl std::fmt::Debug for PaysafeSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PaysafeSettings")
             .field("base_url", &self.base_url)
+            .field(
+                "ca_file",
+                &self.ca_file.as_ref().map(|file| file.relative()),
+            )
             .field("api_username", &"<redacted>")
             .field("api_password", &"<redacted>")
             .field("rate_limit_per_second", &self.rate_limit_per_second)
@@ -208,6 +220,7 @@ impl Default for PaysafeSettings {
     fn default() -> Self {
         Self {
             base_url: "https://api.test.paysafe.com".into(),
+            ca_file: None,
             api_username: String::new(),
             api_password: String::new(),
             request_timeout_ms: 10_000,
@@ -228,6 +241,15 @@ impl Default for PaysafeSettings {
 }
 
 impl PaysafeSettings {
+    /// The certificates of `ca_file`, read and checked (none without one); errors name
+    /// `paysafe.ca_file`.
+    pub fn ca_certificates(&self) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+        match &self.ca_file {
+            Some(file) => paysafe_ca::load(&file.relative()),
+            None => Ok(Vec::new()),
+        }
+    }
+
     pub fn first_poll_after(&self) -> Duration {
         Duration::from_secs(self.first_poll_after_secs)
     }
@@ -365,6 +387,7 @@ impl Settings {
                 "must be an http(s) URL",
             ));
         }
+        paysafe.ca_certificates()?;
         if paysafe.claim_lease_secs.saturating_mul(1000) <= paysafe.request_timeout_ms {
             return Err(ConfigError::new(
                 "paysafe.claim_lease_secs",

@@ -37,7 +37,7 @@ pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "connector_outbox_oldest_unpublished
 /// Seen nonces removed by the retention purge.
 pub const NONCES_PURGED_TOTAL: &str = "connector_nonces_purged_total";
 /// Calls to Paysafe by `kind` and `outcome` (pending, final, rate_limited, server_error,
-/// timeout, network, unauthorized, not_found, unexpected).
+/// timeout, network, tls, unauthorized, not_found, unexpected).
 pub const PAYSAFE_POLLS_TOTAL: &str = "connector_paysafe_polls_total";
 pub const PAYSAFE_POLL_SECONDS: &str = "connector_paysafe_poll_duration_seconds";
 /// Tracked items by `kind`, `tracking` (polling, final, stale) and Paysafe `status`.

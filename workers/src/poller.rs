@@ -38,6 +38,9 @@ pub enum PollOutcome {
     ServerError,
     Timeout,
     Network,
+    /// The TLS handshake with the API failed: most often its certificate is not trusted
+    /// (`paysafe.ca_file`), expired, or not for the host in `paysafe.base_url`.
+    Tls,
     /// 401/403: our API key is refused.
     Unauthorized,
     /// 404: Paysafe does not know the id (yet, or a wrong id in a track command).
@@ -55,6 +58,7 @@ impl PollOutcome {
             Self::ServerError => "server_error",
             Self::Timeout => "timeout",
             Self::Network => "network",
+            Self::Tls => "tls",
             Self::Unauthorized => "unauthorized",
             Self::NotFound => "not_found",
             Self::Unexpected => "unexpected",
@@ -86,11 +90,17 @@ impl Poller {
         settings: PaysafeSettings,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(Duration::from_millis(settings.request_timeout_ms))
-            .user_agent(concat!("connector-workers/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the Paysafe HTTP client")?;
+            .user_agent(concat!("connector-workers/", env!("CARGO_PKG_VERSION")));
+        // Added to the built-in roots, which stay trusted.
+        for certificate in settings.ca_certificates()? {
+            http = http.add_root_certificate(
+                reqwest::Certificate::from_der(&certificate)
+                    .context("paysafe.ca_file: a certificate the HTTP client refuses")?,
+            );
+        }
+        let http = http.build().context("building the Paysafe HTTP client")?;
         let per_second = NonZeroU32::new(settings.rate_limit_per_second).unwrap_or(NonZeroU32::MIN);
         Ok(Self {
             pool,
@@ -246,6 +256,7 @@ impl Poller {
             .await;
         let (outcome, transaction, retry_after) = match answer {
             Err(error) if error.is_timeout() => (PollOutcome::Timeout, None, None),
+            Err(error) if is_tls_failure(&error) => (PollOutcome::Tls, None, None),
             Err(_) => (PollOutcome::Network, None, None),
             Ok(response) => classify(response).await,
         };
@@ -269,7 +280,11 @@ impl Poller {
             (outcome, _) => {
                 let delay =
                     poll_delay(&self.settings, attempts(item)).max(retry_after.unwrap_or_default());
-                tracing::warn!(id = %item.id, outcome = outcome.as_str(), ?delay, "poll failed; backing off");
+                if outcome == PollOutcome::Tls {
+                    tracing::error!(id = %item.id, outcome = outcome.as_str(), ?delay, "TLS with the Paysafe API failed (its certificate is not trusted, expired or not for that host); backing off: check paysafe.base_url and paysafe.ca_file");
+                } else {
+                    tracing::warn!(id = %item.id, outcome = outcome.as_str(), ?delay, "poll failed; backing off");
+                }
                 self.reschedule(item, delay, outcome, true).await
             }
         }
@@ -407,6 +422,26 @@ impl Poller {
         }
         Ok(())
     }
+}
+
+/// Whether rustls refused the connection. reqwest nests its causes (hyper's connect error, an
+/// `io::Error` wrapping another wrapping rustls's); `io::Error::source` skips the error it
+/// wraps, so the walk goes through `get_ref` there.
+fn is_tls_failure(error: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if error.is::<rustls::Error>() {
+            return true;
+        }
+        cause = match error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(wrapped) => Some(wrapped),
+            None => error.source(),
+        };
+    }
+    false
 }
 
 fn attempts(item: &Claimed) -> u32 {

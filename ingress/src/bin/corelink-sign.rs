@@ -1,9 +1,9 @@
 //! `corelink-sign`: the integrator's tool for the Corelink signature (DESIGN.md §3.1).
 //!
 //! `corelink-sign keygen` makes a key pair; `corelink-sign request` prints the headers, or a
-//! complete curl command, of a correctly signed request for a body file; `dev-pki` and
-//! `dev-client-cert` make development certificates for the local run and for onboarding a bank
-//! locally.
+//! complete curl command, of a correctly signed request for a body file; `dev-pki`,
+//! `dev-client-cert` and `dev-server-cert` make development certificates for the local run, for
+//! onboarding a bank locally and for the compose stack's Paysafe simulator.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,6 +74,20 @@ enum Command {
         /// Client id the certificate is issued to (its common name).
         #[arg(long)]
         bank: String,
+    },
+    /// Issue another server certificate from the development CA that dev-pki wrote in
+    /// PKI_DIR (ca.pem, ca.key): writes <name>.pem and <name>.key there, such as the Paysafe
+    /// simulator's (`--name paysafe-sim --host paysafe-sim --host localhost --host 127.0.0.1`),
+    /// so a client trusting ca.pem reaches it over https. Development only.
+    DevServerCert {
+        #[arg(long)]
+        pki_dir: PathBuf,
+        /// File stem of the certificate and key (letters, digits, '-' and '_').
+        #[arg(long)]
+        name: String,
+        /// Names and addresses the certificate is valid for.
+        #[arg(long, required = true)]
+        host: Vec<String>,
     },
     /// Print the signed headers (or a curl command) for POSTing a body file.
     Request {
@@ -179,18 +193,35 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             write_client_certificate(&out_dir, &bank, &ca)
         }
         Command::DevClientCert { pki_dir, bank } => {
-            let read = |name: &str| {
-                let path = pki_dir.join(name);
-                std::fs::read_to_string(&path).with_context(|| {
-                    format!(
-                        "reading {} (written by corelink-sign dev-pki)",
-                        path.display()
-                    )
-                })
-            };
-            let ca = DevCa::from_pem(&read("ca.pem")?, &read("ca.key")?)
-                .context("ca.pem and ca.key are not a CA certificate and its key")?;
-            write_client_certificate(&pki_dir, &bank, &ca)
+            write_client_certificate(&pki_dir, &bank, &read_dev_ca(&pki_dir)?)
+        }
+        Command::DevServerCert {
+            pki_dir,
+            name,
+            host,
+        } => {
+            // The stem becomes a file name in PKI_DIR: nothing that could leave it.
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                bail!("--name must be letters, digits, '-' or '_'");
+            }
+            let hosts: Vec<&str> = host.iter().map(String::as_str).collect();
+            let server = read_dev_ca(&pki_dir)?.server(&hosts)?;
+            let (cert, key) = (
+                pki_dir.join(format!("{name}.pem")),
+                pki_dir.join(format!("{name}.key")),
+            );
+            write_public(&cert, &server.cert_pem)?;
+            write_private(&key, server.key_pem.as_bytes())?;
+            Ok(format!(
+                "wrote {} and {} (for {})\n",
+                cert.display(),
+                key.display(),
+                host.join(", ")
+            ))
         }
         Command::Request {
             key,
@@ -253,6 +284,21 @@ fn default_idempotency_key(body: &[u8]) -> anyhow::Result<String> {
         }
     }
     bail!("the body has neither batch_id nor reference: pass --idempotency-key")
+}
+
+/// The development CA that dev-pki wrote in `pki_dir` (ca.pem, ca.key).
+fn read_dev_ca(pki_dir: &Path) -> anyhow::Result<DevCa> {
+    let read = |name: &str| {
+        let path = pki_dir.join(name);
+        std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} (written by corelink-sign dev-pki)",
+                path.display()
+            )
+        })
+    };
+    DevCa::from_pem(&read("ca.pem")?, &read("ca.key")?)
+        .context("ca.pem and ca.key are not a CA certificate and its key")
 }
 
 /// `<bank>.pem` and `<bank>.key` in `dir`; answers the certificate's fingerprint.

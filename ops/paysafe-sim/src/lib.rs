@@ -13,6 +13,7 @@ pub mod state;
 pub mod webhook;
 
 mod server;
+mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use tokio::task::JoinHandle;
 
 pub use crate::script::{Fault, ItemScript, ScriptError, ScriptFile, Step};
 pub use crate::state::{GlobalStats, ItemStats};
+pub use crate::tls::TlsIdentity;
 pub use crate::webhook::{EventNameSpelling, SignatureMode, WebhookOutcome, WebhookRequest};
 
 use crate::server::Shared;
@@ -50,6 +52,8 @@ pub struct SimConfig {
     pub items: Vec<ItemScript>,
     /// Faults applied to every GET from the start.
     pub global_faults: Vec<Fault>,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    pub tls: Option<TlsIdentity>,
 }
 
 impl SimConfig {
@@ -62,7 +66,17 @@ impl SimConfig {
             webhook_ca_pem: None,
             items: Vec::new(),
             global_faults: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// Serves HTTPS with `cert_pem` (the chain) and `key_pem` instead of plain HTTP.
+    pub fn with_tls(mut self, cert_pem: &[u8], key_pem: &[u8]) -> Self {
+        self.tls = Some(TlsIdentity {
+            cert_pem: cert_pem.to_vec(),
+            key_pem: key_pem.to_vec(),
+        });
+        self
     }
 
     pub fn with_webhook(mut self, url: &str, key: &[u8]) -> Self {
@@ -85,6 +99,7 @@ impl fmt::Debug for SimConfig {
             .field("webhook_ca_pem", &self.webhook_ca_pem.is_some())
             .field("items", &self.items.len())
             .field("global_faults", &self.global_faults)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -97,24 +112,32 @@ pub async fn spawn(config: SimConfig) -> anyhow::Result<SimHandle> {
 /// Starts the simulator on `addr` (port 0: any free port). It serves until
 /// [`SimHandle::shutdown`], or until the handle is dropped.
 pub async fn spawn_at(addr: SocketAddr, config: SimConfig) -> anyhow::Result<SimHandle> {
+    // Checked before binding: a wrong certificate or key is a start-up error.
+    let acceptor = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let shared = Arc::new(Shared::new(config)?);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
+    // A dropped handle (Err) stops the server too.
+    let stopped = async {
+        let _ = stopped.await;
+    };
     let app = server::router(shared.clone());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                // A dropped handle (Err) stops the server too.
-                let _ = stopped.await;
-            })
-            .await
-    });
-    tracing::info!(%addr, "paysafe simulator listening");
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let task = match acceptor {
+        Some(acceptor) => tokio::spawn(tls::serve(listener, acceptor, app, stopped)),
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }),
+    };
+    tracing::info!(%addr, scheme, "paysafe simulator listening");
     Ok(SimHandle {
         addr,
+        scheme,
         shared,
         stop: Some(stop),
         task: Some(task),
@@ -125,6 +148,8 @@ pub async fn spawn_at(addr: SocketAddr, config: SimConfig) -> anyhow::Result<Sim
 #[derive(Debug)]
 pub struct SimHandle {
     addr: SocketAddr,
+    /// `https` when serving with a [`TlsIdentity`], else `http`.
+    scheme: &'static str,
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
@@ -135,9 +160,10 @@ impl SimHandle {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`: the Paysafe API base URL the poller is configured with.
+    /// `http://127.0.0.1:PORT` (or `https://` when serving TLS): the Paysafe API base URL the
+    /// poller is configured with.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Creates or replaces the script of `script.id`: its progression restarts at the first

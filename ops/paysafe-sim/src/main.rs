@@ -47,6 +47,12 @@ struct Cli {
     /// JSON script file: an array of item scripts, or {"items": [...], "globalFaults": [...]}.
     #[arg(long, env = "PAYSAFE_SIM_SCRIPT")]
     script: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key) instead of plain HTTP.
+    #[arg(long, env = "PAYSAFE_SIM_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "PAYSAFE_SIM_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// `user:password`, or its base64 (the form Paysafe hands out).
@@ -88,6 +94,12 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &cli.webhook_ca {
         config.webhook_ca_pem =
             Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
+    }
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        config = config.with_tls(&read(cert)?, &read(key)?);
     }
     if let Some(path) = &cli.script {
         let text =

@@ -19,6 +19,7 @@ mod key_rotation;
 mod log_pipes;
 mod mtls;
 mod paysafe_amounts;
+mod paysafe_https;
 mod paysafe_tracking;
 mod paysafe_webhooks;
 mod production_mode;

@@ -170,6 +170,33 @@ fn the_workers_refuse_to_start_in_production_with_guest_or_plain_http() {
     }
 }
 
+/// `paysafe.ca_file` is read and parsed at start-up: a missing file, or one that holds no
+/// certificate, stops the workers naming the key (in production and development alike).
+#[test]
+fn the_workers_refuse_a_paysafe_ca_file_that_is_not_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = workers_binary();
+    std::fs::write(dir.path().join("not-a-ca.pem"), "just text\n").unwrap();
+    let cases = [
+        ("not-a-ca.pem", "holds no PEM certificate"),
+        ("missing.pem", "cannot read"),
+    ];
+    for (i, (file, why)) in cases.iter().enumerate() {
+        let contents = format!(
+            "mode = \"production\"\n[broker]\nurl = \"{OWN_USER}\"\n[paysafe]\nca_file = \"{file}\"\n"
+        );
+        let output = run(
+            &exe,
+            dir.path(),
+            &format!("workers-ca-{i}.toml"),
+            &contents,
+            &["run", "--role", "poller"],
+        );
+        assert_refused(&output, "connector-workers", "paysafe.ca_file", why);
+        assert!(String::from_utf8_lossy(&output.stderr).contains(file));
+    }
+}
+
 /// A base64 key in a file is decoded at start-up: one that does not decode stops the ingress,
 /// naming the entry and the file, never the key.
 #[test]
