@@ -22,30 +22,31 @@ pub struct Received<'a> {
     pub body: &'a [u8],
 }
 
+/// The statement that keeps a received message (also run by the load bench's SQL baseline).
+pub const RECORD_RECEIVED: &str = "INSERT INTO received_messages (message_id, kind, client_id, idempotency_key, nonce, body_sha256,
+                                        outcome, received_at, request_path, headers, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (message_id) DO NOTHING";
+
 pub async fn record(
     tx: &mut Transaction<'_, Postgres>,
     envelope: &IntakeEnvelope,
     received: Received<'_>,
     outcome: Outcome,
 ) -> Result<(), ApplyError> {
-    sqlx::query(
-        "INSERT INTO received_messages (message_id, kind, client_id, idempotency_key, nonce, body_sha256,
-                                        outcome, received_at, request_path, headers, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (message_id) DO NOTHING",
-    )
-    .bind(envelope.message_id)
-    .bind(envelope.kind.routing_key())
-    .bind(received.client_id)
-    .bind(received.idempotency_key)
-    .bind(received.nonce)
-    .bind(received.body_sha256)
-    .bind(outcome.label())
-    .bind(envelope.received_at)
-    .bind(envelope.request_path.as_deref())
-    .bind(headers_json(envelope))
-    .bind(received.body)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(RECORD_RECEIVED)
+        .bind(envelope.message_id)
+        .bind(envelope.kind.routing_key())
+        .bind(received.client_id)
+        .bind(received.idempotency_key)
+        .bind(received.nonce)
+        .bind(received.body_sha256)
+        .bind(outcome.label())
+        .bind(envelope.received_at)
+        .bind(envelope.request_path.as_deref())
+        .bind(headers_json(envelope))
+        .bind(received.body)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

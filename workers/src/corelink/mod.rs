@@ -10,6 +10,7 @@
 
 mod decode;
 mod orders;
+pub mod statements;
 
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -53,18 +54,15 @@ async fn claim_nonce(
     envelope: &IntakeEnvelope,
     n: &Notification,
 ) -> Result<Option<Outcome>, ApplyError> {
-    let claimed = sqlx::query(
-        "INSERT INTO seen_nonces (client_id, nonce, request_fingerprint, message_id, request_timestamp)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client_id, nonce) DO NOTHING",
-    )
-    .bind(&n.client_id)
-    .bind(&n.nonce)
-    .bind(&n.fingerprint)
-    .bind(envelope.message_id)
-    .bind(n.request_timestamp)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected()
+    let claimed = sqlx::query(statements::CLAIM_NONCE)
+        .bind(&n.client_id)
+        .bind(&n.nonce)
+        .bind(&n.fingerprint)
+        .bind(envelope.message_id)
+        .bind(n.request_timestamp)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
         == 1;
     if claimed {
         return Ok(None);
@@ -99,19 +97,16 @@ async fn claim_idempotency_key(
         Some(batch) => ("batch", None, Some(batch.digest.as_str())),
         None => ("unit", n.orders.first().map(|o| o.reference.as_str()), None),
     };
-    let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (client_id, idempotency_key, scope, reference, content_digest, first_message_id)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (client_id, idempotency_key) DO NOTHING",
-    )
-    .bind(&n.client_id)
-    .bind(&n.idempotency_key)
-    .bind(scope)
-    .bind(reference)
-    .bind(digest)
-    .bind(envelope.message_id)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected()
+    let claimed = sqlx::query(statements::CLAIM_IDEMPOTENCY_KEY)
+        .bind(&n.client_id)
+        .bind(&n.idempotency_key)
+        .bind(scope)
+        .bind(reference)
+        .bind(digest)
+        .bind(envelope.message_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
         == 1;
     if claimed {
         return Ok(None);

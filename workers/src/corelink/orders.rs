@@ -13,6 +13,7 @@ use connector_schema::corelink::{OrderStatus, OrderStatusUpdate};
 use connector_schema::events::{EventType, LedgerEvent, Source};
 
 use crate::corelink::decode::Notification;
+use crate::corelink::statements;
 use crate::outbox;
 use crate::outcome::{ApplyError, Outcome};
 use crate::quarantine::QuarantineReason;
@@ -61,16 +62,14 @@ pub(super) async fn apply_orders(
     n: &Notification,
 ) -> Result<Outcome, ApplyError> {
     let references: Vec<&str> = n.orders.iter().map(|o| o.reference.as_str()).collect();
-    let current: HashMap<String, (String, String)> = sqlx::query_as::<_, (String, String, String)>(
-        "SELECT reference, client_id, status FROM orders
-         WHERE reference = ANY($1) ORDER BY reference FOR UPDATE",
-    )
-    .bind(&references)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .map(|(reference, client, status)| (reference, (client, status)))
-    .collect();
+    let current: HashMap<String, (String, String)> =
+        sqlx::query_as::<_, (String, String, String)>(statements::LOCK_ORDERS)
+            .bind(&references)
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|(reference, client, status)| (reference, (client, status)))
+            .collect();
 
     let mut effects = Vec::with_capacity(n.orders.len());
     let mut conflicts = Vec::new();
@@ -177,23 +176,17 @@ async fn insert_orders(
         return Ok(());
     }
     let c = OrderColumns::of(orders.iter().copied());
-    let inserted = sqlx::query(
-        "INSERT INTO orders (reference, client_id, status, bank_reference, reason_code, reason_message, bank_processed_at)
-         SELECT u.reference, $1, u.status, u.bank_reference, u.reason_code, u.reason_message, u.processed_at
-         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
-              AS u(reference, status, bank_reference, reason_code, reason_message, processed_at)
-         ON CONFLICT (reference) DO NOTHING",
-    )
-    .bind(client_id)
-    .bind(&c.reference)
-    .bind(&c.status)
-    .bind(&c.bank_reference)
-    .bind(&c.reason_code)
-    .bind(&c.reason_message)
-    .bind(&c.processed_at)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
+    let inserted = sqlx::query(statements::INSERT_ORDERS)
+        .bind(client_id)
+        .bind(&c.reference)
+        .bind(&c.status)
+        .bind(&c.bank_reference)
+        .bind(&c.reason_code)
+        .bind(&c.reason_message)
+        .bind(&c.processed_at)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
     // Another transaction created one of them after our lock query saw none: its status must
     // be taken into account, so start again.
     if inserted != orders.len() as u64 {
@@ -242,31 +235,22 @@ async fn insert_history(
         .map(|(_, p, _)| p.map(OrderStatus::as_str))
         .collect();
     let effect: Vec<&str> = effects.iter().map(|(_, _, e)| e.as_str()).collect();
-    sqlx::query(
-        "INSERT INTO order_history (reference, status, bank_reference, reason_code, reason_message,
-                                    bank_processed_at, previous_status, effect,
-                                    message_id, client_id, idempotency_key, batch_id, received_at)
-         SELECT u.*, $9, $10, $11, $12, $13
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-                     $7::text[], $8::text[])
-              AS u(reference, status, bank_reference, reason_code, reason_message, processed_at,
-                   previous_status, effect)",
-    )
-    .bind(&c.reference)
-    .bind(&c.status)
-    .bind(&c.bank_reference)
-    .bind(&c.reason_code)
-    .bind(&c.reason_message)
-    .bind(&c.processed_at)
-    .bind(&previous)
-    .bind(&effect)
-    .bind(envelope.message_id)
-    .bind(&n.client_id)
-    .bind(&n.idempotency_key)
-    .bind(n.batch.as_ref().and_then(|b| b.id.as_deref()))
-    .bind(envelope.received_at)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(statements::INSERT_HISTORY)
+        .bind(&c.reference)
+        .bind(&c.status)
+        .bind(&c.bank_reference)
+        .bind(&c.reason_code)
+        .bind(&c.reason_message)
+        .bind(&c.processed_at)
+        .bind(&previous)
+        .bind(&effect)
+        .bind(envelope.message_id)
+        .bind(&n.client_id)
+        .bind(&n.idempotency_key)
+        .bind(n.batch.as_ref().and_then(|b| b.id.as_deref()))
+        .bind(envelope.received_at)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

@@ -1,8 +1,8 @@
 //! Part 2, the SQL baseline: the same orders written with the same statements a worker runs
-//! for a new message (copied from `workers/src/corelink/`, except the outbox write, which is
-//! the workers' own `outbox::write_columns`), one transaction per message, at the same
-//! parallelism (W × apply concurrency), but with no broker and no worker logic
-//! (decoding, state machine, retries, acks). Worker throughput over this baseline shows how
+//! for a new message (the workers' own: `corelink::statements`, `audit::RECORD_RECEIVED`,
+//! `outbox::write_columns`), one transaction per message, at the same parallelism
+//! (W × apply concurrency), but with no broker and no worker logic (decoding, state machine,
+//! retries, acks). Worker throughput over this baseline shows how
 //! much of the apply cost is PostgreSQL itself.
 
 use std::sync::Arc;
@@ -13,44 +13,16 @@ use anyhow::Context as _;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+use connector_workers::audit::RECORD_RECEIVED;
+use connector_workers::corelink::statements::{
+    CLAIM_IDEMPOTENCY_KEY, CLAIM_NONCE, INSERT_HISTORY, INSERT_ORDERS, LOCK_ORDERS,
+};
 use connector_workers::outbox::{self, EventColumns};
 
 use crate::bench::apply::{cpu_groups, per_second};
 use crate::bench::env::{BenchDatabase, Env, close_pool, warm};
 use crate::bench::workload::{Message, Rows, Workload};
 use crate::procstat::{self, Breakdown};
-
-/// From `claim_nonce`.
-const INSERT_NONCE: &str =
-    "INSERT INTO seen_nonces (client_id, nonce, request_fingerprint, message_id, request_timestamp)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client_id, nonce) DO NOTHING";
-/// From `claim_idempotency_key`.
-const INSERT_KEY: &str = "INSERT INTO idempotency_keys (client_id, idempotency_key, scope, reference, content_digest, first_message_id)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (client_id, idempotency_key) DO NOTHING";
-/// From `apply_orders`.
-const LOCK_ORDERS: &str = "SELECT reference, client_id, status FROM orders
-         WHERE reference = ANY($1) ORDER BY reference FOR UPDATE";
-/// From `insert_orders`.
-const INSERT_ORDERS: &str = "INSERT INTO orders (reference, client_id, status, bank_reference, reason_code, reason_message, bank_processed_at)
-         SELECT u.reference, $1, u.status, u.bank_reference, u.reason_code, u.reason_message, u.processed_at
-         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
-              AS u(reference, status, bank_reference, reason_code, reason_message, processed_at)
-         ON CONFLICT (reference) DO NOTHING";
-/// From `insert_history`.
-const INSERT_HISTORY: &str =
-    "INSERT INTO order_history (reference, status, bank_reference, reason_code, reason_message,
-                                    bank_processed_at, previous_status, effect,
-                                    message_id, client_id, idempotency_key, batch_id, received_at)
-         SELECT u.*, $9, $10, $11, $12, $13
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-                     $7::text[], $8::text[])
-              AS u(reference, status, bank_reference, reason_code, reason_message, processed_at,
-                   previous_status, effect)";
-/// From `record_message`.
-const INSERT_RECEIVED: &str = "INSERT INTO received_messages (message_id, kind, client_id, idempotency_key, nonce, body_sha256,
-                                        outcome, received_at, request_path, headers, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (message_id) DO NOTHING";
 
 /// What one baseline run measured; kept so that it prints as one table beside part 1's runs.
 #[derive(Debug, Clone)]
@@ -188,7 +160,7 @@ async fn measure(
 /// One message's transaction: the statements a worker runs for a first-seen message.
 async fn apply(pool: &PgPool, r: &Rows) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::query(INSERT_NONCE)
+    sqlx::query(CLAIM_NONCE)
         .bind(&r.client_id)
         .bind(&r.nonce)
         .bind(&r.fingerprint)
@@ -196,7 +168,7 @@ async fn apply(pool: &PgPool, r: &Rows) -> sqlx::Result<()> {
         .bind(r.request_timestamp)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(INSERT_KEY)
+    sqlx::query(CLAIM_IDEMPOTENCY_KEY)
         .bind(&r.client_id)
         .bind(&r.idempotency_key)
         .bind(r.scope)
@@ -242,7 +214,7 @@ async fn apply(pool: &PgPool, r: &Rows) -> sqlx::Result<()> {
         bodies: &r.event_bodies,
     };
     outbox::write_columns(&mut tx, events).await?;
-    sqlx::query(INSERT_RECEIVED)
+    sqlx::query(RECORD_RECEIVED)
         .bind(r.message_id)
         .bind(r.kind)
         .bind(&r.client_id)

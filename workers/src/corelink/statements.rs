@@ -1,0 +1,33 @@
+//! The statements a worker runs to apply a Corelink message, named and in one place, so that
+//! the load bench's SQL baseline (`ops/load`, part 2) runs exactly these and cannot drift.
+
+/// Claims `(client_id, nonce)`; no row inserted means seen before.
+pub const CLAIM_NONCE: &str =
+    "INSERT INTO seen_nonces (client_id, nonce, request_fingerprint, message_id, request_timestamp)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client_id, nonce) DO NOTHING";
+
+/// Binds an idempotency key to its first use; no row inserted means bound before.
+pub const CLAIM_IDEMPOTENCY_KEY: &str = "INSERT INTO idempotency_keys (client_id, idempotency_key, scope, reference, content_digest, first_message_id)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (client_id, idempotency_key) DO NOTHING";
+
+/// Locks the notified orders in reference order (no deadlock between batches).
+pub const LOCK_ORDERS: &str = "SELECT reference, client_id, status FROM orders
+         WHERE reference = ANY($1) ORDER BY reference FOR UPDATE";
+
+/// Inserts the orders seen for the first time, from column arrays.
+pub const INSERT_ORDERS: &str = "INSERT INTO orders (reference, client_id, status, bank_reference, reason_code, reason_message, bank_processed_at)
+         SELECT u.reference, $1, u.status, u.bank_reference, u.reason_code, u.reason_message, u.processed_at
+         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+              AS u(reference, status, bank_reference, reason_code, reason_message, processed_at)
+         ON CONFLICT (reference) DO NOTHING";
+
+/// Appends every notified order to its history, from column arrays.
+pub const INSERT_HISTORY: &str =
+    "INSERT INTO order_history (reference, status, bank_reference, reason_code, reason_message,
+                                    bank_processed_at, previous_status, effect,
+                                    message_id, client_id, idempotency_key, batch_id, received_at)
+         SELECT u.*, $9, $10, $11, $12, $13
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                     $7::text[], $8::text[])
+              AS u(reference, status, bank_reference, reason_code, reason_message, processed_at,
+                   previous_status, effect)";
