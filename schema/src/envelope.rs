@@ -12,6 +12,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
+use crate::verification::{self, Verification};
+
 /// AMQP delivery mode that makes the broker write the message to disk.
 pub const PERSISTENT: u8 = 2;
 
@@ -79,6 +81,11 @@ pub struct IntakeEnvelope {
     pub headers: Vec<(String, String)>,
     /// The exact body bytes.
     pub body: Bytes,
+    /// How the ingress verified the request (which key, which certificate, which signed path),
+    /// for the evidence archive. The result is implied: the ingress enqueues only what
+    /// verified. `None` on `paysafe.track` commands and on messages sealed before the facts
+    /// were recorded. Crosses AMQP as the `connector-verification` header.
+    pub verification: Option<Verification>,
 }
 
 /// Why a delivery is not a readable intake envelope (a worker dead-letters it).
@@ -123,6 +130,9 @@ impl IntakeEnvelope {
             headers.insert(H_REQUEST_PATH.into(), long_string(path));
         }
         headers.insert(H_HTTP_HEADERS.into(), AMQPValue::FieldTable(http_headers));
+        if let Some(facts) = &self.verification {
+            headers.insert(verification::HEADER.into(), facts.to_amqp());
+        }
 
         let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
@@ -187,6 +197,10 @@ impl IntakeEnvelope {
             Some(_) => return Err(malformed(H_HTTP_HEADERS, "not a table")),
             None => return Err(EnvelopeError::Missing(H_HTTP_HEADERS)),
         }
+        let verification = table
+            .get(verification::HEADER)
+            .map(Verification::from_amqp)
+            .transpose()?;
 
         Ok(Self {
             message_id,
@@ -196,6 +210,7 @@ impl IntakeEnvelope {
             request_path: text(table.get(H_REQUEST_PATH), H_REQUEST_PATH)?,
             headers: http_headers,
             body: Bytes::copy_from_slice(body),
+            verification,
         })
     }
 }
@@ -228,6 +243,7 @@ impl IntakeEnvelope {
             request_path: None,
             headers: Vec::new(),
             body: Bytes::copy_from_slice(body),
+            verification: None,
         }
     }
 }
@@ -277,6 +293,13 @@ mod tests {
                 ("x-nonce".into(), "9a1f3c".into()),
             ],
             body: Bytes::from_static(b"{ \"orders\": [] }"),
+            verification: Some(Verification {
+                scheme: crate::verification::VerificationScheme::Jws,
+                key_id: "bank-x-2025".into(),
+                key_sha256: Some(crate::verification::sha256_hex(b"spki")),
+                client_cert_sha256: None,
+                signed_path: Some("/bank/callbacks/batch-status?x=1".into()),
+            }),
         }
     }
 
@@ -292,6 +315,31 @@ mod tests {
         let back = IntakeEnvelope::from_amqp(&properties, &envelope.body).expect("decodes");
         assert_eq!(back, envelope);
         assert_eq!(back.header("X-Nonce"), Some("9a1f3c"));
+
+        let unverified = IntakeEnvelope {
+            verification: None,
+            ..envelope
+        };
+        let back = IntakeEnvelope::from_amqp(&unverified.amqp_properties(), &unverified.body);
+        assert_eq!(back, Ok(unverified));
+    }
+
+    #[test]
+    fn a_malformed_verification_header_is_an_error_naming_it() {
+        let envelope = sample();
+        let mut headers = envelope.amqp_properties().headers().clone().unwrap();
+        headers.insert(
+            verification::HEADER.into(),
+            AMQPValue::LongString("jws".into()),
+        );
+        let properties = envelope.amqp_properties().with_headers(headers);
+        assert!(matches!(
+            IntakeEnvelope::from_amqp(&properties, &envelope.body),
+            Err(EnvelopeError::Malformed {
+                name: verification::HEADER,
+                ..
+            })
+        ));
     }
 
     #[test]

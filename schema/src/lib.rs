@@ -6,7 +6,7 @@
 //!
 //! One module per source of the contract (DESIGN.md §3 `corelink`, §4 `bnc`, §5 `paysafe`), the
 //! queues and events of §6 (`envelope`, `events`, `topology`), the ingress's seal on what it
-//! accepted (`seal`, §2.7), and the validators' shared reading of JSON and text (`json`,
+//! accepted (`seal`, §2.7) and how it verified it (`verification`), and the validators' shared reading of JSON and text (`json`,
 //! `validation`).
 
 pub mod bnc;
@@ -18,6 +18,7 @@ pub mod paysafe;
 pub mod seal;
 pub mod topology;
 pub mod validation;
+pub mod verification;
 
 /// The PostgreSQL schema, applied by the workers (`connector-workers migrate`, and at start-up).
 #[cfg(feature = "sql")]
@@ -25,3 +26,4 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub use envelope::{IntakeEnvelope, IntakeKind};
 pub use topology::Topology;
+pub use verification::{Verification, VerificationScheme};

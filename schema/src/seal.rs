@@ -6,7 +6,7 @@
 //! the ingress seals every envelope that claims an authenticated source (Corelink, BNC, Paysafe
 //! webhook): an HMAC-SHA256, under a key only the ingress and the workers hold, over everything
 //! the workers act on (message id, kind, client, receive time, request path, headers, body
-//! digest). The workers, and the admin commands that re-publish, apply nothing whose seal is
+//! digest, and how the ingress verified it). The workers, and the admin commands that re-publish, apply nothing whose seal is
 //! missing or wrong. The seal names its key (`<key id>:<mac>`), so keys rotate without downtime:
 //! the workers accept every configured key, the ingress seals with its first.
 
@@ -28,6 +28,9 @@ pub const HEADER: &str = "connector-seal";
 
 /// Domain separation: a MAC of this layout can never be mistaken for another one of ours.
 const LAYOUT: &[u8] = b"connector intake seal v1";
+
+/// Starts the verification facts in the MAC input (see `mac_of`).
+const VERIFICATION_MARKER: &[u8] = b"verification";
 
 /// A shorter key would make the MAC guessable; 32 bytes is HMAC-SHA256's own block of security.
 pub const MIN_KEY_BYTES: usize = 32;
@@ -270,6 +273,20 @@ fn mac_of(secret: &[u8], envelope: &IntakeEnvelope) -> Hmac<Sha256> {
         field(value.as_bytes());
     }
     field(&Sha256::digest(&envelope.body));
+    // Appended only when present, so a message sealed before the facts existed (still queued
+    // during an upgrade) verifies unchanged, while stripping or editing them breaks the seal.
+    if let Some(facts) = &envelope.verification {
+        field(VERIFICATION_MARKER);
+        for value in facts.canonical_fields() {
+            match value {
+                Some(value) => {
+                    field(b"+");
+                    field(value.as_bytes());
+                }
+                None => field(b"-"),
+            }
+        }
+    }
     mac
 }
 
@@ -279,6 +296,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::verification::{Verification, VerificationScheme, sha256_hex};
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
@@ -294,6 +312,13 @@ mod tests {
                 ("content-type".into(), "application/json".into()),
             ],
             body: Bytes::from_static(b"{\"reference\":\"PAY-1\"}"),
+            verification: Some(Verification {
+                scheme: VerificationScheme::Jws,
+                key_id: "bank-x-2025".into(),
+                key_sha256: Some(sha256_hex(b"spki")),
+                client_cert_sha256: Some(sha256_hex(b"cert")),
+                signed_path: Some("/callbacks/orders/status".into()),
+            }),
         }
     }
 
@@ -311,7 +336,7 @@ mod tests {
         let keys = SealKeys::single("k1", SECRET);
         let original = envelope();
         let seal = keys.seal(&original);
-        let changes: [fn(&mut IntakeEnvelope); 7] = [
+        let changes: [fn(&mut IntakeEnvelope); 13] = [
             |e| e.message_id = Uuid::now_v7(),
             |e| e.kind = IntakeKind::PaysafeTrack,
             |e| e.client_id = Some("BANK_Y".into()),
@@ -319,12 +344,41 @@ mod tests {
             |e| e.request_path = None,
             |e| e.headers[0].1 = "9a1f3d".into(),
             |e| e.body = Bytes::from_static(b"{\"reference\":\"PAY-2\"}"),
+            |e| e.verification = None,
+            |e| e.verification.as_mut().unwrap().scheme = VerificationScheme::SnapRsa,
+            |e| e.verification.as_mut().unwrap().key_id = "bank-x-2024".into(),
+            |e| e.verification.as_mut().unwrap().key_sha256 = None,
+            |e| e.verification.as_mut().unwrap().client_cert_sha256 = Some(sha256_hex(b"other")),
+            // An absent option is not an empty one.
+            |e| e.verification.as_mut().unwrap().signed_path = Some(String::new()),
         ];
         for change in changes {
             let mut edited = original.clone();
             change(&mut edited);
             assert_eq!(keys.verify(&edited, Some(&seal)), Err(SealError::Mismatch));
         }
+    }
+
+    #[test]
+    fn a_message_sealed_before_verification_facts_existed_still_verifies() {
+        let keys = SealKeys::single("k1", SECRET);
+        let older = IntakeEnvelope {
+            verification: None,
+            ..envelope()
+        };
+        let properties = keys.sealed_properties(&older);
+        let back = IntakeEnvelope::from_amqp(&properties, &older.body).unwrap();
+        assert_eq!(back.verification, None);
+        assert_eq!(keys.verify(&back, of(&properties).as_deref()), Ok(()));
+        // Facts added to it afterwards are not what the ingress sealed.
+        let claimed = IntakeEnvelope {
+            verification: envelope().verification,
+            ..back
+        };
+        assert_eq!(
+            keys.verify(&claimed, of(&properties).as_deref()),
+            Err(SealError::Mismatch)
+        );
     }
 
     #[test]
