@@ -1,13 +1,13 @@
 //! The audit record of every intake message the workers finished with (applied, duplicate or
-//! replay): what was received, when, from whom, and what it did. Written in the message's own
-//! apply transaction.
+//! replay): what was received, when, from whom, how the ingress verified it, and what it did.
+//! Written in the message's own apply transaction.
 
 use sqlx::{Postgres, Transaction};
 
 use connector_schema::IntakeEnvelope;
 
 use crate::outcome::{ApplyError, Outcome};
-use crate::quarantine::headers_json;
+use crate::quarantine::{headers_json, verification_json};
 
 /// What a source knows about its message beyond the envelope.
 #[derive(Debug)]
@@ -24,8 +24,9 @@ pub struct Received<'a> {
 
 /// The statement that keeps a received message (also run by the load bench's SQL baseline).
 pub const RECORD_RECEIVED: &str = "INSERT INTO received_messages (message_id, kind, client_id, idempotency_key, nonce, body_sha256,
-                                        outcome, received_at, request_path, headers, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                        outcome, received_at, request_path, headers, body,
+                                        verification)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (message_id) DO NOTHING";
 
 pub async fn record(
@@ -46,6 +47,7 @@ pub async fn record(
         .bind(envelope.request_path.as_deref())
         .bind(headers_json(envelope))
         .bind(received.body)
+        .bind(verification_json(envelope))
         .execute(&mut **tx)
         .await?;
     Ok(())

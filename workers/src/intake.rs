@@ -92,6 +92,7 @@ mod tests {
             request_path: Some("/callbacks/orders/status".into()),
             headers: vec![("x-nonce".into(), "n1".into())],
             body: Bytes::from_static(b"{}"),
+            verification: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Quarantine: messages that are valid but cannot be applied (§2.6), held with their reason
-//! and the raw request until a human releases or discards them. Never silently dropped.
+//! and the raw request (and how the ingress verified it) until a human releases or discards
+//! them. Never silently dropped.
 
 use serde_json::{Map, Value};
 use sqlx::PgPool;
@@ -59,6 +60,15 @@ pub fn headers_json(envelope: &IntakeEnvelope) -> Value {
     )
 }
 
+/// How the ingress verified the message, for the `verification` columns: the facts with
+/// `"result": "verified"`, or NULL where the message carried none.
+pub fn verification_json(envelope: &IntakeEnvelope) -> Option<Value> {
+    envelope
+        .verification
+        .as_ref()
+        .map(|facts| facts.to_audit_json())
+}
+
 /// Holds `envelope` in quarantine, in its own transaction. Idempotent per message id: a
 /// redelivery changes nothing, and a released message that fails again is held again (a hold
 /// always wins over the release that sent it back: the release was recorded first). The seal
@@ -84,8 +94,8 @@ pub async fn hold(
     sqlx::query(
         "INSERT INTO quarantined_messages
              (message_id, reason, detail, kind, client_id, idempotency_key, received_at,
-              request_path, headers, body, seal)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+              request_path, headers, body, seal, verification)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (message_id) DO UPDATE
              SET state = 'held', reason = EXCLUDED.reason, detail = EXCLUDED.detail,
                  quarantined_at = now(), resolved_at = NULL, resolution_note = NULL
@@ -102,6 +112,7 @@ pub async fn hold(
     .bind(headers_json(envelope))
     .bind(readable_body)
     .bind(seal)
+    .bind(verification_json(envelope))
     .execute(&mut *tx)
     .await?;
     if secret_bearing {

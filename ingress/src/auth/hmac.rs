@@ -5,14 +5,18 @@
 
 use std::fmt;
 
-use connector_schema::paysafe::verify_webhook_signature;
+use connector_schema::paysafe::webhook_signature_key;
 
 use crate::config::{ConfigError, KeyEncoding, PaysafeSettings, WebhookKey, WebhookKeyEntry};
 
-/// The HMAC keys webhooks may be signed with: the UTF-8 bytes of each configured key.
+/// The HMAC keys webhooks may be signed with: the UTF-8 bytes of each configured key, with
+/// its id. Paysafe's keys have no id of their own, so a key is named by where it is
+/// configured (`webhook_keys[0]`, `webhook_key_files[1]`): never anything derived from the
+/// secret, which a digest of a low-entropy key would let anyone test guesses against.
 #[derive(Clone, Default)]
 pub struct WebhookKeys {
     keys: Vec<Vec<u8>>,
+    ids: Vec<String>,
 }
 
 impl fmt::Debug for WebhookKeys {
@@ -25,9 +29,11 @@ impl fmt::Debug for WebhookKeys {
 impl WebhookKeys {
     /// Keys given directly, for tests and tools.
     pub fn new<K: AsRef<[u8]>>(keys: impl IntoIterator<Item = K>) -> Self {
-        Self {
-            keys: keys.into_iter().map(|k| k.as_ref().to_vec()).collect(),
-        }
+        let keys: Vec<Vec<u8>> = keys.into_iter().map(|k| k.as_ref().to_vec()).collect();
+        let ids = (0..keys.len())
+            .map(|i| format!("webhook_keys[{i}]"))
+            .collect();
+        Self { keys, ids }
     }
 
     /// The `webhook_keys` entries (inline keys, or files, each decoded by its encoding), then
@@ -36,6 +42,7 @@ impl WebhookKeys {
     /// [`PaysafeSettings::validate`] too, so a bad one fails before start-up work.
     pub fn from_settings(settings: &PaysafeSettings) -> Result<Self, ConfigError> {
         let mut keys = Vec::new();
+        let mut ids = Vec::new();
         for (i, key) in settings.webhook_keys.iter().enumerate() {
             let at = format!("paysafe.webhook_keys[{i}]");
             let inline = |text: &str, encoding: KeyEncoding| {
@@ -68,6 +75,7 @@ impl WebhookKeys {
                 }
             };
             keys.push(bytes);
+            ids.push(format!("webhook_keys[{i}]"));
         }
         for (i, file) in settings.webhook_key_files.iter().enumerate() {
             let path = file.relative();
@@ -75,8 +83,9 @@ impl WebhookKeys {
                 ConfigError::new(format!("paysafe.webhook_key_files[{i}]"), message)
             })?;
             keys.push(text.into_bytes());
+            ids.push(format!("webhook_key_files[{i}]"));
         }
-        Ok(Self { keys })
+        Ok(Self { keys, ids })
     }
 
     pub fn len(&self) -> usize {
@@ -89,7 +98,12 @@ impl WebhookKeys {
 
     /// Whether `signature` is the HMAC of `body` under one of the keys (constant-time).
     pub fn verify(&self, body: &[u8], signature: &str) -> bool {
-        verify_webhook_signature(&self.keys, body, signature)
+        self.verifying_key_id(body, signature).is_some()
+    }
+
+    /// The id of the key `signature` is the HMAC of `body` under, if any (constant-time).
+    pub fn verifying_key_id(&self, body: &[u8], signature: &str) -> Option<&str> {
+        webhook_signature_key(&self.keys, body, signature).map(|i| self.ids[i].as_str())
     }
 }
 

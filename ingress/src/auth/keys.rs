@@ -77,6 +77,9 @@ impl fmt::Display for JwsAlgorithm {
 pub struct VerifyingKey {
     pub kid: String,
     pub alg: JwsAlgorithm,
+    /// Lower-case hex SHA-256 of the key's SubjectPublicKeyInfo DER, computed at load: what
+    /// each accepted message records as the key that verified it.
+    pub spki_sha256: String,
     verifier: Box<dyn JwsVerifier>,
     /// ES256 keys: the same public key as an OpenSSL EC key, loaded once, so a request's
     /// signature is checked with one `ECDSA_do_verify` over its SHA-256 digest. josekit's
@@ -93,6 +96,7 @@ impl fmt::Debug for VerifyingKey {
         f.debug_struct("VerifyingKey")
             .field("kid", &self.kid)
             .field("alg", &self.alg)
+            .field("spki_sha256", &self.spki_sha256)
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +113,7 @@ impl VerifyingKey {
             return Err(format!("has kid `{own}`, configured as `{kid}`"));
         }
         let verifier = alg.verifier_from_jwk(jwk).map_err(|e| e.to_string())?;
+        let spki_sha256 = crate::auth::spki::of_jwk(jwk)?;
         // Only once josekit has accepted the JWK (kty, crv, use, key_ops, alg, the point).
         let p256 = (alg == JwsAlgorithm::Es256)
             .then(|| p256_from_jwk(jwk))
@@ -116,6 +121,7 @@ impl VerifyingKey {
         Ok(Self {
             kid: kid.to_owned(),
             alg,
+            spki_sha256,
             verifier,
             p256,
         })
@@ -123,12 +129,14 @@ impl VerifyingKey {
 
     pub fn from_pem(kid: &str, alg: JwsAlgorithm, pem: &[u8]) -> Result<Self, String> {
         let verifier = alg.verifier_from_pem(pem).map_err(|e| e.to_string())?;
+        let spki_sha256 = crate::auth::spki::of_pem(pem)?;
         let p256 = (alg == JwsAlgorithm::Es256)
             .then(|| p256_from_pem(pem))
             .flatten();
         Ok(Self {
             kid: kid.to_owned(),
             alg,
+            spki_sha256,
             verifier,
             p256,
         })
@@ -520,6 +528,10 @@ mod tests {
             .unwrap();
         let from_pem = VerifyingKey::from_pem("k1", JwsAlgorithm::Es256, &pem).unwrap();
         assert!(from_pem.p256.is_some());
+        assert_eq!(
+            from_pem.spki_sha256, key.spki_sha256,
+            "one key, one fingerprint"
+        );
         assert!(from_pem.verify(input, &good));
         assert!(!from_pem.verify(input, &flipped));
     }

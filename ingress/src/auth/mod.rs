@@ -2,7 +2,8 @@
 //! has its own proof: a Corelink bank its client certificate ([`tls`], or [`forwarded`] by a
 //! trusted proxy) and a JWS over the request ([`jws`], with the keys of [`keys`]) that a nonce
 //! cannot replay on this instance ([`replay`]); BNC an RSA signature ([`snap`]); Paysafe an
-//! HMAC ([`hmac`]). [`signing`] is the bank's side of the JWS, for the tools and tests.
+//! HMAC ([`hmac`]). [`spki`] fingerprints the public keys, so each accepted message can say
+//! which key verified it. [`signing`] is the bank's side of the JWS, for the tools and tests.
 //!
 //! Nothing here knows HTTP answers or the routes: failures are typed, and the routes turn them
 //! into the contract's codes.
@@ -14,4 +15,5 @@ pub mod keys;
 pub mod replay;
 pub mod signing;
 pub mod snap;
+pub mod spki;
 pub mod tls;

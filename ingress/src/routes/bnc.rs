@@ -22,10 +22,11 @@ use connector_schema::bnc::{
     AccountBindingCallback, SnapFieldError, SnapHeaders, SnapResponse, headers as names,
     parse_account_binding, validate_headers,
 };
-use connector_schema::{IntakeEnvelope, IntakeKind};
+use connector_schema::{IntakeEnvelope, IntakeKind, Verification, VerificationScheme};
 
 use crate::auth::snap::partners::BncPartners;
 use crate::auth::snap::{self, SnapAuthError, verify_signature};
+use crate::auth::tls::ClientCertificate;
 use crate::routes::body;
 use crate::routes::error::ApiError;
 use crate::routes::headers::once;
@@ -80,7 +81,7 @@ where
     V: AsRef<[u8]> + ?Sized + 'a,
 {
     let headers = check_headers(partners, header, now, tolerance)?;
-    let callback = check_body(partners, &headers, path_as_sent, body)?;
+    let (callback, _) = check_body(partners, &headers, path_as_sent, body)?;
     Ok((headers, callback))
 }
 
@@ -104,15 +105,16 @@ where
 
 /// What needs the body: the signature over it (401, [`verify_signature`]), before the body is
 /// judged so that only the partner learns anything about our body rules and a forged request
-/// costs no parsing; then the body (400, [`parse_account_binding`]).
+/// costs no parsing; then the body (400, [`parse_account_binding`]). Returns the callback and
+/// the SPKI SHA-256 fingerprint of the partner key that verified it.
 pub fn check_body(
     partners: &BncPartners,
     headers: &SnapHeaders<'_>,
     path_as_sent: &str,
     body: &[u8],
-) -> Result<AccountBindingCallback, SnapRejection> {
-    verify_signature(partners, headers, path_as_sent, body)?;
-    Ok(parse_account_binding(body)?)
+) -> Result<(AccountBindingCallback, String), SnapRejection> {
+    let key_sha256 = verify_signature(partners, headers, path_as_sent, body)?;
+    Ok((parse_account_binding(body)?, key_sha256.to_owned()))
 }
 
 /// The 200 answer: the binding is durably enqueued.
@@ -240,7 +242,7 @@ async fn accept(state: &AppState, request: Request) -> Result<Accepted, Refusal>
             close: matches!(error, ApiError::RequestTimeout(_)),
         },
     })?;
-    let callback = check_body(&state.bnc_partners, &headers, &path_as_sent, &body)
+    let (callback, key_sha256) = check_body(&state.bnc_partners, &headers, &path_as_sent, &body)
         .map_err(|rejection| Refusal::from(rejection.response()))?;
     let span = tracing::Span::current();
     span.record("client_key", headers.client_key);
@@ -250,6 +252,18 @@ async fn accept(state: &AppState, request: Request) -> Result<Accepted, Refusal>
         callback.partner_reference_no.as_str(),
     );
 
+    // BNC keys have no id of their own: the partner's client key names them, the
+    // fingerprint tells its rotating keys apart. The signature covers the path as sent.
+    let verification = Verification {
+        scheme: VerificationScheme::SnapRsa,
+        key_id: headers.client_key.to_owned(),
+        key_sha256: Some(key_sha256),
+        client_cert_sha256: parts
+            .extensions
+            .get::<ClientCertificate>()
+            .map(|c| c.sha256.clone()),
+        signed_path: Some(path_as_sent.clone()),
+    };
     let envelope = IntakeEnvelope {
         message_id: Uuid::now_v7(),
         kind: IntakeKind::BncAccountBinding,
@@ -267,6 +281,7 @@ async fn accept(state: &AppState, request: Request) -> Result<Accepted, Refusal>
         .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
         .collect(),
         body,
+        verification: Some(verification),
     };
     span.record("message_id", field::display(envelope.message_id));
     state

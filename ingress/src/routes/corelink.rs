@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use connector_schema::corelink::{self, SignedRequestClaims, headers as names};
 use connector_schema::envelope::rfc3339;
-use connector_schema::{IntakeEnvelope, IntakeKind};
+use connector_schema::{IntakeEnvelope, IntakeKind, Verification, VerificationScheme};
 
 use crate::auth::forwarded::ForwardedCertificateRepeated;
 use crate::auth::jws::verify_request_signature;
@@ -247,8 +247,9 @@ async fn accept(
     let body::ReadBody { bytes: body, held } =
         body::read(request_body, limit, state.body_timeout, &state.body_budget).await?;
     let signed_path = format!("{}{received_path}", state.corelink.external_path_prefix);
-    authenticate(
-        &state.keys.current(),
+    let clients = state.keys.current();
+    let kid = authenticate(
+        &clients,
         certificate,
         &headers,
         parts.method.as_str(),
@@ -257,6 +258,18 @@ async fn accept(
         received_at,
         state.corelink.timestamp_tolerance(),
     )?;
+    // The registry that verified, not a reloaded one: the facts name the key actually used.
+    let verification = Verification {
+        scheme: VerificationScheme::Jws,
+        key_sha256: clients
+            .client(&headers.client_id)
+            .and_then(|client| client.key(&kid))
+            .map(|key| key.spki_sha256.clone()),
+        key_id: kid,
+        client_cert_sha256: certificate.map(|c| c.sha256.clone()),
+        signed_path: Some(signed_path),
+    };
+    drop(clients);
     state
         .rate_limiter
         .check(&headers.client_id)
@@ -268,8 +281,13 @@ async fn accept(
     if !state.replay.first_use(&headers.client_id, &headers.nonce) {
         return Err(ApiError::NonceReplayed);
     }
-    let result =
-        validate_and_enqueue(state, callback, &headers, received_path, body, received_at).await;
+    let received = Received {
+        path: received_path,
+        body,
+        at: received_at,
+        verification,
+    };
+    let result = validate_and_enqueue(state, callback, &headers, received).await;
     if result.is_err() {
         // Not accepted: the same request may come again as is.
         state.replay.forget(&headers.client_id, &headers.nonce);
@@ -279,14 +297,26 @@ async fn accept(
     result
 }
 
+/// An authenticated request, as the envelope will record it.
+struct Received {
+    path: String,
+    body: bytes::Bytes,
+    at: OffsetDateTime,
+    verification: Verification,
+}
+
 async fn validate_and_enqueue(
     state: &AppState,
     callback: Callback,
     headers: &CorelinkHeaders,
-    received_path: String,
-    body: bytes::Bytes,
-    received_at: OffsetDateTime,
+    received: Received,
 ) -> Result<Accepted, ApiError> {
+    let Received {
+        path: received_path,
+        body,
+        at: received_at,
+        verification,
+    } = received;
     let orders = match callback {
         Callback::Unit => corelink::parse_unit(&body).map(|_| 1)?,
         Callback::Batch => corelink::parse_batch(
@@ -305,6 +335,7 @@ async fn validate_and_enqueue(
         request_path: Some(received_path),
         headers: headers.recorded(),
         body,
+        verification: Some(verification),
     };
     let span = tracing::Span::current();
     span.record("message_id", field::display(envelope.message_id));

@@ -29,9 +29,10 @@ use uuid::Uuid;
 
 use connector_schema::envelope::rfc3339;
 use connector_schema::paysafe::{PaysafeWebhook, SIGNATURE_HEADER, parse_webhook};
-use connector_schema::{IntakeEnvelope, IntakeKind};
+use connector_schema::{IntakeEnvelope, IntakeKind, Verification, VerificationScheme};
 
 use crate::auth::hmac::WebhookKeys;
+use crate::auth::tls::ClientCertificate;
 use crate::routes::body;
 use crate::routes::error::ApiError;
 use crate::routes::headers::{SentTwice, once};
@@ -66,6 +67,8 @@ pub struct VerifiedWebhook {
     pub webhook: PaysafeWebhook,
     /// As the intake envelope records them: `content-type` (when sent) and `signature`.
     pub headers: Vec<(String, String)>,
+    /// The id of the webhook key the signature verified under.
+    pub key_id: String,
 }
 
 /// Judges a webhook whose body has arrived, in the route's order: exactly one non-empty
@@ -77,9 +80,10 @@ pub fn check(
     body: &[u8],
 ) -> Result<VerifiedWebhook, ApiError> {
     let signature = signature(headers)?;
-    if !keys.verify(body, signature) {
-        return Err(ApiError::HmacMismatch(SIGNATURE_HEADER));
-    }
+    let key_id = keys
+        .verifying_key_id(body, signature)
+        .ok_or(ApiError::HmacMismatch(SIGNATURE_HEADER))?
+        .to_owned();
     let content_type = content_type(headers)?;
     let webhook = parse_webhook(body).map_err(ApiError::from)?;
     let mut recorded = Vec::with_capacity(2);
@@ -90,6 +94,7 @@ pub fn check(
     Ok(VerifiedWebhook {
         webhook,
         headers: recorded,
+        key_id,
     })
 }
 
@@ -188,6 +193,18 @@ async fn accept(state: &AppState, request: Request) -> Result<Accepted, ApiError
         request_path: Some(request_path),
         headers: verified.headers,
         body,
+        // An HMAC key is a secret: its id only, no fingerprint. The signature covers the body
+        // alone, no path.
+        verification: Some(Verification {
+            scheme: VerificationScheme::PaysafeHmac,
+            key_id: verified.key_id,
+            key_sha256: None,
+            client_cert_sha256: parts
+                .extensions
+                .get::<ClientCertificate>()
+                .map(|c| c.sha256.clone()),
+            signed_path: None,
+        }),
     };
     span.record("message_id", field::display(envelope.message_id));
     state

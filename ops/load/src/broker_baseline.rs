@@ -160,6 +160,7 @@ fn envelope_properties(message: &Prepared) -> BasicProperties {
         .map(|(name, value)| (name.to_owned(), value.clone()))
         .collect(),
         body: message.body.clone(),
+        verification: None,
     }
     .amqp_properties()
 }

@@ -31,7 +31,9 @@ pub use api::{
 };
 pub use event::{WebhookEvent, WebhookFact};
 pub use members::{MAX_ID_CHARS, MAX_MERCHANT_REF_CHARS, is_valid_id, parse_paysafe_time};
-pub use signature::{SIGNATURE_HEADER, verify_webhook_signature, webhook_signature};
+pub use signature::{
+    SIGNATURE_HEADER, verify_webhook_signature, webhook_signature, webhook_signature_key,
+};
 pub use status::{PaysafeStatus, TrackedKind};
 pub use track::{TrackCommand, parse_track_command};
 pub use webhook::{PaysafeWebhook, parse_webhook};

@@ -23,10 +23,18 @@ pub fn webhook_signature(key: &[u8], body: &[u8]) -> String {
 /// key rotation). The comparison is constant-time (`verify_slice`); a header that is not
 /// base64, or no key at all, is simply `false`.
 pub fn verify_webhook_signature(keys: &[impl AsRef<[u8]>], body: &[u8], header: &str) -> bool {
-    let Ok(signature) = STANDARD.decode(header.trim()) else {
-        return false;
-    };
-    keys.iter().any(|key| {
+    webhook_signature_key(keys, body, header).is_some()
+}
+
+/// Which of `keys` (its index) `header` is the signature of the raw `body` under, as
+/// [`verify_webhook_signature`] checks it: what the ingress records as the key that verified.
+pub fn webhook_signature_key(
+    keys: &[impl AsRef<[u8]>],
+    body: &[u8],
+    header: &str,
+) -> Option<usize> {
+    let signature = STANDARD.decode(header.trim()).ok()?;
+    keys.iter().position(|key| {
         let Ok(mut mac) = HmacSha256::new_from_slice(key.as_ref()) else {
             return false;
         };

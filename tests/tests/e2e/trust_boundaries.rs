@@ -34,6 +34,7 @@ fn bank_callback(reference: &str) -> IntakeEnvelope {
             ),
         ],
         body: unit_body(reference, "SUCCESS").into_bytes().into(),
+        verification: None,
     }
 }
 

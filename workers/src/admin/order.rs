@@ -32,6 +32,7 @@ type HistoryRow = (
     Option<String>,
     OffsetDateTime,
     Uuid,
+    Option<String>,
 );
 
 /// Everything known about one order: its state, every notification, every event.
@@ -58,17 +59,28 @@ pub async fn order_timeline(pool: &PgPool, reference: &str) -> anyhow::Result<St
         rfc3339(updated),
     );
     let history: Vec<HistoryRow> = sqlx::query_as(
-        "SELECT recorded_at, status, previous_status, effect, client_id, idempotency_key, batch_id,
-                bank_processed_at, message_id
-         FROM order_history WHERE reference = $1 ORDER BY id",
+        "SELECT h.recorded_at, h.status, h.previous_status, h.effect, h.client_id,
+                h.idempotency_key, h.batch_id, h.bank_processed_at, h.message_id,
+                (SELECT concat_ws(' ', 'kid=' || (r.verification->>'key_id'),
+                                  'key_sha256=' || (r.verification->>'key_sha256'),
+                                  'cert_sha256=' || (r.verification->>'client_cert_sha256'))
+                 FROM received_messages r WHERE r.message_id = h.message_id)
+         FROM order_history h WHERE h.reference = $1 ORDER BY h.id",
     )
     .bind(reference)
     .fetch_all(pool)
     .await?;
-    for (recorded, status, previous, effect, client, key, batch, processed, message) in history {
+    for (recorded, status, previous, effect, client, key, batch, processed, message, verified) in
+        history
+    {
+        // How the ingress verified it: key id and public fingerprints, never a secret.
+        let verified = verified
+            .filter(|v| !v.is_empty())
+            .map(|v| format!(" verified {v}"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  {}  {:<7} -> {:<7} {:<9} from {client} key={key}{} bank time {} message {message}",
+            "  {}  {:<7} -> {:<7} {:<9} from {client} key={key}{} bank time {} message {message}{verified}",
             rfc3339(recorded),
             previous.unwrap_or_else(|| "(new)".into()),
             status,

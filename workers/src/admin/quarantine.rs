@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use connector_schema::envelope::rfc3339;
 use connector_schema::seal::{self, SealKeys};
-use connector_schema::{IntakeEnvelope, IntakeKind, Topology};
+use connector_schema::{IntakeEnvelope, IntakeKind, Topology, Verification};
 
 use crate::admin::publish::publish_confirmed;
 
@@ -43,12 +43,14 @@ struct HeldMessage {
     body: Vec<u8>,
     /// The ingress's seal as the message carried it.
     seal: Option<String>,
+    /// How the ingress verified it (`Verification::to_audit_json`), NULL if it carried none.
+    verification: Option<serde_json::Value>,
 }
 
 async fn held_message(pool: &PgPool, message_id: Uuid) -> anyhow::Result<HeldMessage> {
     sqlx::query_as(
         "SELECT reason, detail, state, kind, client_id, request_path, received_at, quarantined_at,
-                resolution_note, headers, body, seal
+                resolution_note, headers, body, seal, verification
          FROM quarantined_messages WHERE message_id = $1",
     )
     .bind(message_id)
@@ -96,6 +98,10 @@ pub async fn quarantine_show(pool: &PgPool, message_id: Uuid) -> anyhow::Result<
     );
     if let Some(note) = m.resolution_note {
         let _ = writeln!(out, "note      {note}");
+    }
+    // Public facts only (key ids, fingerprints of public keys and certificates).
+    if let Some(verification) = &m.verification {
+        let _ = writeln!(out, "verified  {verification}");
     }
     // A BNC body holds a card token and an account number: operators see a redacted copy.
     let body = if m.kind == IntakeKind::BncAccountBinding.routing_key() {
@@ -154,6 +160,15 @@ pub async fn quarantine_release(
                 .collect()
         })
         .unwrap_or_default();
+    // The facts go back as the row holds them; the seal check below refuses an edited column.
+    let verification = m
+        .verification
+        .as_ref()
+        .map(Verification::from_audit_json)
+        .transpose()
+        .map_err(|error| {
+            anyhow::anyhow!("refused: {message_id}'s verification column is not one the workers wrote ({error}); nothing was released")
+        })?;
     let envelope = IntakeEnvelope {
         message_id,
         kind,
@@ -162,6 +177,7 @@ pub async fn quarantine_release(
         request_path: m.request_path,
         headers,
         body: body.into(),
+        verification,
     };
     let properties = match &m.seal {
         Some(carried) => seal::with_seal(envelope.amqp_properties(), carried),

@@ -63,7 +63,7 @@ pub fn verify(
     tolerance: Duration,
 ) -> Result<(), SnapAuthError> {
     check_headers(partners, headers, now, tolerance)?;
-    verify_signature(partners, headers, path_as_sent, body)
+    verify_signature(partners, headers, path_as_sent, body).map(|_| ())
 }
 
 /// What authentication can refuse before the body has arrived, cheapest first: the client key,
@@ -89,16 +89,16 @@ pub fn check_headers(
 
 /// The signature over the body, against each of the partner's keys (any one may match, so a
 /// partner can rotate). `path_as_sent` is the request path exactly as received, `body` the
-/// exact body bytes.
+/// exact body bytes. Returns the SPKI SHA-256 fingerprint of the key that verified.
 ///
 /// A body that cannot be minified (an unterminated string) has no string to sign, so no
 /// signature can be valid for it: [`SnapAuthError::InvalidSignature`].
-pub fn verify_signature(
-    partners: &BncPartners,
+pub fn verify_signature<'p>(
+    partners: &'p BncPartners,
     headers: &SnapHeaders<'_>,
     path_as_sent: &str,
     body: &[u8],
-) -> Result<(), SnapAuthError> {
+) -> Result<&'p str, SnapAuthError> {
     let mut keys = partners
         .keys(headers.client_key)
         .ok_or(SnapAuthError::UnknownClientKey)?;
@@ -107,11 +107,9 @@ pub fn verify_signature(
         .map_err(|_| SnapAuthError::SignatureNotBase64)?;
     let signed = string_to_sign("POST", path_as_sent, body, headers.timestamp)
         .map_err(|_| SnapAuthError::InvalidSignature)?;
-    if keys.any(|key| rsa_sha256_verifies(key, signed.as_bytes(), &signature)) {
-        Ok(())
-    } else {
-        Err(SnapAuthError::InvalidSignature)
-    }
+    keys.find(|key| rsa_sha256_verifies(&key.key, signed.as_bytes(), &signature))
+        .map(|key| key.spki_sha256.as_str())
+        .ok_or(SnapAuthError::InvalidSignature)
 }
 
 /// RSASSA-PKCS1-v1_5 with SHA-256. Any OpenSSL error (such as a signature of the wrong

@@ -15,9 +15,23 @@ use crate::config::{BncSettings, ConfigError};
 pub const MIN_RSA_BITS: u32 = 2048;
 
 /// One loaded public key; `source` (a file name or a label) is what errors and logs show.
-struct PartnerKey {
+pub(super) struct PartnerKey {
     source: String,
-    key: PKey<Public>,
+    pub(super) key: PKey<Public>,
+    /// Lower-case hex SHA-256 of its SubjectPublicKeyInfo DER, computed at load: what each
+    /// accepted callback records as the key that verified it.
+    pub(super) spki_sha256: String,
+}
+
+impl PartnerKey {
+    fn new(source: String, key: PKey<Public>) -> Result<Self, String> {
+        let spki_sha256 = crate::auth::spki::of_key(&key)?;
+        Ok(Self {
+            source,
+            key,
+            spki_sha256,
+        })
+    }
 }
 
 /// The configured partners and their RSA public keys, by client key.
@@ -63,7 +77,7 @@ impl BncPartners {
                 };
                 let pem = std::fs::read(&path).map_err(|e| fail(format!("cannot read: {e}")))?;
                 let key = load_public_key(&pem).map_err(fail)?;
-                keys.push(PartnerKey { source, key });
+                keys.push(PartnerKey::new(source.clone(), key).map_err(fail)?);
             }
             partners.partners.insert(partner.client_key.clone(), keys);
         }
@@ -89,9 +103,9 @@ impl BncPartners {
             let mut keys = Vec::with_capacity(pems.len());
             for (j, pem) in pems.iter().enumerate() {
                 let source = format!("{client_key} key #{j}");
-                let key = load_public_key(pem.as_ref())
-                    .map_err(|m| ConfigError::new(format!("{at}.keys[{j}]"), m))?;
-                keys.push(PartnerKey { source, key });
+                let fail = |m| ConfigError::new(format!("{at}.keys[{j}]"), m);
+                let key = load_public_key(pem.as_ref()).map_err(fail)?;
+                keys.push(PartnerKey::new(source, key).map_err(fail)?);
             }
             loaded.partners.insert(client_key, keys);
         }
@@ -118,9 +132,8 @@ impl BncPartners {
     }
 
     /// The public keys of the partner that sends `client_key`, if it is one.
-    pub(super) fn keys(&self, client_key: &str) -> Option<impl Iterator<Item = &PKey<Public>>> {
-        let keys = self.partners.get(client_key)?;
-        Some(keys.iter().map(|key| &key.key))
+    pub(super) fn keys(&self, client_key: &str) -> Option<impl Iterator<Item = &PartnerKey>> {
+        Some(self.partners.get(client_key)?.iter())
     }
 
     pub fn contains(&self, client_key: &str) -> bool {

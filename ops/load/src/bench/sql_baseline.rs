@@ -226,6 +226,7 @@ async fn apply(pool: &PgPool, r: &Rows) -> sqlx::Result<()> {
         .bind(r.request_path.as_deref())
         .bind(&r.headers)
         .bind(r.body.as_ref())
+        .bind(None::<serde_json::Value>)
         .execute(&mut *tx)
         .await?;
     tx.commit().await

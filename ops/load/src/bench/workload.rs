@@ -129,6 +129,7 @@ pub fn build(batch_size: usize, count: usize) -> anyhow::Result<Workload> {
                 (headers::SIGNATURE.to_owned(), UNSIGNED.to_owned()),
             ],
             body: Bytes::from(serde_json::to_vec(&body)?),
+            verification: None,
         };
         let rows = Rows::of(&envelope).with_context(|| format!("message {index}"))?;
         messages.push(Message { envelope, rows });
