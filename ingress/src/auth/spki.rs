@@ -25,7 +25,9 @@ pub fn of_key(key: &PKey<Public>) -> Result<String, String> {
     Ok(sha256_hex(&der))
 }
 
-/// The fingerprint of a SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`).
+/// The fingerprint of a SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`), of the SPKI
+/// as written: an RSA key restricted to RSASSA-PSS keeps its own algorithm identifier, so its
+/// fingerprint differs from the same modulus as a JWK (which cannot express the restriction).
 pub fn of_pem(pem: &[u8]) -> Result<String, String> {
     let key = PKey::public_key_from_pem(pem).map_err(|e| format!("not a public key PEM: {e}"))?;
     of_key(&key)
@@ -78,7 +80,7 @@ pub fn of_jwk(jwk: &Jwk) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use josekit::jws::{ES256, EdDSA, PS256};
+    use josekit::jws::{ES256, EdDSA, RS256};
 
     use super::*;
 
@@ -87,13 +89,13 @@ mod tests {
     #[test]
     fn a_key_has_one_fingerprint_whatever_its_form() {
         let es = ES256.generate_key_pair().unwrap();
-        let ps = PS256.generate_key_pair(2048).unwrap();
+        let rs = RS256.generate_key_pair(2048).unwrap();
         let ed = EdDSA
             .generate_key_pair(josekit::jwk::alg::ed::EdCurve::Ed25519)
             .unwrap();
         let pairs = [
             (es.to_jwk_public_key(), es.to_pem_public_key()),
-            (ps.to_jwk_public_key(), ps.to_pem_public_key()),
+            (rs.to_jwk_public_key(), rs.to_pem_public_key()),
             (ed.to_jwk_public_key(), ed.to_pem_public_key()),
         ];
         for (jwk, pem) in pairs {

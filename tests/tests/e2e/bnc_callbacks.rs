@@ -594,3 +594,43 @@ async fn an_unmasked_account_number_never_reaches_the_ledger() {
     logs::assert_absent("bnc_callback", &["5859451234562348"]);
     bnc.pipeline.teardown().await;
 }
+
+#[tokio::test]
+async fn a_callback_records_the_partner_key_that_verified_it() {
+    let bnc = spawn().await;
+    let p = &bnc.pipeline;
+    assert_eq!(
+        bnc.send(&body("BEL2210170009", TOKEN), "77778042022091500009")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(p.apply_all().await, 1);
+    let facts: Value = sqlx::query_scalar("SELECT verification FROM received_messages")
+        .fetch_one(&p.db.pool)
+        .await
+        .unwrap();
+    // The partner key's SubjectPublicKeyInfo, fingerprinted here with OpenSSL's digest.
+    let spki = bnc.partner.key.public_key_to_der().unwrap();
+    let key_sha256: String = openssl::sha::sha256(&spki)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        facts,
+        serde_json::json!({
+            "scheme": "snap_rsa",
+            "key_id": "BNC_PARTNER_1",
+            "key_sha256": key_sha256,
+            "client_cert_sha256": null,
+            "signed_path": PATH,
+            "result": "verified",
+        })
+    );
+    let text = facts.to_string();
+    assert!(
+        !text.contains(TOKEN) && !text.contains(ACCOUNT_NO),
+        "{text}"
+    );
+    bnc.pipeline.teardown().await;
+}

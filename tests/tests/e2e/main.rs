@@ -25,6 +25,7 @@ mod paysafe_webhooks;
 mod production_mode;
 mod slow_clients;
 mod trust_boundaries;
+mod verification_facts;
 mod worker_faults;
 mod workers_pipeline;
 mod workers_process;
