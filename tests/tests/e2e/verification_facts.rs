@@ -357,7 +357,7 @@ async fn a_quarantined_message_keeps_its_facts_through_release_and_an_edited_col
         .expect("the released message");
     let envelope = IntakeEnvelope::from_amqp(&released.properties, &released.data).unwrap();
     assert_eq!(envelope.message_id, held);
-    let facts = envelope.verification.expect("the facts travel with it");
+    let facts = envelope.verification.clone().expect("the facts travel with it");
     assert_eq!(
         facts,
         Verification::from_audit_json(&original).unwrap(),
