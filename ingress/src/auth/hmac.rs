@@ -145,6 +145,17 @@ mod tests {
         assert_eq!(keys.len(), 2);
         let good = webhook_signature(KEY.as_bytes(), BODY.as_bytes());
         assert!(keys.verify(BODY.as_bytes(), &good));
+        // The key that verified is named by where it is configured, never by its bytes.
+        assert_eq!(
+            keys.verifying_key_id(BODY.as_bytes(), &good),
+            Some("webhook_key_files[0]")
+        );
+        let inline = webhook_signature(b"inline", BODY.as_bytes());
+        assert_eq!(
+            keys.verifying_key_id(BODY.as_bytes(), &inline),
+            Some("webhook_keys[0]")
+        );
+        assert_eq!(keys.verifying_key_id(b"{}", &good), None);
 
         for (file, expect) in [("blank", "is empty"), ("missing", "cannot read")] {
             let settings = PaysafeSettings {

@@ -229,7 +229,7 @@ async fn republish_edited(
 #[tokio::test]
 async fn stripped_or_edited_verification_facts_are_dead_lettered_as_forged() {
     let p = spawn_pipeline().await;
-    for reference in ["PAY-VF4", "PAY-VF5"] {
+    for reference in ["PAY-VF4", "PAY-VF5", "PAY-VF7"] {
         let response = p
             .app
             .post_signed(UNIT, &unit_body(reference, "SUCCESS"), reference)
@@ -238,6 +238,7 @@ async fn stripped_or_edited_verification_facts_are_dead_lettered_as_forged() {
     }
     let first = p.app.broker.take_intake().await.unwrap();
     let second = p.app.broker.take_intake().await.unwrap();
+    let third = p.app.broker.take_intake().await.unwrap();
     // Removed in transit: the seal covers the facts, so it no longer matches.
     republish_edited(&p, &first, |headers| {
         let mut without = FieldTable::default();
@@ -263,14 +264,23 @@ async fn stripped_or_edited_verification_facts_are_dead_lettered_as_forged() {
     })
     .await;
 
-    assert_eq!(p.apply_all().await, 2);
+    // Replaced by something that is not the facts' table: not even readable.
+    republish_edited(&p, &third, |headers| {
+        headers.insert(
+            HEADER.into(),
+            AMQPValue::LongString(LongString::from("jws")),
+        );
+    })
+    .await;
+
+    assert_eq!(p.apply_all().await, 3);
     assert_eq!(p.db.count("SELECT count(*) FROM orders").await, 0);
     assert_eq!(
         p.db.count("SELECT count(*) FROM received_messages").await,
         0
     );
     let dead = p.app.topology.intake_dead_letter_queue.clone();
-    assert_eq!(p.depth(&dead).await, 2);
+    assert_eq!(p.depth(&dead).await, 3);
     let listed = admin::dead_letters_replay(
         p.app.broker.connection(),
         &p.app.topology,
@@ -285,6 +295,15 @@ async fn stripped_or_edited_verification_facts_are_dead_lettered_as_forged() {
         2,
         "{listed}"
     );
+    // The unreadable one goes back (a newer build might read it) and is dead-lettered again.
+    assert!(listed.starts_with("replayed 1 message(s)"), "{listed}");
+    assert_eq!(p.apply_all().await, 1);
+    assert_eq!(p.db.count("SELECT count(*) FROM orders").await, 0);
+    let all_back = connector_e2e_tests::eventually(std::time::Duration::from_secs(10), || async {
+        p.depth(&dead).await == 3
+    })
+    .await;
+    assert!(all_back, "all three are on the dead-letter queue");
     p.teardown().await;
 }
 
@@ -345,6 +364,18 @@ async fn a_quarantined_message_keeps_its_facts_through_release_and_an_edited_col
         );
         assert_eq!(p.apply_all().await, 0, "nothing was published");
     }
+    // Or writes something that is no verification record at all.
+    let mut failed = original.clone();
+    failed["result"] = "failed".into();
+    set_verification(&p, held, Some(&failed)).await;
+    let error = release().await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("verification column is not one the workers wrote"),
+        "{error}"
+    );
+    assert_eq!(p.apply_all().await, 0, "nothing was published");
 
     // As the workers wrote it, the release goes through and the facts travel with it.
     set_verification(&p, held, Some(&original)).await;
@@ -357,7 +388,10 @@ async fn a_quarantined_message_keeps_its_facts_through_release_and_an_edited_col
         .expect("the released message");
     let envelope = IntakeEnvelope::from_amqp(&released.properties, &released.data).unwrap();
     assert_eq!(envelope.message_id, held);
-    let facts = envelope.verification.clone().expect("the facts travel with it");
+    let facts = envelope
+        .verification
+        .clone()
+        .expect("the facts travel with it");
     assert_eq!(
         facts,
         Verification::from_audit_json(&original).unwrap(),
