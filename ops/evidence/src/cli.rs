@@ -1,0 +1,253 @@
+//! The command line: `verify` and `prove`, their exit codes (0 proven / archive sound,
+//! 1 not proven / archive altered, 2 usage or configuration error).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use connector_ingress::config::{KeyEncoding, Settings as IngressSettings};
+use connector_schema::evidence::ArchiveEntry;
+
+use crate::prove::{Verdict, prove_entry};
+use crate::report::{print_entry, print_record};
+use crate::{Archive, check_anchor};
+
+#[derive(Debug, Parser)]
+#[command(name = "connector-evidence", about = "Verify the evidence archive and prove requests from it")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Checks every archive file's hash and the manifest chain; with --database-url, the chain
+    /// against its anchor (evidence_archive_files).
+    Verify {
+        #[arg(long)]
+        archive: PathBuf,
+        #[arg(long, env = "CONNECTOR_EVIDENCE_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Finds a request in the archive and re-verifies its sender's signature offline.
+    Prove {
+        #[arg(long)]
+        archive: PathBuf,
+        /// The ingress configuration whose keys re-verify ([[corelink.clients]], [bnc]).
+        #[arg(long)]
+        ingress_config: PathBuf,
+        #[arg(long, conflicts_with = "reference", required_unless_present = "reference")]
+        message_id: Option<Uuid>,
+        /// An order reference, BNC partnerReferenceNo or Paysafe id: every entry about it.
+        #[arg(long)]
+        reference: Option<String>,
+        #[arg(long, env = "CONNECTOR_EVIDENCE_DATABASE_URL")]
+        database_url: Option<String>,
+        /// Shown in the report as the time of the proof; never used to verify.
+        #[arg(long, value_parser = parse_at)]
+        at: Option<OffsetDateTime>,
+        /// The Paysafe webhook HMAC key, to re-verify Paysafe webhooks.
+        #[arg(long)]
+        paysafe_key_file: Option<PathBuf>,
+        /// How the key file is written: raw or base64.
+        #[arg(long, default_value = "raw", value_parser = parse_encoding)]
+        paysafe_key_encoding: KeyEncoding,
+    },
+}
+
+fn parse_at(text: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| format!("not an RFC 3339 time: {e}"))
+}
+
+fn parse_encoding(text: &str) -> Result<KeyEncoding, String> {
+    match text {
+        "raw" => Ok(KeyEncoding::Raw),
+        "base64" => Ok(KeyEncoding::Base64),
+        _ => Err("raw or base64".into()),
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Proven, or the archive verifies.
+    Ok,
+    /// Not proven, or the archive does not verify.
+    Failed,
+    /// Usage or configuration error.
+    Usage,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Ok => 0,
+            Self::Failed => 1,
+            Self::Usage => 2,
+        }
+    }
+}
+
+/// Runs `cli`, writing its report to `out`.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Exit {
+    let result = match cli.command {
+        Command::Verify {
+            archive,
+            database_url,
+        } => verify(&archive, database_url.as_deref(), out).await,
+        Command::Prove {
+            archive,
+            ingress_config,
+            message_id,
+            reference,
+            database_url,
+            at,
+            paysafe_key_file,
+            paysafe_key_encoding,
+        } => {
+            let request = Request {
+                message_id,
+                reference,
+                at,
+            };
+            prove(
+                &archive,
+                &ingress_config,
+                &request,
+                database_url.as_deref(),
+                paysafe_key_file.as_deref().map(|f| (f, paysafe_key_encoding)),
+                out,
+            )
+            .await
+        }
+    };
+    match result {
+        Ok(exit) => exit,
+        Err((exit, message)) => {
+            let _ = writeln!(out, "{message}");
+            exit
+        }
+    }
+}
+
+type Outcome = Result<Exit, (Exit, String)>;
+
+fn failed(message: impl std::fmt::Display) -> (Exit, String) {
+    (Exit::Failed, format!("NOT OK: {message}"))
+}
+
+async fn verify(archive: &Path, database_url: Option<&str>, out: &mut dyn Write) -> Outcome {
+    let archive = Archive::open(archive).map_err(failed)?;
+    archive.verify_files().map_err(failed)?;
+    let _ = writeln!(
+        out,
+        "files: {} verified; chain: ok (head {})",
+        archive.records.len(),
+        archive
+            .records
+            .last()
+            .map_or("none".into(), |r| format!("{} {}", r.sequence, r.record_sha256))
+    );
+    if let Some(url) = database_url {
+        let head = check_anchor(url, &archive.records).await.map_err(failed)?;
+        let _ = writeln!(out, "anchor: ok (evidence_archive_files head {head})");
+    }
+    let _ = writeln!(out, "OK");
+    Ok(Exit::Ok)
+}
+
+struct Request {
+    message_id: Option<Uuid>,
+    reference: Option<String>,
+    at: Option<OffsetDateTime>,
+}
+
+async fn prove(
+    archive: &Path,
+    ingress_config: &Path,
+    request: &Request,
+    database_url: Option<&str>,
+    paysafe_key: Option<(&Path, KeyEncoding)>,
+    out: &mut dyn Write,
+) -> Outcome {
+    let usage = |message: String| (Exit::Usage, format!("error: {message}"));
+    let settings = IngressSettings::read(Some(ingress_config))
+        .map_err(|e| usage(format!("{}: {e}", ingress_config.display())))?;
+    let paysafe_key = match paysafe_key {
+        Some((file, encoding)) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| usage(format!("{}: {e}", file.display())))?;
+            Some(
+                encoding
+                    .decode(text.trim_end_matches(['\n', '\r']))
+                    .map_err(|e| usage(format!("{}: {e}", file.display())))?,
+            )
+        }
+        None => None,
+    };
+
+    let archive = Archive::open(archive).map_err(failed)?;
+    let _ = writeln!(out, "chain: ok ({} records)", archive.records.len());
+    if let Some(url) = database_url {
+        let head = check_anchor(url, &archive.records).await.map_err(failed)?;
+        let _ = writeln!(out, "anchor: ok (evidence_archive_files head {head})");
+    }
+    if let Some(at) = request.at {
+        let _ = writeln!(out, "as of: {}", at.format(&Rfc3339).unwrap_or_default());
+    }
+    let found = archive
+        .find(|entry| match (&request.message_id, &request.reference) {
+            (Some(id), _) => entry.message_id == *id,
+            (None, Some(reference)) => is_about(entry, reference),
+            (None, None) => false,
+        })
+        .map_err(failed)?;
+    if found.is_empty() {
+        return Err(failed("no archived request matches"));
+    }
+    let mut all_proven = true;
+    for (record, entry) in &found {
+        print_record(out, record);
+        let proof = prove_entry(entry, &settings, paysafe_key.as_deref())
+            .map_err(|e| usage(format!("{}: {e}", ingress_config.display())))?;
+        print_entry(out, entry, &proof);
+        all_proven &= proof.verdict == Verdict::Proven;
+    }
+    let _ = writeln!(
+        out,
+        "{}",
+        if all_proven { "PROVEN" } else { "NOT PROVEN" }
+    );
+    Ok(if all_proven { Exit::Ok } else { Exit::Failed })
+}
+
+/// Whether `entry`'s body (or one of its events) is about `reference`: a Corelink order
+/// reference (unit or batch), a BNC partnerReferenceNo, a Paysafe payment or credit id.
+fn is_about(entry: &ArchiveEntry, reference: &str) -> bool {
+    if entry
+        .events
+        .iter()
+        .any(|e| e.reference.as_deref() == Some(reference))
+    {
+        return true;
+    }
+    let Ok(body) = entry.body() else {
+        return false;
+    };
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return false;
+    };
+    let is = |value: Option<&serde_json::Value>| value.and_then(|v| v.as_str()) == Some(reference);
+    is(body.get("reference"))
+        || is(body.get("partnerReferenceNo"))
+        || is(body.get("id"))
+        || is(body.pointer("/payload/id"))
+        || body
+            .get("orders")
+            .and_then(|orders| orders.as_array())
+            .is_some_and(|orders| orders.iter().any(|o| is(o.get("reference"))))
+}
