@@ -9,7 +9,9 @@ use connector_schema::evidence::ManifestRecord;
 pub enum AnchorError {
     #[error("the database cannot be read: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("manifest record {sequence} differs from its anchor in evidence_archive_files ({member} differs)")]
+    #[error(
+        "manifest record {sequence} differs from its anchor in evidence_archive_files ({member} differs)"
+    )]
     RecordDiffers { sequence: i64, member: &'static str },
     #[error("anchored record {sequence} ({file}) is missing from the manifest")]
     MissingOnDisk { sequence: i64, file: String },

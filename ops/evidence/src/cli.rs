@@ -17,7 +17,10 @@ use crate::report::{print_entry, print_record};
 use crate::{Archive, check_anchor};
 
 #[derive(Debug, Parser)]
-#[command(name = "connector-evidence", about = "Verify the evidence archive and prove requests from it")]
+#[command(
+    name = "connector-evidence",
+    about = "Verify the evidence archive and prove requests from it"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -40,7 +43,11 @@ pub enum Command {
         /// The ingress configuration whose keys re-verify ([[corelink.clients]], [bnc]).
         #[arg(long)]
         ingress_config: PathBuf,
-        #[arg(long, conflicts_with = "reference", required_unless_present = "reference")]
+        #[arg(
+            long,
+            conflicts_with = "reference",
+            required_unless_present = "reference"
+        )]
         message_id: Option<Uuid>,
         /// An order reference, BNC partnerReferenceNo or Paysafe id: every entry about it.
         #[arg(long)]
@@ -119,7 +126,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Exit {
                 &ingress_config,
                 &request,
                 database_url.as_deref(),
-                paysafe_key_file.as_deref().map(|f| (f, paysafe_key_encoding)),
+                paysafe_key_file
+                    .as_deref()
+                    .map(|f| (f, paysafe_key_encoding)),
                 out,
             )
             .await
@@ -147,10 +156,10 @@ async fn verify(archive: &Path, database_url: Option<&str>, out: &mut dyn Write)
         out,
         "files: {} verified; chain: ok (head {})",
         archive.records.len(),
-        archive
-            .records
-            .last()
-            .map_or("none".into(), |r| format!("{} {}", r.sequence, r.record_sha256))
+        archive.records.last().map_or("none".into(), |r| format!(
+            "{} {}",
+            r.sequence, r.record_sha256
+        ))
     );
     if let Some(url) = database_url {
         let head = check_anchor(url, &archive.records).await.map_err(failed)?;
@@ -217,11 +226,7 @@ async fn prove(
         print_entry(out, entry, &proof);
         all_proven &= proof.verdict == Verdict::Proven;
     }
-    let _ = writeln!(
-        out,
-        "{}",
-        if all_proven { "PROVEN" } else { "NOT PROVEN" }
-    );
+    let _ = writeln!(out, "{}", if all_proven { "PROVEN" } else { "NOT PROVEN" });
     Ok(if all_proven { Exit::Ok } else { Exit::Failed })
 }
 

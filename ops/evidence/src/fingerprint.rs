@@ -65,8 +65,8 @@ mod tests {
 
     #[test]
     fn a_jwk_and_its_pem_have_one_fingerprint() {
-        let ec = EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap())
-            .unwrap();
+        let ec =
+            EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap();
         let key = PKey::from_ec_key(ec.clone()).unwrap();
         let pem = key.public_key_to_pem().unwrap();
         let mut ctx = BigNumContext::new().unwrap();

@@ -30,7 +30,11 @@ pub fn print_entry(out: &mut dyn Write, entry: &ArchiveEntry, proof: &Proof) {
         out,
         "  body: {} bytes{}, sha256 as sent {}",
         entry.body().map(|b| b.len()).unwrap_or_default(),
-        if entry.body_redacted { " (redacted copy)" } else { "" },
+        if entry.body_redacted {
+            " (redacted copy)"
+        } else {
+            ""
+        },
         entry.body_sha256
     );
     for (label, value) in &proof.details {

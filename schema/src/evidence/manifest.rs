@@ -22,6 +22,21 @@ pub struct ArchiveBounds {
     pub to: OffsetDateTime,
 }
 
+impl ArchiveBounds {
+    /// The bounds at PostgreSQL's precision (whole microseconds), the precision a record is
+    /// anchored with: a record hashed with finer bounds would never match its anchor.
+    pub fn at_microseconds(self) -> Self {
+        let truncate = |at: OffsetDateTime| {
+            at.replace_nanosecond(at.nanosecond() / 1_000 * 1_000)
+                .unwrap_or(at)
+        };
+        Self {
+            from: truncate(self.from),
+            to: truncate(self.to),
+        }
+    }
+}
+
 /// One archive file, as the manifest records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +87,7 @@ impl ManifestRecord {
         entries: usize,
         file_bytes: &[u8],
     ) -> Self {
+        let bounds = bounds.at_microseconds();
         let mut record = Self {
             sequence: previous.map_or(1, |p| p.sequence + 1),
             file: file.to_owned(),
@@ -139,7 +155,9 @@ pub enum ChainError {
     ChainBroken { sequence: i64, file: String },
     #[error("archive file {file} (record {sequence}) is missing")]
     FileMissing { sequence: i64, file: String },
-    #[error("archive file {file} (record {sequence}) does not match its record: sha256 {actual}, recorded {expected}")]
+    #[error(
+        "archive file {file} (record {sequence}) does not match its record: sha256 {actual}, recorded {expected}"
+    )]
     FileAltered {
         sequence: i64,
         file: String,

@@ -28,6 +28,7 @@ pub async fn export_partition(
     relation: &str,
     bounds: ArchiveBounds,
 ) -> anyhow::Result<ManifestRecord> {
+    let bounds = bounds.at_microseconds();
     anchor::lock(&mut *connection).await?;
     let mut manifest = match store.get(MANIFEST_FILE).context("reading the manifest")? {
         Some(bytes) => parse_manifest(&String::from_utf8_lossy(&bytes))?,
@@ -52,10 +53,15 @@ pub async fn export_partition(
         );
         let existing = existing.clone();
         if store.get(&file)?.as_deref() != Some(bytes.as_slice()) {
-            store.put(&file, &bytes).context("writing the archive file")?;
+            store
+                .put(&file, &bytes)
+                .context("writing the archive file")?;
         }
         // Recorded by an export whose transaction did not commit: anchor it now.
-        if head.as_ref().is_none_or(|(sequence, _)| *sequence < existing.sequence) {
+        if head
+            .as_ref()
+            .is_none_or(|(sequence, _)| *sequence < existing.sequence)
+        {
             anchor::insert(connection, &existing).await?;
         }
         return Ok(existing);
@@ -69,7 +75,9 @@ pub async fn export_partition(
         entries.len(),
         &bytes,
     );
-    store.put(&file, &bytes).context("writing the archive file")?;
+    store
+        .put(&file, &bytes)
+        .context("writing the archive file")?;
     manifest.push(record.clone());
     store
         .put(MANIFEST_FILE, &render_manifest(&manifest))

@@ -39,7 +39,10 @@ pub fn prove_bnc(entry: &ArchiveEntry, settings: &IngressSettings) -> Result<Pro
         return Ok(Proof::not_proven("X-SIGNATURE is not base64", details));
     };
     let Ok(digest) = URL_SAFE_NO_PAD.decode(&entry.body_sha256) else {
-        return Ok(Proof::not_proven("the recorded body_sha256 is not base64url", details));
+        return Ok(Proof::not_proven(
+            "the recorded body_sha256 is not base64url",
+            details,
+        ));
     };
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     let signed = format!("POST:{path}:{hex}:{timestamp}");

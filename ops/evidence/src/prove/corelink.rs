@@ -21,7 +21,10 @@ pub fn prove_corelink(
     let registry = ClientRegistry::from_settings(&settings.corelink.clients)?;
     let mut details = Vec::new();
     let header = |name: &str| entry.header(name).unwrap_or_default().to_owned();
-    let client_id = entry.client_id.clone().unwrap_or_else(|| header("x-client-id"));
+    let client_id = entry
+        .client_id
+        .clone()
+        .unwrap_or_else(|| header("x-client-id"));
     details.push(("client", client_id.clone()));
     details.push(("signed timestamp", header("x-timestamp")));
 
@@ -71,7 +74,10 @@ pub fn prove_corelink(
     }
 
     let Ok(body) = entry.body() else {
-        return Ok(Proof::not_proven("the archived body is not base64", details));
+        return Ok(Proof::not_proven(
+            "the archived body is not base64",
+            details,
+        ));
     };
     let digest = body_sha256(&body);
     if digest != entry.body_sha256 {

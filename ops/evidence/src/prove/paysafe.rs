@@ -28,12 +28,12 @@ pub fn prove_paysafe(entry: &ArchiveEntry, key: Option<&[u8]>) -> Proof {
     if WebhookKeys::new([key]).verify(&body, signature) {
         Proof {
             verdict: Verdict::Proven,
-            details: vec![("signature", "HMAC-SHA256 verified with the given key".into())],
+            details: vec![(
+                "signature",
+                "HMAC-SHA256 verified with the given key".into(),
+            )],
         }
     } else {
-        Proof::not_proven(
-            "signature does not verify with the given key",
-            Vec::new(),
-        )
+        Proof::not_proven("signature does not verify with the given key", Vec::new())
     }
 }

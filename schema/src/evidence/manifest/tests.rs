@@ -158,3 +158,14 @@ fn the_store_lists_and_refuses_paths() {
     assert!(store.put("../x", b"").is_err());
     assert!(store.get("sub/x").is_err());
 }
+
+#[test]
+fn bounds_are_recorded_at_the_databases_precision() {
+    let bounds = ArchiveBounds {
+        from: datetime!(2026-12-01 00:00:00.123456789 UTC),
+        to: datetime!(2026-12-02 00:00 UTC),
+    };
+    let record = ManifestRecord::new(None, "f", "r", bounds, 0, b"");
+    assert_eq!(record.from, datetime!(2026-12-01 00:00:00.123456 UTC));
+    assert_eq!(record.to, bounds.to);
+}
