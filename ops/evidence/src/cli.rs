@@ -256,3 +256,126 @@ fn is_about(entry: &ArchiveEntry, reference: &str) -> bool {
             .and_then(|orders| orders.as_array())
             .is_some_and(|orders| orders.iter().any(|o| is(o.get("reference"))))
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use time::macros::datetime;
+
+    use connector_schema::evidence::{ArchivedEvent, GENESIS};
+
+    use super::*;
+
+    fn entry(body: &str) -> ArchiveEntry {
+        ArchiveEntry {
+            message_id: Uuid::from_u128(1),
+            kind: "corelink.status.batch".into(),
+            received_at: datetime!(2026-12-01 10:00 UTC),
+            processed_at: datetime!(2026-12-01 10:00:01 UTC),
+            client_id: None,
+            idempotency_key: None,
+            nonce: None,
+            request_path: None,
+            headers: serde_json::json!({}),
+            body_base64: STANDARD.encode(body),
+            body_sha256: String::new(),
+            body_redacted: false,
+            signature: None,
+            verification: None,
+            outcome: "applied".into(),
+            events: vec![ArchivedEvent {
+                event_id: Uuid::from_u128(2),
+                event_type: "order.succeeded".into(),
+                reference: Some("FROM-EVENT".into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_reference_is_found_in_every_source_shape() {
+        let batch = entry(r#"{"orders":[{"reference":"A"},{"reference":"B"}]}"#);
+        assert!(is_about(&batch, "B") && is_about(&batch, "FROM-EVENT"));
+        assert!(!is_about(&batch, "C"));
+        assert!(is_about(&entry(r#"{"reference":"U"}"#), "U"));
+        assert!(is_about(&entry(r#"{"partnerReferenceNo":"P"}"#), "P"));
+        assert!(is_about(&entry(r#"{"payload":{"id":"pay-1"}}"#), "pay-1"));
+        assert!(!is_about(&entry("not json"), "U"));
+    }
+
+    async fn run_args(args: &[&str]) -> (Exit, String) {
+        let cli =
+            Cli::try_parse_from(std::iter::once("connector-evidence").chain(args.iter().copied()))
+                .unwrap();
+        let mut out = Vec::new();
+        let exit = run(cli, &mut out).await;
+        (exit, String::from_utf8(out).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_archive_without_a_manifest_or_folder_does_not_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let (exit, out) = run_args(&["verify", "--archive", dir.path().to_str().unwrap()]).await;
+        assert_eq!(exit, Exit::Failed, "{out}");
+        assert!(out.contains("has no manifest.ndjson"), "{out}");
+        let gone = dir.path().join("gone");
+        let (exit, out) = run_args(&["verify", "--archive", gone.to_str().unwrap()]).await;
+        assert_eq!(exit, Exit::Failed, "{out}");
+        assert!(out.contains("no such archive folder"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_manifest_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manifest.ndjson"), "").unwrap();
+        let (exit, out) = run_args(&["verify", "--archive", dir.path().to_str().unwrap()]).await;
+        assert_eq!(exit, Exit::Ok, "{out}");
+        assert!(out.contains("files: 0 verified"), "{out}");
+        assert_eq!(GENESIS.len(), 64);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_ingress_configuration_is_a_usage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("ingress.toml");
+        std::fs::write(&config, "[corelink]\nno_such_option = 1\n").unwrap();
+        let (exit, out) = run_args(&[
+            "prove",
+            "--archive",
+            dir.path().to_str().unwrap(),
+            "--ingress-config",
+            config.to_str().unwrap(),
+            "--reference",
+            "X",
+        ])
+        .await;
+        assert_eq!(exit, Exit::Usage, "{out}");
+        assert_eq!(exit.code(), 2);
+    }
+
+    #[test]
+    fn a_selector_is_required_and_at_must_be_rfc3339() {
+        let base = [
+            "connector-evidence",
+            "prove",
+            "--archive",
+            "a",
+            "--ingress-config",
+            "c",
+        ];
+        assert!(Cli::try_parse_from(base).is_err());
+        let with_both = [
+            &base[..],
+            &[
+                "--message-id",
+                "00000000-0000-0000-0000-000000000001",
+                "--reference",
+                "R",
+            ],
+        ]
+        .concat();
+        assert!(Cli::try_parse_from(with_both).is_err());
+        let bad_at = [&base[..], &["--reference", "R", "--at", "yesterday"]].concat();
+        assert!(Cli::try_parse_from(bad_at).is_err());
+    }
+}

@@ -381,7 +381,6 @@ async fn bnc_bindings_are_archived_without_secrets_and_proven_when_the_digest_al
     let bytes = a.store().get(&record.file).unwrap().unwrap();
     let entries = decode_archive(&bytes).unwrap();
     let mut plain = Vec::new();
-    flate2::read::GzDecoder::new(bytes.as_slice());
     std::io::Read::read_to_end(
         &mut flate2::read::GzDecoder::new(bytes.as_slice()),
         &mut plain,
@@ -510,7 +509,7 @@ async fn a_re_export_reuses_its_record_and_other_content_is_refused() {
     let manifest = a.store().get(MANIFEST_FILE).unwrap().unwrap();
     assert_eq!(
         parse_manifest(&String::from_utf8(manifest).unwrap()).unwrap(),
-        [first.clone()]
+        std::slice::from_ref(&first)
     );
 
     // A crash after writing the files, before the commit: the retry anchors the same record.

@@ -50,8 +50,10 @@ mod tests {
         );
     }
 
-    fn toml_settings(text: &str) -> Result<EvidenceSettings, figment::Error> {
+    fn toml_settings(text: &str) -> Result<EvidenceSettings, Box<figment::Error>> {
         use figment::providers::{Format as _, Toml};
-        figment::Figment::from(Toml::string(text)).extract()
+        figment::Figment::from(Toml::string(text))
+            .extract()
+            .map_err(Box::new)
     }
 }

@@ -60,3 +60,6 @@ pub fn prove_entry(
 fn recorded<'a>(entry: &'a ArchiveEntry, member: &str) -> Option<&'a str> {
     entry.verification.as_ref()?.get(member)?.as_str()
 }
+
+#[cfg(test)]
+mod tests;
