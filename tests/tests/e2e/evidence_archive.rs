@@ -519,6 +519,20 @@ async fn a_re_export_reuses_its_record_and_other_content_is_refused() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
+    let url = a.database_url().to_owned();
+    let archive = a.archive();
+    let (code, out) = evidence(&[
+        "verify",
+        "--archive",
+        archive.to_str().unwrap(),
+        "--database-url",
+        &url,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("manifest record 1 (") && out.contains("is not anchored"),
+        "{out}"
+    );
     assert_eq!(a.export().await.unwrap(), first);
     assert_eq!(
         a.pipeline
@@ -527,6 +541,14 @@ async fn a_re_export_reuses_its_record_and_other_content_is_refused() {
             .await,
         1
     );
+    let (code, out) = evidence(&[
+        "verify",
+        "--archive",
+        archive.to_str().unwrap(),
+        "--database-url",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{out}");
 
     sqlx::query("UPDATE received_messages SET outcome = 'duplicate' WHERE message_id = $1")
         .bind(a.unit_id)
@@ -540,7 +562,39 @@ async fn a_re_export_reuses_its_record_and_other_content_is_refused() {
     );
     assert_eq!(
         a.store().get(&first.file).unwrap().map(|b| sha256_hex(&b)),
-        Some(first.sha256)
+        Some(first.sha256.clone())
+    );
+
+    // A manifest that no longer holds the anchored head: no export appends to it, and
+    // `verify` names the anchored record it lost.
+    a.store().put(MANIFEST_FILE, b"").unwrap();
+    let error = a.export().await.unwrap_err();
+    assert!(
+        format!("{error:#}").contains("does not hold the anchored record 1"),
+        "{error:#}"
+    );
+    let (code, out) = evidence(&[
+        "verify",
+        "--archive",
+        archive.to_str().unwrap(),
+        "--database-url",
+        &url,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("anchored record 1") && out.contains("missing from the manifest"),
+        "{out}"
+    );
+    // An edited one: no export appends to a chain that does not verify.
+    let mut altered = first.clone();
+    altered.entries += 1;
+    a.store()
+        .put(MANIFEST_FILE, &render_manifest(&[altered]))
+        .unwrap();
+    let error = a.export().await.unwrap_err();
+    assert!(
+        format!("{error:#}").contains("does not verify"),
+        "{error:#}"
     );
     a.pipeline.teardown().await;
 }
