@@ -2,7 +2,6 @@
 
 use anyhow::Context as _;
 use sqlx::PgConnection;
-use time::format_description::well_known::Iso8601;
 
 use connector_schema::evidence::{
     ArchiveBounds, ArchiveStore, MANIFEST_FILE, ManifestRecord, encode_archive, parse_manifest,
@@ -120,14 +119,19 @@ fn check_head(manifest: &[ManifestRecord], head: Option<&(i64, String)>) -> anyh
     Ok(())
 }
 
-/// `<relation>.<from>.<to>.ndjson.gz`, times in basic ISO 8601 (no colons).
+/// `<relation>.<from>.<to>.ndjson.gz`, times in UTC, basic ISO 8601 (no colons), with
+/// microseconds only when the bound has them.
 fn file_name(relation: &str, bounds: ArchiveBounds) -> anyhow::Result<String> {
+    let basic = time::macros::format_description!("[year][month][day]T[hour][minute][second]");
     let format = |at: time::OffsetDateTime| -> anyhow::Result<String> {
-        Ok(at
-            .to_offset(time::UtcOffset::UTC)
-            .format(&Iso8601::DEFAULT)?
-            .replace([':', '-'], "")
-            .replace(".000000000", ""))
+        let at = at.to_offset(time::UtcOffset::UTC);
+        let micros = at.microsecond();
+        let fraction = if micros == 0 {
+            String::new()
+        } else {
+            format!(".{micros:06}")
+        };
+        Ok(format!("{}{fraction}Z", at.format(&basic)?))
     };
     Ok(format!(
         "{relation}.{}.{}.ndjson.gz",
@@ -151,6 +155,14 @@ mod tests {
         assert_eq!(
             file_name("received_messages_p20261201", bounds).unwrap(),
             "received_messages_p20261201.20261201T000000Z.20261202T000000Z.ndjson.gz"
+        );
+        let precise = ArchiveBounds {
+            from: datetime!(2026-12-01 00:00:00.000250 UTC),
+            to: datetime!(2026-12-02 00:00 UTC),
+        };
+        assert_eq!(
+            file_name("r", precise).unwrap(),
+            "r.20261201T000000.000250Z.20261202T000000Z.ndjson.gz"
         );
     }
 }
