@@ -519,6 +519,20 @@ async fn a_re_export_reuses_its_record_and_other_content_is_refused() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
+    // Another partition waits until that export is settled: the anchor never skips a record.
+    sqlx::query("CREATE TABLE received_messages_later (LIKE received_messages INCLUDING ALL)")
+        .execute(&a.pipeline.db.pool)
+        .await
+        .unwrap();
+    let mut tx = a.pipeline.db.pool.begin().await.unwrap();
+    let error = export_partition(&mut tx, &a.store(), "received_messages_later", a.bounds)
+        .await
+        .unwrap_err();
+    drop(tx);
+    assert!(
+        format!("{error:#}").contains("retry that export first"),
+        "{error:#}"
+    );
     let url = a.database_url().to_owned();
     let archive = a.archive();
     let (code, out) = evidence(&[

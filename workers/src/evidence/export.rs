@@ -35,11 +35,11 @@ pub async fn export_partition(
     };
     verify_chain(&manifest).context("the archive's manifest does not verify")?;
     let head = anchor::head(&mut *connection).await?;
-    check_head(&manifest, head.as_ref())?;
+    let file = file_name(relation, bounds)?;
+    check_head(&manifest, head.as_ref(), &file)?;
 
     let entries = rows::read_entries(&mut *connection, relation).await?;
     let bytes = encode_archive(&entries);
-    let file = file_name(relation, bounds)?;
 
     if let Some(existing) = manifest.iter().find(|r| r.file == file) {
         anyhow::ensure!(
@@ -98,8 +98,14 @@ pub async fn export_partition(
 }
 
 /// The manifest on disk must extend the anchored chain: the anchored head is in it,
-/// unchanged, and at most one unanchored record follows (an export that did not commit).
-fn check_head(manifest: &[ManifestRecord], head: Option<&(i64, String)>) -> anyhow::Result<()> {
+/// unchanged, and at most one unanchored record follows: `file`'s, written by an export of
+/// the same partition that did not commit. Another partition's unanchored record must be
+/// settled by retrying that partition's export first, or the anchor would skip a sequence.
+fn check_head(
+    manifest: &[ManifestRecord],
+    head: Option<&(i64, String)>,
+    file: &str,
+) -> anyhow::Result<()> {
     let anchored = head.map_or(0, |(sequence, _)| *sequence);
     if let Some((sequence, record_sha256)) = head {
         let on_disk = usize::try_from(*sequence - 1)
@@ -116,6 +122,16 @@ fn check_head(manifest: &[ManifestRecord], head: Option<&(i64, String)>) -> anyh
         unanchored <= 1,
         "the manifest holds {unanchored} records not anchored in evidence_archive_files"
     );
+    if let (1, Some(last)) = (unanchored, manifest.last()) {
+        anyhow::ensure!(
+            last.file == file,
+            "manifest record {} ({}) was written by an export of {} that did not commit; \
+             retry that export first",
+            last.sequence,
+            last.file,
+            last.relation
+        );
+    }
     Ok(())
 }
 
