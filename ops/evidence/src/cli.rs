@@ -14,7 +14,7 @@ use connector_schema::evidence::ArchiveEntry;
 
 use crate::prove::{Verdict, prove_entry};
 use crate::report::{print_entry, print_record};
-use crate::{Archive, check_anchor};
+use crate::{AnchorError, Archive, check_anchor};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -149,6 +149,15 @@ fn failed(message: impl std::fmt::Display) -> (Exit, String) {
     (Exit::Failed, format!("NOT OK: {message}"))
 }
 
+/// A database that cannot be read says nothing about the archive: a usage error, not a
+/// mismatch.
+fn anchor_failed(error: AnchorError) -> (Exit, String) {
+    match error {
+        AnchorError::Database(_) => (Exit::Usage, format!("error: {error}")),
+        mismatch => failed(mismatch),
+    }
+}
+
 async fn verify(archive: &Path, database_url: Option<&str>, out: &mut dyn Write) -> Outcome {
     let archive = Archive::open(archive).map_err(failed)?;
     archive.verify_files().map_err(failed)?;
@@ -162,7 +171,9 @@ async fn verify(archive: &Path, database_url: Option<&str>, out: &mut dyn Write)
         ))
     );
     if let Some(url) = database_url {
-        let head = check_anchor(url, &archive.records).await.map_err(failed)?;
+        let head = check_anchor(url, &archive.records)
+            .await
+            .map_err(anchor_failed)?;
         let _ = writeln!(out, "anchor: ok (evidence_archive_files head {head})");
     }
     let _ = writeln!(out, "OK");
@@ -202,7 +213,9 @@ async fn prove(
     let archive = Archive::open(archive).map_err(failed)?;
     let _ = writeln!(out, "chain: ok ({} records)", archive.records.len());
     if let Some(url) = database_url {
-        let head = check_anchor(url, &archive.records).await.map_err(failed)?;
+        let head = check_anchor(url, &archive.records)
+            .await
+            .map_err(anchor_failed)?;
         let _ = writeln!(out, "anchor: ok (evidence_archive_files head {head})");
     }
     if let Some(at) = request.at {
@@ -351,6 +364,22 @@ mod tests {
         .await;
         assert_eq!(exit, Exit::Usage, "{out}");
         assert_eq!(exit.code(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_a_usage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manifest.ndjson"), "").unwrap();
+        let (exit, out) = run_args(&[
+            "verify",
+            "--archive",
+            dir.path().to_str().unwrap(),
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/none",
+        ])
+        .await;
+        assert_eq!(exit, Exit::Usage, "{out}");
+        assert!(out.contains("the database cannot be read"), "{out}");
     }
 
     #[test]

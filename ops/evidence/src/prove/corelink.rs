@@ -27,6 +27,12 @@ pub fn prove_corelink(
         .unwrap_or_else(|| header("x-client-id"));
     details.push(("client", client_id.clone()));
     details.push(("signed timestamp", header("x-timestamp")));
+    if let Some(certificate) = recorded(entry, "client_cert_sha256") {
+        details.push((
+            "client certificate sha256 (recorded)",
+            certificate.to_owned(),
+        ));
+    }
 
     let Some(jws) = entry.signature.as_deref() else {
         return Ok(Proof::not_proven("no X-Signature was archived", details));
