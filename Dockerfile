@@ -18,9 +18,11 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p connector-ingress -p connector-workers -p paysafe-sim \
+       -p connector-evidence \
  && mkdir -p /out \
  && cp target/release/connector-ingress target/release/connector-workers \
-       target/release/corelink-sign target/release/snap-sign target/release/paysafe-sim /out/
+       target/release/corelink-sign target/release/snap-sign target/release/paysafe-sim \
+       target/release/connector-evidence /out/
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \

@@ -13,6 +13,7 @@ pub mod bnc;
 pub mod corelink;
 pub mod envelope;
 pub mod events;
+pub mod evidence;
 mod json;
 pub mod paysafe;
 pub mod seal;

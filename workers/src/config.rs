@@ -39,6 +39,8 @@ pub struct Settings {
     /// The keys whose ingress seal the workers accept (DESIGN.md §2.7); the same section as
     /// the ingress's.
     pub seal: SealSettings,
+    /// The evidence archive of raw requests (`[evidence]`); off unless `directory` is set.
+    pub evidence: crate::evidence::EvidenceSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -278,9 +280,9 @@ impl Default for OpsSettings {
 }
 
 /// The top-level sections of this process's configuration.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "mode", "database", "broker", "topology", "apply", "relay", "nonces", "paysafe", "ops", "log",
-    "seal",
+    "seal", "evidence",
 ];
 
 impl Settings {

@@ -10,6 +10,7 @@ pub mod broker;
 pub mod config;
 pub mod corelink;
 pub mod db;
+pub mod evidence;
 pub mod gauges;
 pub mod intake;
 pub mod metrics;

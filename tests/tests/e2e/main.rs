@@ -13,6 +13,7 @@ mod broker_faults;
 mod broker_users;
 mod corelink_ingress;
 mod database_outage;
+mod evidence_archive;
 mod hostile_inputs;
 mod http2_limits;
 mod key_rotation;
