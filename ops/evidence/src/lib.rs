@@ -7,12 +7,10 @@
 mod anchor;
 mod archive;
 mod cli;
-mod fingerprint;
 mod prove;
 mod report;
 
 pub use anchor::{AnchorError, check_anchor};
 pub use archive::{Archive, ArchiveError};
 pub use cli::{Cli, Command, Exit, run};
-pub use fingerprint::{FingerprintError, spki_sha256_of_jwk, spki_sha256_of_pem};
 pub use prove::{Proof, Verdict};

@@ -178,7 +178,7 @@ async fn archived() -> Archived {
 
     // The ingress records how it verified a request (column owned by the other migration of
     // 20261202000001_partitioned_history.sql); the unit request's record names its key.
-    let key_sha256 = connector_evidence::spki_sha256_of_jwk(&p.app.bank.public_jwk).unwrap();
+    let key_sha256 = connector_ingress::auth::spki::of_jwk(&p.app.bank.public_jwk).unwrap();
     sqlx::query("ALTER TABLE received_messages ADD COLUMN IF NOT EXISTS verification jsonb")
         .execute(&p.db.pool)
         .await

@@ -3,16 +3,14 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use josekit::jwk::{Jwk, JwkSet};
 
 use connector_ingress::auth::jws::verify_request_signature;
 use connector_ingress::auth::keys::ClientRegistry;
-use connector_ingress::config::{ConfigError, KeySettings, Settings as IngressSettings};
+use connector_ingress::config::{ConfigError, Settings as IngressSettings};
 use connector_schema::corelink::{SignedRequestClaims, body_sha256};
 use connector_schema::evidence::ArchiveEntry;
 
 use super::{Proof, Verdict, recorded};
-use crate::fingerprint::{spki_sha256_of_jwk, spki_sha256_of_pem};
 
 pub fn prove_corelink(
     entry: &ArchiveEntry,
@@ -53,15 +51,9 @@ pub fn prove_corelink(
             details,
         ));
     }
-    // The key in force then: its fingerprint must be the one the ingress recorded.
-    let fingerprint = settings
-        .corelink
-        .clients
-        .iter()
-        .find(|c| c.id == client_id)
-        .and_then(|c| c.keys.iter().find(|k| k.kid == kid))
-        .map(configured_fingerprint)
-        .transpose()?;
+    // The key in force then: its fingerprint (computed by the ingress's own key loading) must
+    // be the one the ingress recorded.
+    let fingerprint = client.key(&kid).map(|key| key.spki_sha256.clone());
     if let Some(fingerprint) = &fingerprint {
         details.push(("key sha256 (configured)", fingerprint.clone()));
     }
@@ -131,25 +123,4 @@ fn jws_kid(jws: &str) -> Option<String> {
     let header = URL_SAFE_NO_PAD.decode(jws.split('.').next()?).ok()?;
     let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
     header.get("kid")?.as_str().map(str::to_owned)
-}
-
-/// The configured key's SPKI SHA-256, read from its file as the ingress reads it.
-fn configured_fingerprint(key: &KeySettings) -> Result<String, ConfigError> {
-    let fail = |message: String| ConfigError::new(format!("key `{}`", key.kid), message);
-    if let Some(file) = &key.pem_file {
-        let pem = std::fs::read(file.relative()).map_err(|e| fail(e.to_string()))?;
-        return spki_sha256_of_pem(&pem).map_err(|e| fail(e.to_string()));
-    }
-    let jwk = if let Some(file) = &key.jwk_file {
-        let bytes = std::fs::read(file.relative()).map_err(|e| fail(e.to_string()))?;
-        Jwk::from_bytes(&bytes).map_err(|e| fail(e.to_string()))?
-    } else if let Some(file) = &key.jwks_file {
-        let bytes = std::fs::read(file.relative()).map_err(|e| fail(e.to_string()))?;
-        let set = JwkSet::from_bytes(&bytes).map_err(|e| fail(e.to_string()))?;
-        let found = set.get(&key.kid).first().map(|jwk| (*jwk).clone());
-        found.ok_or_else(|| fail("no such kid in the JWK set".into()))?
-    } else {
-        return Err(fail("no key file".into()));
-    };
-    spki_sha256_of_jwk(&jwk).map_err(|e| fail(e.to_string()))
 }
