@@ -12,6 +12,7 @@ pub mod corelink;
 pub mod db;
 pub mod gauges;
 pub mod intake;
+pub mod lifecycle;
 pub mod metrics;
 pub mod nonces;
 pub mod outbox;

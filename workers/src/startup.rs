@@ -17,10 +17,11 @@ use connector_schema::seal::SealKeys;
 
 use crate::apply::ApplyWorker;
 use crate::config::Settings;
+use crate::lifecycle::Lifecycle;
 use crate::poller::Poller;
 use crate::probes::{self, Readiness};
 use crate::relay::Relay;
-use crate::{broker, db, gauges, metrics, nonces};
+use crate::{broker, db, gauges, metrics};
 
 /// How often every process reads its database gauges (outbox backlog, quarantine).
 const GAUGES_INTERVAL: Duration = Duration::from_secs(10);
@@ -32,8 +33,10 @@ pub enum Role {
     Apply,
     /// Publish the ledger outbox.
     Relay,
-    /// Purge expired nonces.
-    Purge,
+    /// Keep the data within its retentions: partitions ahead, drops, batched purges (nonces
+    /// included). `purge`, its former name, is still accepted.
+    #[value(alias = "purge")]
+    Lifecycle,
     /// Poll Paysafe for payments and credits still non-final.
     Poller,
 }
@@ -125,12 +128,16 @@ impl Workers {
                     )?;
                     roles.push(Box::pin(poller.run()));
                 }
-                Role::Purge => roles.push(Box::pin(nonces::run(
-                    self.pool.clone(),
-                    Duration::from_secs(self.settings.nonces.retention_secs),
-                    Duration::from_secs(self.settings.nonces.purge_interval_secs),
-                    stop.clone(),
-                ))),
+                Role::Lifecycle => {
+                    // No evidence archive is wired in yet: raw-request partitions are kept.
+                    let lifecycle = Lifecycle::new(
+                        self.pool.clone(),
+                        self.settings.retention.clone(),
+                        self.settings.nonces.retention_secs,
+                        None,
+                    );
+                    roles.push(Box::pin(lifecycle.run(stop.clone())));
+                }
             }
         }
 
@@ -152,7 +159,7 @@ impl Workers {
         let mut retries = broker::retry_schedule(&self.settings.broker);
         let mut migrated = false;
         while !migrated {
-            match db::migrate(&self.pool).await {
+            match db::migrate(&self.pool, &self.settings.retention).await {
                 Ok(()) => migrated = true,
                 Err(error) => {
                     let delay = retries.next_backoff().unwrap_or(Duration::from_secs(10));
