@@ -75,6 +75,18 @@ impl RetentionSettings {
                 return Err(invalid(key, "must be positive".into()));
             }
         }
+        // The cycle must come round while a created partition is still ahead.
+        let ahead_secs = self
+            .partition_interval_secs
+            .saturating_mul(u64::from(self.partitions_ahead - 1));
+        if self.maintenance_interval_secs >= ahead_secs {
+            return Err(invalid(
+                "maintenance_interval_secs",
+                format!(
+                    "must be less than (partitions_ahead - 1) partition intervals ({ahead_secs} s)"
+                ),
+            ));
+        }
         for (key, value) in [
             ("raw_requests_secs", self.raw_requests_secs),
             ("order_history_secs", self.order_history_secs),
@@ -113,7 +125,11 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let cases: [(fn(&mut RetentionSettings), &str); 4] = [
+        let cases: [(fn(&mut RetentionSettings), &str); 5] = [
+            (
+                |s| s.maintenance_interval_secs = 2 * DAY,
+                "retention.maintenance_interval_secs",
+            ),
             (
                 |s| s.partition_interval_secs = 59,
                 "retention.partition_interval_secs",

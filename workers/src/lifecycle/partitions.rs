@@ -110,15 +110,20 @@ pub fn next_boundary(instant: OffsetDateTime, interval_secs: u64) -> OffsetDateT
     OffsetDateTime::from_unix_timestamp(next).unwrap_or(instant)
 }
 
-/// Creates the partitions of every table from its highest upper bound up to
-/// `now + partitions_ahead × interval`; returns how many it created. Several processes may run
-/// it at once: each table is extended under a transaction-scoped advisory lock.
+/// Creates the partitions of every table from the one holding `now` up to
+/// `now + partitions_ahead × interval`; returns how many it created. Missing ranges are filled
+/// on the grid: after the last existing partition, a partition starts where it ends (the first
+/// one after the legacy partition), then on multiples of the interval. A range that lost its
+/// partition (dropped by a cycle run with a later clock, or never created while the role was
+/// down) is created again. Several processes may run this at once: each table is extended under
+/// a transaction-scoped advisory lock.
 pub async fn ensure_ahead(
     pool: &PgPool,
     settings: &RetentionSettings,
     now: OffsetDateTime,
 ) -> anyhow::Result<u32> {
-    let interval = Duration::seconds(i64::try_from(settings.partition_interval_secs)?);
+    let interval_secs = settings.partition_interval_secs;
+    let interval = Duration::seconds(i64::try_from(interval_secs)?);
     let horizon = now + interval * settings.partitions_ahead.max(2);
     let mut created = 0;
     for table in PartitionedTable::ALL {
@@ -128,13 +133,7 @@ pub async fn ensure_ahead(
             .execute(&mut *tx)
             .await?;
         let existing = list(&mut tx, table).await?;
-        let mut upper = existing
-            .last()
-            .map(|partition| partition.upper)
-            .unwrap_or_else(|| next_boundary(now, settings.partition_interval_secs) - interval);
-        while upper < horizon {
-            let lower = upper;
-            upper = next_boundary(lower, settings.partition_interval_secs);
+        for (lower, upper) in missing_ranges(&existing, now, horizon, interval_secs) {
             let name = partition_name(table, lower);
             sqlx::query(&format!(
                 "CREATE TABLE {name} PARTITION OF {} FOR VALUES FROM ('{}') TO ('{}')",
@@ -159,6 +158,40 @@ pub async fn ensure_ahead(
     Ok(created)
 }
 
+/// The `[lower, upper)` ranges to create so that partitions cover the grid slot holding `now`
+/// through `horizon`, around the `existing` ones (sorted by upper bound).
+pub fn missing_ranges(
+    existing: &[Partition],
+    now: OffsetDateTime,
+    horizon: OffsetDateTime,
+    interval_secs: u64,
+) -> Vec<(OffsetDateTime, OffsetDateTime)> {
+    let interval = Duration::seconds(i64::try_from(interval_secs).unwrap_or(i64::MAX));
+    let mut cursor = next_boundary(now, interval_secs) - interval;
+    let mut ranges = Vec::new();
+    while cursor < horizon {
+        let covering = existing.iter().find(|partition| {
+            partition.lower.is_none_or(|lower| lower <= cursor) && cursor < partition.upper
+        });
+        if let Some(partition) = covering {
+            cursor = partition.upper;
+            continue;
+        }
+        let next_existing = existing
+            .iter()
+            .filter_map(|partition| partition.lower)
+            .filter(|&lower| lower > cursor)
+            .min();
+        let mut upper = next_boundary(cursor, interval_secs);
+        if let Some(lower) = next_existing {
+            upper = upper.min(lower);
+        }
+        ranges.push((cursor, upper));
+        cursor = upper;
+    }
+    ranges
+}
+
 #[cfg(test)]
 mod tests {
     use time::macros::datetime;
@@ -171,6 +204,76 @@ mod tests {
         assert_eq!(
             partition_name(PartitionedTable::LedgerOutbox, lower),
             "ledger_outbox_p20261202t120405"
+        );
+    }
+
+    fn partition(lower: Option<OffsetDateTime>, upper: OffsetDateTime) -> Partition {
+        Partition {
+            table: PartitionedTable::OrderHistory,
+            name: String::new(),
+            lower,
+            upper,
+        }
+    }
+
+    #[test]
+    fn after_the_legacy_partition_the_grid_starts_where_it_ends() {
+        let upgraded = datetime!(2026-12-02 13:04:05.5 UTC);
+        let existing = [partition(None, upgraded)];
+        let ranges = missing_ranges(
+            &existing,
+            upgraded,
+            datetime!(2026-12-05 13:04:05.5 UTC),
+            86_400,
+        );
+        assert_eq!(
+            ranges,
+            [
+                (upgraded, datetime!(2026-12-03 0:00 UTC)),
+                (
+                    datetime!(2026-12-03 0:00 UTC),
+                    datetime!(2026-12-04 0:00 UTC)
+                ),
+                (
+                    datetime!(2026-12-04 0:00 UTC),
+                    datetime!(2026-12-05 0:00 UTC)
+                ),
+                (
+                    datetime!(2026-12-05 0:00 UTC),
+                    datetime!(2026-12-06 0:00 UTC)
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_range_is_filled_up_to_the_next_existing_partition() {
+        let existing = [partition(
+            Some(datetime!(2026-12-02 12:03:30 UTC)),
+            datetime!(2026-12-02 12:04 UTC),
+        )];
+        let ranges = missing_ranges(
+            &existing,
+            datetime!(2026-12-02 12:02:10 UTC),
+            datetime!(2026-12-02 12:04:10 UTC),
+            60,
+        );
+        assert_eq!(
+            ranges,
+            [
+                (
+                    datetime!(2026-12-02 12:02 UTC),
+                    datetime!(2026-12-02 12:03 UTC)
+                ),
+                (
+                    datetime!(2026-12-02 12:03 UTC),
+                    datetime!(2026-12-02 12:03:30 UTC)
+                ),
+                (
+                    datetime!(2026-12-02 12:04 UTC),
+                    datetime!(2026-12-02 12:05 UTC)
+                ),
+            ]
         );
     }
 
