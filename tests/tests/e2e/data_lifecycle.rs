@@ -53,7 +53,7 @@ fn lifecycle(pool: &PgPool, archive: Option<Arc<RecordingArchive>>) -> Lifecycle
 }
 
 async fn partitions_of(pool: &PgPool, table: PartitionedTable) -> Vec<Partition> {
-    partitions::list(&mut *pool.acquire().await.unwrap(), table)
+    partitions::list(&mut pool.acquire().await.unwrap(), table)
         .await
         .unwrap()
 }

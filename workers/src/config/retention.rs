@@ -125,7 +125,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let cases: [(fn(&mut RetentionSettings), &str); 5] = [
+        type Change = fn(&mut RetentionSettings);
+        let cases: [(Change, &str); 5] = [
             (
                 |s| s.maintenance_interval_secs = 2 * DAY,
                 "retention.maintenance_interval_secs",
