@@ -44,7 +44,7 @@ impl TestDatabase {
         admin.close().await;
         let url = Self::url_of(&name);
         let pool = connector_workers::db::pool(&Self::settings_for(&url)).expect("pool");
-        connector_workers::db::migrate(&pool)
+        connector_workers::db::migrate(&pool, &Default::default())
             .await
             .expect("migrations apply");
         Self { name, url, pool }

@@ -23,11 +23,13 @@ pub struct Received<'a> {
 }
 
 /// The statement that keeps a received message (also run by the load bench's SQL baseline).
+/// One row per delivery the workers finished with: a message delivered again after its commit
+/// (a worker died before its ack) adds a row with its own outcome (see the migration
+/// `20261202000001_partitioned_history.sql`).
 pub const RECORD_RECEIVED: &str = "INSERT INTO received_messages (message_id, kind, client_id, idempotency_key, nonce, body_sha256,
                                         outcome, received_at, request_path, headers, body,
                                         verification)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-         ON CONFLICT (message_id) DO NOTHING";
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 pub async fn record(
     tx: &mut Transaction<'_, Postgres>,

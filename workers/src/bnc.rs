@@ -228,7 +228,7 @@ async fn insert(
             "account_currency": c.account_currency,
         }),
     );
-    outbox::write(tx, &[event]).await
+    outbox::write(tx, &[event], Some(envelope.message_id)).await
 }
 
 /// The account number as it may be shown (PCI DSS): the first six and last four characters

@@ -19,6 +19,9 @@ use connector_runtime::config::{check_broker_user, check_https};
 pub use connector_runtime::telemetry::{LogFormat, LogSettings};
 
 mod paysafe_ca;
+mod retention;
+
+pub use retention::RetentionSettings;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,6 +35,8 @@ pub struct Settings {
     pub apply: ApplySettings,
     pub relay: RelaySettings,
     pub nonces: NonceSettings,
+    /// How long each kind of data is kept, and the partition grid (`lifecycle` role).
+    pub retention: RetentionSettings,
     /// Paysafe tracking: the API the poller calls, its pace, and the tracking deadlines.
     pub paysafe: PaysafeSettings,
     pub ops: OpsSettings,
@@ -280,9 +285,20 @@ impl Default for OpsSettings {
 }
 
 /// The top-level sections of this process's configuration.
-const SECTIONS: [&str; 12] = [
-    "mode", "database", "broker", "topology", "apply", "relay", "nonces", "paysafe", "ops", "log",
-    "seal", "evidence",
+const SECTIONS: [&str; 13] = [
+    "mode",
+    "database",
+    "broker",
+    "topology",
+    "apply",
+    "relay",
+    "nonces",
+    "retention",
+    "paysafe",
+    "ops",
+    "log",
+    "seal",
+    "evidence",
 ];
 
 impl Settings {
@@ -372,6 +388,7 @@ impl Settings {
                 "must be at least broker.retry_initial_ms",
             ));
         }
+        self.retention.validate(self.nonces.retention_secs)?;
         self.topology
             .validate()
             .map_err(|(key, message)| ConfigError::new(format!("topology.{key}"), message))?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::config::DatabaseSettings;
+use crate::config::{DatabaseSettings, RetentionSettings};
 
 /// A pool that connects lazily, so a worker starts (and reports not-ready) while the
 /// database is down instead of crashing.
@@ -34,10 +34,13 @@ pub async fn create_if_missing(url: &str) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Applies pending migrations; safe to run from several processes at once (sqlx takes an
-/// advisory lock).
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+/// Applies pending migrations, then creates the partitions ahead so that the tables accept
+/// rows at once; safe to run from several processes at once (sqlx and the partition grid take
+/// advisory locks).
+pub async fn migrate(pool: &PgPool, retention: &RetentionSettings) -> anyhow::Result<()> {
     connector_schema::MIGRATOR.run(pool).await?;
+    crate::lifecycle::partitions::ensure_ahead(pool, retention, time::OffsetDateTime::now_utc())
+        .await?;
     Ok(())
 }
 

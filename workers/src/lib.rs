@@ -13,6 +13,7 @@ pub mod db;
 pub mod evidence;
 pub mod gauges;
 pub mod intake;
+pub mod lifecycle;
 pub mod metrics;
 pub mod nonces;
 pub mod outbox;

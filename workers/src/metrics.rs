@@ -150,3 +150,35 @@ pub fn paysafe_amount_mismatch() {
 pub fn bnc_unmasked_account_number() {
     counter!(BNC_UNMASKED_ACCOUNT_NUMBERS_TOTAL).increment(1);
 }
+
+/// Partitions created ahead by the `lifecycle` role, by `table`.
+pub const PARTITIONS_CREATED_TOTAL: &str = "connector_worker_partitions_created_total";
+/// Partitions dropped after their table's retention, by `table`.
+pub const PARTITIONS_DROPPED_TOTAL: &str = "connector_worker_partitions_dropped_total";
+/// Partitions past their retention but kept this cycle, by `table` and `reason`
+/// (unpublished_events, no_archive, lock_timeout, archive_failed).
+pub const PARTITIONS_KEPT_TOTAL: &str = "connector_worker_partitions_kept_total";
+/// Future partitions that exist, by `table`: at 0, inserts fail once the current one ends.
+pub const PARTITIONS_AHEAD: &str = "connector_worker_partitions_ahead";
+/// Rows removed by the batched retention deletes, by `table`.
+pub const ROWS_PURGED_TOTAL: &str = "connector_worker_rows_purged_total";
+
+pub fn partition_created(table: &'static str) {
+    counter!(PARTITIONS_CREATED_TOTAL, "table" => table).increment(1);
+}
+
+pub fn partition_dropped(table: &'static str) {
+    counter!(PARTITIONS_DROPPED_TOTAL, "table" => table).increment(1);
+}
+
+pub fn partition_kept(table: &'static str, reason: &'static str) {
+    counter!(PARTITIONS_KEPT_TOTAL, "table" => table, "reason" => reason).increment(1);
+}
+
+pub fn partitions_ahead(table: &'static str, count: usize) {
+    gauge!(PARTITIONS_AHEAD, "table" => table).set(count as f64);
+}
+
+pub fn rows_purged(table: &'static str, count: u64) {
+    counter!(ROWS_PURGED_TOTAL, "table" => table).increment(count);
+}

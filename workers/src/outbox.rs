@@ -37,13 +37,18 @@ pub struct EventColumns<'a> {
     pub references: &'a [String],
     /// Each event's JSON, exactly as the relay will publish it.
     pub bodies: &'a [String],
+    /// The intake message that caused them (None for the poller and the deadline).
+    pub message_id: Option<Uuid>,
 }
 
-/// Writes `events` to the outbox inside the caller's transaction. The unique `event_id` makes a
-/// second write of the same fact impossible even if a state machine were ever wrong.
+/// Writes `events` to the outbox inside the caller's transaction, recording `message_id` (the
+/// intake message that caused them) in `emitted_ledger_events`. That table's unique
+/// `event_id`, kept for ever, makes a second write of the same fact impossible even if a state
+/// machine were ever wrong, and even after the first one's outbox row was dropped.
 pub async fn write(
     tx: &mut Transaction<'_, Postgres>,
     events: &[LedgerEvent],
+    message_id: Option<Uuid>,
 ) -> Result<(), ApplyError> {
     if events.is_empty() {
         return Ok(());
@@ -63,6 +68,7 @@ pub async fn write(
         event_types: &event_types,
         references: &references,
         bodies: &bodies,
+        message_id,
     };
     write_columns(tx, columns).await?;
     Ok(())
@@ -73,15 +79,25 @@ pub async fn write_columns(
     connection: &mut PgConnection,
     columns: EventColumns<'_>,
 ) -> sqlx::Result<()> {
+    // Only the events `emitted_ledger_events` did not know reach the outbox, in their order.
     sqlx::query(
-        "INSERT INTO ledger_outbox (event_id, event_type, reference, body)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
-         ON CONFLICT (event_id) DO NOTHING",
+        "WITH events AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
+                 WITH ORDINALITY AS e (event_id, event_type, reference, body, position)),
+         new_events AS (
+             INSERT INTO emitted_ledger_events (event_id, event_type, reference, message_id)
+             SELECT event_id, event_type, reference, $5 FROM events
+             ON CONFLICT (event_id) DO NOTHING
+             RETURNING event_id)
+         INSERT INTO ledger_outbox (event_id, event_type, reference, body)
+         SELECT event_id, event_type, reference, body FROM events JOIN new_events USING (event_id)
+         ORDER BY position",
     )
     .bind(columns.event_ids)
     .bind(columns.event_types)
     .bind(columns.references)
     .bind(columns.bodies)
+    .bind(columns.message_id)
     .execute(connection)
     .await?;
     Ok(())

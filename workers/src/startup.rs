@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -17,10 +18,12 @@ use connector_schema::seal::SealKeys;
 
 use crate::apply::ApplyWorker;
 use crate::config::Settings;
+use crate::evidence::EvidenceArchiver;
+use crate::lifecycle::{BeforeDrop, Lifecycle};
 use crate::poller::Poller;
 use crate::probes::{self, Readiness};
 use crate::relay::Relay;
-use crate::{broker, db, gauges, metrics, nonces};
+use crate::{broker, db, gauges, metrics};
 
 /// How often every process reads its database gauges (outbox backlog, quarantine).
 const GAUGES_INTERVAL: Duration = Duration::from_secs(10);
@@ -32,8 +35,10 @@ pub enum Role {
     Apply,
     /// Publish the ledger outbox.
     Relay,
-    /// Purge expired nonces.
-    Purge,
+    /// Keep the data within its retentions: partitions ahead, drops, batched purges (nonces
+    /// included). `purge`, its former name, is still accepted.
+    #[value(alias = "purge")]
+    Lifecycle,
     /// Poll Paysafe for payments and credits still non-final.
     Poller,
 }
@@ -125,12 +130,25 @@ impl Workers {
                     )?;
                     roles.push(Box::pin(poller.run()));
                 }
-                Role::Purge => roles.push(Box::pin(nonces::run(
-                    self.pool.clone(),
-                    Duration::from_secs(self.settings.nonces.retention_secs),
-                    Duration::from_secs(self.settings.nonces.purge_interval_secs),
-                    stop.clone(),
-                ))),
+                Role::Lifecycle => {
+                    // Without an archive, raw-request partitions are kept (never dropped
+                    // unarchived).
+                    let archiver = self
+                        .settings
+                        .evidence
+                        .store()
+                        .context("opening evidence.directory")?
+                        .map(|store| {
+                            Arc::new(EvidenceArchiver::new(Arc::new(store))) as Arc<dyn BeforeDrop>
+                        });
+                    let lifecycle = Lifecycle::new(
+                        self.pool.clone(),
+                        self.settings.retention.clone(),
+                        self.settings.nonces.retention_secs,
+                        archiver,
+                    );
+                    roles.push(Box::pin(lifecycle.run(stop.clone())));
+                }
             }
         }
 
@@ -152,7 +170,7 @@ impl Workers {
         let mut retries = broker::retry_schedule(&self.settings.broker);
         let mut migrated = false;
         while !migrated {
-            match db::migrate(&self.pool).await {
+            match db::migrate(&self.pool, &self.settings.retention).await {
                 Ok(()) => migrated = true,
                 Err(error) => {
                     let delay = retries.next_backoff().unwrap_or(Duration::from_secs(10));

@@ -60,6 +60,11 @@ pub struct Cli {
     /// within the run (it must still exceed the ingress's 300 s timestamp window).
     #[arg(long, default_value_t = 600)]
     pub nonce_retention_secs: u64,
+    /// Soak: the retention of every kind of data (raw requests, history, published events,
+    /// idempotency keys, resolved quarantine), on minute partitions, so that the drops reach
+    /// their steady state within the run (at least 60). Default: the workers' defaults.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(60..))]
+    pub retention_secs: Option<u64>,
 }
 
 impl Cli {
@@ -75,6 +80,7 @@ impl Cli {
             concurrency: self.concurrency.max(16),
             nonce_retention_secs: self.nonce_retention_secs,
             purge_interval_secs: 60,
+            retention_secs: self.retention_secs,
         })
     }
 }

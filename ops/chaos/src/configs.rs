@@ -24,6 +24,8 @@ key = "fault-harness-seal-key-0123456789abcdef"
 pub struct NoncePurge {
     pub retention_secs: u64,
     pub interval_secs: u64,
+    /// Every `[retention]` kind's retention (`--retention-secs`); None: the defaults.
+    pub data_retention_secs: Option<u64>,
 }
 
 /// The broker's consumer timeout in the harness: 2 s instead of 30 min, so that the
@@ -78,12 +80,26 @@ pub fn workers_config(
     db_url: &str,
     nonces: Option<NoncePurge>,
 ) -> String {
+    let retentions = nonces
+        .and_then(|purge| Some((purge.data_retention_secs?, purge.retention_secs)))
+        .map_or_else(String::new, |(secs, nonce_secs)| {
+            format!(
+                "raw_requests_secs = {secs}\norder_history_secs = {secs}\npublished_events_secs = {secs}\nidempotency_keys_secs = {}\nresolved_quarantine_secs = {secs}\n",
+                secs.max(nonce_secs)
+            )
+        });
+    // Minute partitions, so that they roll (are created, and with short retentions dropped)
+    // during a run; the cycle well inside one partition, which also paces the nonce purge.
+    let maintenance_secs = nonces.map_or(20, |purge| purge.interval_secs.min(20));
     let nonces = nonces.map_or_else(String::new, |purge| {
         format!(
             "\n[nonces]\nretention_secs = {}\npurge_interval_secs = {}\n",
             purge.retention_secs, purge.interval_secs
         )
     });
+    let nonces = format!(
+        "{nonces}\n[retention]\npartition_interval_secs = 60\nmaintenance_interval_secs = {maintenance_secs}\n{retentions}"
+    );
     format!(
         r#"# Written by fault-harness.
 mode = "development"

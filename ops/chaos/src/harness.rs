@@ -191,7 +191,7 @@ impl Harness {
                 .wait_ready(&self.http, Duration::from_secs(60))
                 .await?;
         }
-        out("connector: 2 ingress (plain HTTP), 2 workers (apply, relay, purge): ready");
+        out("connector: 2 ingress (plain HTTP), 2 workers (apply, relay, lifecycle): ready");
 
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let bank = Bank::new(signer, targets, run_id, &self.dir.join("client-200s.jsonl"))?;
@@ -256,7 +256,7 @@ impl Harness {
                     "--role".into(),
                     "relay".into(),
                     "--role".into(),
-                    "purge".into(),
+                    "lifecycle".into(),
                 ],
                 self.dir.join(format!("workers-{}.log", i + 1)),
                 ([127, 0, 0, 1], ops).into(),

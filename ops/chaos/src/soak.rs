@@ -43,6 +43,8 @@ pub struct SoakPlan {
     /// The workers' nonce retention and purge interval for this run.
     pub nonce_retention_secs: u64,
     pub purge_interval_secs: u64,
+    /// Every kind of data's retention (`--retention-secs`); None: the workers' defaults.
+    pub retention_secs: Option<u64>,
 }
 
 impl SoakPlan {
@@ -51,6 +53,7 @@ impl SoakPlan {
         NoncePurge {
             retention_secs: self.nonce_retention_secs,
             interval_secs: self.purge_interval_secs,
+            data_retention_secs: self.retention_secs,
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The evidence archive end to end: real signed Corelink (unit, batch) and BNC requests go
 //! through the ingress, RabbitMQ and the apply worker into `received_messages`; the table is
-//! exported as a partition would be before its drop, its rows are deleted, and the built
+//! exported as a partition would be before its drop (and, in one test, by the lifecycle role
+//! itself), its rows are deleted, and the built
 //! `connector-evidence` proves requests from the archive alone, or names what was altered.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
@@ -20,7 +22,9 @@ use connector_schema::evidence::{
     ArchiveBounds, ArchiveStore as _, FsArchiveStore, MANIFEST_FILE, ManifestRecord,
     decode_archive, parse_manifest, render_manifest, sha256_hex,
 };
-use connector_workers::evidence::export_partition;
+use connector_workers::config::{NonceSettings, RetentionSettings};
+use connector_workers::evidence::{EvidenceArchiver, export_partition};
+use connector_workers::lifecycle::{BeforeDrop, Lifecycle};
 
 const UNIT: &str = "/callbacks/orders/status";
 const BATCH: &str = "/callbacks/orders/status/batch";
@@ -136,25 +140,6 @@ async fn archived() -> Archived {
     assert_eq!(p.apply_all().await, 4);
     p.relay_all().await;
 
-    // The migration 20261202000001_partitioned_history.sql owns this table and fills it as
-    // events are emitted; until it is here, it is made and filled from what the requests did.
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS emitted_ledger_events (
-             event_id uuid PRIMARY KEY, event_type text, reference text, message_id uuid,
-             emitted_at timestamptz);
-         INSERT INTO emitted_ledger_events
-         SELECT o.event_id, o.event_type, o.reference, h.message_id, o.created_at
-           FROM ledger_outbox o JOIN order_history h ON h.reference = o.reference
-          WHERE h.status IN ('SUCCESS', 'FAILED') AND h.effect IN ('created', 'applied')
-         UNION ALL
-         SELECT o.event_id, o.event_type, o.reference, b.message_id, o.created_at
-           FROM ledger_outbox o JOIN bnc_account_bindings b
-             ON b.partner_reference_no = o.reference;",
-    )
-    .execute(&p.db.pool)
-    .await
-    .unwrap();
-
     a.unit_id = message_id(
         p,
         "SELECT message_id FROM received_messages WHERE kind = 'corelink.status'",
@@ -176,22 +161,6 @@ async fn archived() -> Archived {
     )
     .await;
 
-    // The ingress records how it verified a request (column owned by the other migration of
-    // 20261202000001_partitioned_history.sql); the unit request's record names its key.
-    let key_sha256 = connector_ingress::auth::spki::of_jwk(&p.app.bank.public_jwk).unwrap();
-    sqlx::query("ALTER TABLE received_messages ADD COLUMN IF NOT EXISTS verification jsonb")
-        .execute(&p.db.pool)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE received_messages SET verification = $2 WHERE message_id = $1")
-        .bind(a.unit_id)
-        .bind(serde_json::json!({
-            "scheme": "jws", "key_id": p.app.bank.kid, "key_sha256": key_sha256,
-            "signed_path": UNIT, "result": "verified",
-        }))
-        .execute(&p.db.pool)
-        .await
-        .unwrap();
     a
 }
 
@@ -348,6 +317,13 @@ async fn corelink_requests_are_proven_from_the_archive_alone() {
 #[tokio::test]
 async fn another_key_under_the_same_kid_proves_nothing() {
     let a = archived().await;
+    // A row recorded before the ingress recorded its verification facts (the legacy
+    // partition of an upgraded database) names no fingerprint.
+    sqlx::query("UPDATE received_messages SET verification = NULL WHERE message_id = $1")
+        .bind(a.batch_id)
+        .execute(&a.pipeline.db.pool)
+        .await
+        .unwrap();
     a.export_and_drop().await;
     let impostor_dir = tempfile::tempdir().unwrap();
     let impostor = TestBank::with_kid("BANK_X", &a.pipeline.app.bank.kid, impostor_dir.path());
@@ -610,5 +586,80 @@ async fn a_re_export_reuses_its_record_and_other_content_is_refused() {
         format!("{error:#}").contains("does not verify"),
         "{error:#}"
     );
+    a.pipeline.teardown().await;
+}
+
+/// The path production takes: the lifecycle role, past the raw requests' retention, exports
+/// each partition through the archive hook in the transaction that drops it; the requests are
+/// then proven from the archive alone, and a flipped byte in their file is named.
+#[tokio::test]
+async fn the_lifecycle_role_archives_drops_and_the_request_is_proven_afterwards() {
+    let a = archived().await;
+    let settings = RetentionSettings::default();
+    let archiver: Arc<dyn BeforeDrop> = Arc::new(EvidenceArchiver::new(Arc::new(a.store())));
+    let lifecycle = Lifecycle::new(
+        a.pipeline.db.pool.clone(),
+        settings.clone(),
+        NonceSettings::default().retention_secs,
+        Some(archiver),
+    );
+    let later = OffsetDateTime::now_utc()
+        + Duration::seconds(
+            (settings.raw_requests_secs + 2 * settings.partition_interval_secs) as i64,
+        );
+    let report = lifecycle.cycle(later).await.unwrap();
+    let dropped_raw: Vec<_> = report
+        .drops
+        .dropped
+        .iter()
+        .filter(|name| name.starts_with("received_messages_"))
+        .collect();
+    assert!(!dropped_raw.is_empty(), "{report:?}");
+    let db = &a.pipeline.db;
+    assert_eq!(db.count("SELECT count(*) FROM received_messages").await, 0);
+
+    // Every dropped partition has its anchored record; together they hold the four requests.
+    let records =
+        parse_manifest(&String::from_utf8(a.store().get(MANIFEST_FILE).unwrap().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(records.len(), dropped_raw.len(), "{records:?}");
+    assert_eq!(records.iter().map(|r| r.entries).sum::<i64>(), 4);
+    assert_eq!(
+        db.count("SELECT count(*) FROM evidence_archive_files")
+            .await,
+        records.len() as i64
+    );
+
+    let (archive, config) = (a.archive(), a.config());
+    let unit = a.unit_id.to_string();
+    let url = a.database_url().to_owned();
+    let (code, out) = prove(
+        &archive,
+        &config,
+        &["--message-id", &unit, "--database-url", &url],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("order.succeeded PAY-EV1"), "{out}");
+    assert!(out.trim_end().ends_with("PROVEN"), "{out}");
+
+    // The file that holds the unit request, one byte flipped: named, not proven.
+    let holder = records.iter().find(|r| {
+        r.entries > 0 && {
+            let bytes = a.store().get(&r.file).unwrap().unwrap();
+            decode_archive(&bytes)
+                .unwrap()
+                .iter()
+                .any(|e| e.message_id == a.unit_id)
+        }
+    });
+    let holder = holder.expect("the unit request is in an archived file");
+    let path = archive.join(&holder.file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let (code, out) = prove(&archive, &config, &["--message-id", &unit]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&holder.file), "{out}");
     a.pipeline.teardown().await;
 }

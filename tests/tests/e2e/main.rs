@@ -12,6 +12,7 @@ mod broker_alarms;
 mod broker_faults;
 mod broker_users;
 mod corelink_ingress;
+mod data_lifecycle;
 mod database_outage;
 mod evidence_archive;
 mod hostile_inputs;

@@ -296,8 +296,14 @@ async fn two_workers_given_the_same_message_apply_it_once() {
     );
 
     assert_eq!(p.db.count("SELECT count(*) FROM order_history").await, 3);
+    // The delivery log keeps both deliveries; only one applied.
     assert_eq!(
         p.db.count("SELECT count(*) FROM received_messages").await,
+        2
+    );
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM received_messages WHERE outcome = 'applied'")
+            .await,
         1
     );
     let events = events(&p).await;

@@ -157,7 +157,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<String>
     match command {
         Command::Run { roles } => {
             let roles = if roles.is_empty() {
-                vec![Role::Apply, Role::Relay, Role::Purge, Role::Poller]
+                vec![Role::Apply, Role::Relay, Role::Lifecycle, Role::Poller]
             } else {
                 roles
             };
@@ -169,7 +169,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<String>
         Command::Migrate => {
             let created = db::create_if_missing(&settings.database.url).await?;
             let pool = db::pool(&settings.database)?;
-            db::migrate(&pool).await?;
+            db::migrate(&pool, &settings.retention).await?;
             Ok(if created {
                 "database created; migrations applied\n"
             } else {

@@ -123,7 +123,7 @@ pub(super) async fn apply_orders(
         })
         .map(|(order, _, _)| order_event(order, n, recorded_at))
         .collect();
-    outbox::write(tx, &events).await?;
+    outbox::write(tx, &events, Some(envelope.message_id)).await?;
     Ok(Outcome::Applied {
         items: n.orders.len(),
         events: events.len(),

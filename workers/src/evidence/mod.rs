@@ -5,10 +5,12 @@
 
 mod anchor;
 mod export;
+mod hook;
 mod rows;
 mod settings;
 
 pub use export::export_partition;
+pub use hook::EvidenceArchiver;
 pub use settings::EvidenceSettings;
 
 /// Archive files written (a re-export that reuses its record is not counted).

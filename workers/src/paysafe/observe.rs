@@ -242,7 +242,7 @@ pub async fn observe(
                 "event_name": o.event_name,
             }),
         );
-        outbox::write(tx, &[event]).await?;
+        outbox::write(tx, &[event], o.message_id).await?;
     }
     Ok(Observed {
         effect,

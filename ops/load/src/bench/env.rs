@@ -282,7 +282,7 @@ impl Env {
 /// Migrates, seeds `seed_orders` orders (references `SEED-…`, which no bench message uses) and
 /// analyses every table.
 async fn prepare(pool: &PgPool, seed_orders: u64) -> anyhow::Result<()> {
-    connector_workers::db::migrate(pool).await?;
+    connector_workers::db::migrate(pool, &Default::default()).await?;
     if seed_orders > 0 {
         sqlx::query(
             "INSERT INTO orders (reference, client_id, status, bank_reference, bank_processed_at)

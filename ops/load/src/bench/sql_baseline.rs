@@ -212,6 +212,7 @@ async fn apply(pool: &PgPool, r: &Rows) -> sqlx::Result<()> {
         event_types: &r.event_types,
         references: &r.references,
         bodies: &r.event_bodies,
+        message_id: Some(r.message_id),
     };
     outbox::write_columns(&mut tx, events).await?;
     sqlx::query(RECORD_RECEIVED)

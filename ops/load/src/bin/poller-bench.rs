@@ -154,7 +154,7 @@ async fn poll_run(
             max_connections: 4 * pollers as u32 + 2,
             acquire_timeout_ms: 10_000,
         })?;
-        connector_workers::db::migrate(&pool).await?;
+        connector_workers::db::migrate(&pool, &Default::default()).await?;
         sqlx::query(
             "INSERT INTO paysafe_items (id, kind, merchant_ref_num, amount, currency_code, status,
                                         tracking, next_poll_at, deadline_at)
