@@ -79,7 +79,14 @@ pub fn workers_config(
     broker_url: &str,
     db_url: &str,
     nonces: Option<NoncePurge>,
+    evidence_dir: &std::path::Path,
 ) -> String {
+    // Short retentions drop raw-request partitions, which needs the evidence archive.
+    let evidence = nonces
+        .and_then(|purge| purge.data_retention_secs)
+        .map_or_else(String::new, |_| {
+            format!("\n[evidence]\ndirectory = \"{}\"\n", evidence_dir.display())
+        });
     let retentions = nonces
         .and_then(|purge| Some((purge.data_retention_secs?, purge.retention_secs)))
         .map_or_else(String::new, |(secs, nonce_secs)| {
@@ -125,7 +132,7 @@ poll_interval_ms = 500
 
 [ops]
 listen = "127.0.0.1:{ops}"
-{nonces}
+{nonces}{evidence}
 [log]
 format = "json"
 filter = "info"

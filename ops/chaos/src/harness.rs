@@ -234,7 +234,10 @@ impl Harness {
         for i in 0..2 {
             let ops = free_port()?;
             let config = self.dir.join(format!("workers-{}.toml", i + 1));
-            std::fs::write(&config, workers_config(ops, broker_url, db_url, nonces))?;
+            std::fs::write(
+                &config,
+                workers_config(ops, broker_url, db_url, nonces, &self.dir.join("evidence")),
+            )?;
             if i == 0 {
                 run_to_end(
                     std::process::Command::new(bin_dir.join("connector-workers"))

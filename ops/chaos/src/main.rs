@@ -23,6 +23,7 @@ mod rounds;
 mod run;
 mod soak;
 mod summary;
+mod table_sizes;
 mod verify;
 
 use std::process::ExitCode;

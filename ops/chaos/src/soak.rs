@@ -16,18 +16,7 @@ use crate::harness::Harness;
 use crate::ledger_collector::LedgerCollector;
 use crate::load::Bank;
 use crate::services::rss_mib;
-
-/// The tables whose size is sampled: the nonces the purge must keep flat, and the business
-/// and audit tables that grow with every order by design.
-const TABLES: [&str; 7] = [
-    "seen_nonces",
-    "orders",
-    "order_history",
-    "received_messages",
-    "idempotency_keys",
-    "ledger_outbox",
-    "quarantined_messages",
-];
+use crate::table_sizes;
 
 /// How the soak is run.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +61,9 @@ struct Sample {
     oldest_nonce_secs: f64,
     /// Bytes per table, with indexes and TOAST.
     tables: BTreeMap<String, i64>,
+    /// The evidence archive: bytes of its files, requests archived.
+    archive_bytes: u64,
+    archived: i64,
 }
 
 /// What the soak measured, for the final report.
@@ -185,21 +177,17 @@ async fn take_sample(harness: &Harness, db: &PgPool, ledger: &LedgerCollector) -
     .fetch_one(db)
     .await
     .unwrap_or((-1, -1.0));
-    let tables: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT relname::text, pg_total_relation_size(oid)
-         FROM pg_class WHERE relkind = 'r' AND relname = ANY($1)",
-    )
-    .bind(TABLES.as_slice())
-    .fetch_all(db)
-    .await
-    .unwrap_or_default();
+    let (archive_bytes, archived) =
+        table_sizes::archive(db, &harness.work_dir().join("evidence")).await;
     Sample {
         ledger_taken: ledger.taken(),
         intake: harness.intake_messages().await,
         rss,
         nonces,
         oldest_nonce_secs,
-        tables: tables.into_iter().collect(),
+        tables: table_sizes::sample(db).await,
+        archive_bytes,
+        archived,
         ..Sample::default()
     }
 }
@@ -299,24 +287,39 @@ fn judge(plan: SoakPlan, samples: &[Sample], summary: &mut SoakSummary) {
             summary.problems.push(format!("{name}: {leak}"));
         }
     }
-    let first = samples.first().unwrap_or(last);
-    for table in TABLES {
-        let size = |s: &Sample| s.tables.get(table).copied().unwrap_or(0);
-        let grown = size(last) - size(warm);
-        let per_order = if last.started > warm.started {
-            grown as f64 / (last.started - warm.started) as f64
-        } else {
-            0.0
+    // Tables: each retained one flat once its retention is reached (plus a partition, the
+    // lifecycle cycle and the partitions kept ahead).
+    for table in table_sizes::all() {
+        let series = table_sizes::Series {
+            table,
+            points: samples
+                .iter()
+                .map(|s| {
+                    (
+                        s.at_secs,
+                        s.tables.get(table).copied().unwrap_or(0),
+                        s.started,
+                    )
+                })
+                .collect(),
         };
+        let retention =
+            table_sizes::retention_of(table, plan.retention_secs, plan.nonce_retention_secs);
+        let (line, problem) = table_sizes::judge(&series, retention, 180);
+        summary.lines.push(line);
+        summary.problems.extend(problem);
+    }
+    if last.archived > 0 {
         summary.lines.push(format!(
-            "table {table}: {:.1} MiB at {:.0} s, {:.1} MiB at {:.0} s, {:.1} MiB at the end ({per_order:.0} bytes per order-or-batch since {:.0} s)",
-            mib(size(first)),
-            first.at_secs,
-            mib(size(warm)),
-            warm.at_secs,
-            mib(size(last)),
-            warm.at_secs
+            "evidence archive: {} requests in {:.1} MiB of files, {:.0} bytes per request",
+            last.archived,
+            last.archive_bytes as f64 / 1_048_576.0,
+            last.archive_bytes as f64 / last.archived as f64
         ));
+    } else if plan.retention_secs.is_some() {
+        summary
+            .problems
+            .push("no request was archived, although raw requests outlived their retention".into());
     }
 }
 
@@ -331,7 +334,8 @@ impl Sample {
         ];
         columns.extend(self.rss.iter().map(|(name, _)| format!("{name}_rss_mib")));
         columns.extend(["nonces".into(), "oldest_nonce_secs".into()]);
-        columns.extend(TABLES.iter().map(|table| format!("{table}_bytes")));
+        columns.extend(table_sizes::all().map(|table| format!("{table}_bytes")));
+        columns.extend(["archive_bytes".into(), "archived".into()]);
         columns.join(",") + "\n"
     }
 
@@ -353,10 +357,10 @@ impl Sample {
             format!("{:.0}", self.oldest_nonce_secs),
         ]);
         values.extend(
-            TABLES
-                .iter()
-                .map(|table| self.tables.get(*table).copied().unwrap_or(0).to_string()),
+            table_sizes::all()
+                .map(|table| self.tables.get(table).copied().unwrap_or(0).to_string()),
         );
+        values.extend([self.archive_bytes.to_string(), self.archived.to_string()]);
         values.join(",") + "\n"
     }
 
