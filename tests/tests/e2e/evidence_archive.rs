@@ -23,8 +23,8 @@ use connector_schema::evidence::{
     decode_archive, parse_manifest, render_manifest, sha256_hex,
 };
 use connector_workers::config::{NonceSettings, RetentionSettings};
-use connector_workers::evidence::{EvidenceArchiver, export_partition};
-use connector_workers::lifecycle::{BeforeDrop, Lifecycle};
+use connector_workers::evidence::{EXPORT_LOCK, EvidenceArchiver, export_partition};
+use connector_workers::lifecycle::{BeforeDrop, Kept, Lifecycle};
 
 const UNIT: &str = "/callbacks/orders/status";
 const BATCH: &str = "/callbacks/orders/status/batch";
@@ -607,6 +607,28 @@ async fn the_lifecycle_role_archives_drops_and_the_request_is_proven_afterwards(
         + Duration::seconds(
             (settings.raw_requests_secs + 2 * settings.partition_interval_secs) as i64,
         );
+    // Another process in the middle of an export holds the archive's lock: the partitions
+    // are kept for the next cycle, counted as a lock timeout, not as an archive failure.
+    let mut racing = a.pipeline.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(EXPORT_LOCK)
+        .execute(&mut *racing)
+        .await
+        .unwrap();
+    let report = lifecycle.cycle(later).await.unwrap();
+    let raw_kept: Vec<_> = report
+        .drops
+        .kept
+        .iter()
+        .filter(|(name, _)| name.starts_with("received_messages_"))
+        .collect();
+    assert!(!raw_kept.is_empty(), "{report:?}");
+    assert!(
+        raw_kept.iter().all(|(_, why)| *why == Kept::LockTimeout),
+        "{report:?}"
+    );
+    racing.rollback().await.unwrap();
+
     let report = lifecycle.cycle(later).await.unwrap();
     let dropped_raw: Vec<_> = report
         .drops

@@ -7,7 +7,7 @@ use sqlx::{PgConnection, Row as _};
 use connector_schema::evidence::ManifestRecord;
 
 /// Serialises exporters: one manifest, one head.
-const EXPORT_LOCK: i64 = 0x6576_6964_656e_6365; // "evidence"
+pub const EXPORT_LOCK: i64 = 0x6576_6964_656e_6365; // "evidence"
 
 /// Takes the transaction-scoped export lock (released at commit or rollback).
 pub(super) async fn lock(connection: &mut PgConnection) -> anyhow::Result<()> {

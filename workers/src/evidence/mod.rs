@@ -9,6 +9,7 @@ mod hook;
 mod rows;
 mod settings;
 
+pub use anchor::EXPORT_LOCK;
 pub use export::export_partition;
 pub use hook::EvidenceArchiver;
 pub use settings::EvidenceSettings;

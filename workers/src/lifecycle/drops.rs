@@ -151,6 +151,18 @@ async fn drop_one(
             tx.rollback().await.ok();
             Ok(Some(Kept::LockTimeout))
         }
+        // Another process exporting at the same moment holds the archive's lock: a retry
+        // next cycle, like a busy parent, not an archive failure.
+        Err(StepError::Hook(error))
+            if error.chain().any(|cause| {
+                cause
+                    .downcast_ref::<sqlx::Error>()
+                    .is_some_and(is_lock_timeout)
+            }) =>
+        {
+            tx.rollback().await.ok();
+            Ok(Some(Kept::LockTimeout))
+        }
         Err(StepError::Hook(error)) => {
             tx.rollback().await.ok();
             tracing::warn!(partition = %partition.name, error = %format!("{error:#}"), "archiving a partition before its drop failed");
