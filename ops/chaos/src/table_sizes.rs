@@ -47,9 +47,11 @@ pub fn all() -> impl Iterator<Item = &'static str> {
 pub async fn sample(db: &PgPool) -> BTreeMap<String, i64> {
     let tables: Vec<&str> = all().collect();
     sqlx::query_as::<_, (String, i64)>(
-        "SELECT t, COALESCE(sum(pg_total_relation_size(p.relid)), 0)::int8
-         FROM unnest($1::text[]) AS t, LATERAL pg_partition_tree(t::regclass) AS p
-         GROUP BY t",
+        "SELECT t, CASE WHEN c.relkind = 'p'
+                        THEN (SELECT COALESCE(sum(pg_total_relation_size(p.relid)), 0)
+                              FROM pg_partition_tree(c.oid) AS p)
+                        ELSE pg_total_relation_size(c.oid) END::int8
+         FROM unnest($1::text[]) AS t JOIN pg_class c ON c.oid = t::regclass",
     )
     .bind(tables)
     .fetch_all(db)
@@ -95,6 +97,13 @@ pub fn judge(
     let (Some(first), Some(last)) = (series.points.first(), series.points.last()) else {
         return (format!("table {table}: not sampled"), None);
     };
+    // Every table has at least its index's metapage: zero means the sample failed.
+    if series.points.iter().all(|p| p.1 == 0) {
+        return (
+            format!("table {table}: size not measured"),
+            Some(format!("table {table}: its size could not be measured")),
+        );
+    }
     let Some(retention) = retention else {
         let per_order = if last.2 > first.2 {
             (last.1 - first.1) as f64 / (last.2 - first.2) as f64
