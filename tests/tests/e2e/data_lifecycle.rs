@@ -292,6 +292,28 @@ async fn a_partition_whose_parent_is_locked_is_kept_then_dropped_once_released()
 }
 
 #[tokio::test]
+async fn expired_nonces_are_purged_by_the_lifecycle_and_recent_ones_kept() {
+    let p = spawn_pipeline().await;
+    post(&p, UNIT, &unit_body("PAY-P1", "PENDING"), "PAY-P1").await;
+    p.apply_all().await;
+    assert_eq!(p.db.count("SELECT count(*) FROM seen_nonces").await, 1);
+    let lifecycle = lifecycle(&p.db.pool, None);
+
+    // Seen a moment ago: within the retention.
+    let report = lifecycle.cycle(OffsetDateTime::now_utc()).await.unwrap();
+    assert_eq!(report.purged.seen_nonces, 0);
+    assert_eq!(p.db.count("SELECT count(*) FROM seen_nonces").await, 1);
+    let past_retention = Duration::seconds(NONCE_RETENTION_SECS as i64) + DAY;
+    let report = lifecycle
+        .cycle(OffsetDateTime::now_utc() + past_retention)
+        .await
+        .unwrap();
+    assert_eq!(report.purged.seen_nonces, 1);
+    assert_eq!(p.db.count("SELECT count(*) FROM seen_nonces").await, 0);
+    p.teardown().await;
+}
+
+#[tokio::test]
 async fn idempotency_keys_and_resolved_quarantine_are_purged_in_batches_and_held_rows_never() {
     let db = TestDatabase::create().await;
     let old = OffsetDateTime::now_utc() - DAY * 200;
