@@ -33,6 +33,15 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub async fn create() -> Self {
+        let db = Self::create_empty().await;
+        connector_workers::db::migrate(&db.pool, &Default::default())
+            .await
+            .expect("migrations apply");
+        db
+    }
+
+    /// A database without any migration applied (the upgrade tests apply them in steps).
+    pub async fn create_empty() -> Self {
         let admin = PgPool::connect(&database_admin_url())
             .await
             .expect("the test PostgreSQL is reachable");
@@ -44,9 +53,6 @@ impl TestDatabase {
         admin.close().await;
         let url = Self::url_of(&name);
         let pool = connector_workers::db::pool(&Self::settings_for(&url)).expect("pool");
-        connector_workers::db::migrate(&pool, &Default::default())
-            .await
-            .expect("migrations apply");
         Self { name, url, pool }
     }
 
@@ -111,9 +117,13 @@ pub async fn spawn_pipeline() -> Pipeline {
 
 /// A pipeline behind `app`, an ingress the test configured itself (TLS, BNC partners, ...).
 pub async fn spawn_pipeline_on(app: TestApp) -> Pipeline {
+    spawn_pipeline_with(app, TestDatabase::create().await).await
+}
+
+/// A pipeline behind `app` on `db`, a database the test prepared itself (an upgraded one).
+pub async fn spawn_pipeline_with(app: TestApp, db: TestDatabase) -> Pipeline {
     // Logs go to the test's output, shown when it fails.
     crate::logs::install();
-    let db = TestDatabase::create().await;
     let shutdown = CancellationToken::new();
     let settings = worker_settings(&app, &db.url);
     let worker = ApplyWorker::new(

@@ -155,7 +155,9 @@ pub struct NonceSettings {
     /// wait in the intake queue plus the ingress's timestamp window, or a late replay would
     /// be applied as new (it would still be idempotent per order, only not recognised).
     pub retention_secs: u64,
-    /// How often the purge runs.
+    /// Ignored: accepted so that existing configurations still load. Seen nonces are purged by
+    /// the `lifecycle` role with the other retention deletes, every
+    /// `retention.maintenance_interval_secs`.
     pub purge_interval_secs: u64,
 }
 

@@ -15,7 +15,6 @@ pub mod gauges;
 pub mod intake;
 pub mod lifecycle;
 pub mod metrics;
-pub mod nonces;
 pub mod outbox;
 pub mod outcome;
 pub mod paysafe;

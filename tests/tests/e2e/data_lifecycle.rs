@@ -8,15 +8,19 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 use sqlx::PgPool;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, Migrator};
 use time::{Duration, OffsetDateTime};
 
-use connector_e2e_tests::pipeline::{Pipeline, TestDatabase, spawn_pipeline};
-use connector_e2e_tests::{batch_body, unit_body};
+use connector_e2e_tests::pipeline::{Pipeline, TestDatabase, spawn_pipeline, spawn_pipeline_with};
+use connector_e2e_tests::{batch_body, spawn_app_with, unit_body};
+use connector_schema::events::{EventType, LedgerEvent, Source};
 use connector_workers::Step;
 use connector_workers::config::RetentionSettings;
 use connector_workers::lifecycle::{
     BeforeDrop, Kept, Lifecycle, Partition, PartitionedTable, partitions,
 };
+use connector_workers::outbox::EventColumns;
 
 const UNIT: &str = "/callbacks/orders/status";
 const BATCH: &str = "/callbacks/orders/status/batch";
@@ -288,6 +292,28 @@ async fn a_partition_whose_parent_is_locked_is_kept_then_dropped_once_released()
 }
 
 #[tokio::test]
+async fn expired_nonces_are_purged_by_the_lifecycle_and_recent_ones_kept() {
+    let p = spawn_pipeline().await;
+    post(&p, UNIT, &unit_body("PAY-P1", "PENDING"), "PAY-P1").await;
+    p.apply_all().await;
+    assert_eq!(p.db.count("SELECT count(*) FROM seen_nonces").await, 1);
+    let lifecycle = lifecycle(&p.db.pool, None);
+
+    // Seen a moment ago: within the retention.
+    let report = lifecycle.cycle(OffsetDateTime::now_utc()).await.unwrap();
+    assert_eq!(report.purged.seen_nonces, 0);
+    assert_eq!(p.db.count("SELECT count(*) FROM seen_nonces").await, 1);
+    let past_retention = Duration::seconds(NONCE_RETENTION_SECS as i64) + DAY;
+    let report = lifecycle
+        .cycle(OffsetDateTime::now_utc() + past_retention)
+        .await
+        .unwrap();
+    assert_eq!(report.purged.seen_nonces, 1);
+    assert_eq!(p.db.count("SELECT count(*) FROM seen_nonces").await, 0);
+    p.teardown().await;
+}
+
+#[tokio::test]
 async fn idempotency_keys_and_resolved_quarantine_are_purged_in_batches_and_held_rows_never() {
     let db = TestDatabase::create().await;
     let old = OffsetDateTime::now_utc() - DAY * 200;
@@ -367,4 +393,207 @@ async fn idempotency_keys_and_resolved_quarantine_are_purged_in_batches_and_held
         1
     );
     db.drop_database().await;
+}
+
+/// The migration that partitions the history tables: the upgrade test stops just before it.
+const PARTITIONING_MIGRATION: i64 = 20261202000001;
+
+/// The schema's migrations older than a version: a database as a release before it left it.
+#[derive(Debug)]
+struct MigrationsBefore(i64);
+
+impl<'s> MigrationSource<'s> for MigrationsBefore {
+    fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async move {
+            Ok(connector_schema::MIGRATOR
+                .iter()
+                .filter(|migration| migration.version < self.0)
+                .cloned()
+                .collect())
+        })
+    }
+}
+
+fn corelink_success(reference: &str) -> LedgerEvent {
+    let at = OffsetDateTime::now_utc() - Duration::hours(1);
+    LedgerEvent::new(
+        Source::Corelink,
+        EventType::OrderSucceeded,
+        reference,
+        "SUCCESS",
+        at,
+        at,
+        serde_json::json!({}),
+    )
+}
+
+/// Writes `event` through the workers' outbox statement, as an apply would.
+async fn write_event(pool: &PgPool, event: &LedgerEvent) {
+    let mut connection = pool.acquire().await.unwrap();
+    connector_workers::outbox::write_columns(
+        &mut connection,
+        EventColumns {
+            event_ids: &[event.event_id],
+            event_types: std::slice::from_ref(&event.event_type),
+            references: std::slice::from_ref(&event.reference),
+            bodies: &[serde_json::to_string(event).unwrap()],
+            message_id: None,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Fills the tables of the release before partitioning, as its workers wrote them.
+async fn fill_unpartitioned(pool: &PgPool, unpublished: &LedgerEvent, published: &LedgerEvent) {
+    let an_hour_ago = OffsetDateTime::now_utc() - Duration::hours(1);
+    let statements = [
+        "INSERT INTO orders (reference, client_id, status, bank_processed_at)
+         VALUES ('PAY-U1', 'BANK_X', 'SUCCESS', $1), ('PAY-U2', 'BANK_X', 'SUCCESS', $1)",
+        "INSERT INTO order_history (reference, message_id, client_id, idempotency_key, status,
+                                    effect, bank_processed_at, received_at, recorded_at)
+         VALUES ('PAY-U1', gen_random_uuid(), 'BANK_X', 'KEY-U1', 'SUCCESS', 'created', $1, $1, $1),
+                ('PAY-U2', gen_random_uuid(), 'BANK_X', 'KEY-U2', 'SUCCESS', 'created', $1, $1, $1)",
+        "INSERT INTO received_messages (message_id, kind, client_id, idempotency_key, nonce,
+                                        body_sha256, outcome, received_at, processed_at,
+                                        request_path, headers, body)
+         VALUES (gen_random_uuid(), 'corelink.unit', 'BANK_X', 'KEY-U1', 'N-U1', 'x', 'applied',
+                 $1, $1, '/callbacks/orders/status', '{}', '\\x7b7d')",
+        "INSERT INTO paysafe_items (id, kind, status, tracking, deadline_at)
+         VALUES ('PS-U1', 'payment', 'COMPLETED', 'final', $1 + interval '2 days')",
+        "INSERT INTO paysafe_item_history (item_id, source, status, effect, recorded_at)
+         VALUES ('PS-U1', 'webhook', 'COMPLETED', 'created', $1)",
+    ];
+    for statement in statements {
+        sqlx::query(statement)
+            .bind(an_hour_ago)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    for (event, published_at) in [(unpublished, None), (published, Some(an_hour_ago))] {
+        sqlx::query(
+            "INSERT INTO ledger_outbox (event_id, event_type, reference, body, created_at, published_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(event.event_id)
+        .bind(&event.event_type)
+        .bind(&event.reference)
+        .bind(serde_json::to_string(event).unwrap())
+        .bind(an_hour_ago)
+        .bind(published_at)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_upgraded_database_keeps_its_rows_publishes_its_backlog_and_drops_its_legacy_partitions()
+{
+    let db = TestDatabase::create_empty().await;
+    Migrator::new(MigrationsBefore(PARTITIONING_MIGRATION))
+        .await
+        .unwrap()
+        .run(&db.pool)
+        .await
+        .unwrap();
+    let (unpublished, published) = (corelink_success("PAY-U1"), corelink_success("PAY-U2"));
+    fill_unpartitioned(&db.pool, &unpublished, &published).await;
+
+    connector_workers::db::migrate(&db.pool, &RetentionSettings::default())
+        .await
+        .unwrap();
+    // Every old row is in its table's legacy partition, reached through the parent.
+    for (table, rows) in [
+        ("order_history", 2),
+        ("received_messages", 1),
+        ("paysafe_item_history", 1),
+        ("ledger_outbox", 2),
+    ] {
+        let legacy = format!("SELECT count(*) FROM {table}_legacy");
+        assert_eq!(db.count(&legacy).await, rows, "{table}");
+        let parent = format!("SELECT count(*) FROM {table}");
+        assert_eq!(db.count(&parent).await, rows, "{table}");
+    }
+    let emitted: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM emitted_ledger_events ORDER BY reference")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(emitted, [unpublished.event_id, published.event_id]);
+
+    let p = spawn_pipeline_with(spawn_app_with(|_| {}).await, db).await;
+    // The backlog of the old release is published, and only it.
+    p.relay_all().await;
+    let events = p.ledger_events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, unpublished);
+
+    // The trigger on the partitioned table still wakes the relays.
+    let mut listener = connector_workers::outbox::listen(&p.db.pool).await.unwrap();
+    let fresh = corelink_success("PAY-U3");
+    write_event(&p.db.pool, &fresh).await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notification for the new outbox row")
+        .unwrap();
+    // Events emitted before the upgrade are not written again.
+    write_event(&p.db.pool, &unpublished).await;
+    write_event(&p.db.pool, &published).await;
+    assert_eq!(p.db.count("SELECT count(*) FROM ledger_outbox").await, 3);
+    p.relay_all().await;
+    let events = p.ledger_events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, fresh);
+
+    // After their retention the legacy partitions go like any other; raw requests only
+    // through the archive.
+    let far_ahead = OffsetDateTime::now_utc() + DAY * 500;
+    let report = lifecycle(&p.db.pool, None).cycle(far_ahead).await.unwrap();
+    assert!(
+        report
+            .drops
+            .kept
+            .contains(&("received_messages_legacy".to_owned(), Kept::NoArchive)),
+        "{report:?}"
+    );
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM received_messages").await,
+        1
+    );
+    let archive = Arc::new(RecordingArchive::default());
+    let report = lifecycle(&p.db.pool, Some(archive.clone()))
+        .cycle(far_ahead)
+        .await
+        .unwrap();
+    assert!(report.drops.kept.is_empty(), "{report:?}");
+    // The archive read the old raw request before its partition went (the newer, empty
+    // partitions pass through it too).
+    let archived = archive.0.lock().unwrap().clone();
+    assert_eq!(
+        archived[0],
+        ("received_messages_legacy".to_owned(), 1),
+        "{archived:?}"
+    );
+    assert_eq!(archived.iter().map(|(_, rows)| rows).sum::<i64>(), 1);
+    for table in PartitionedTable::ALL {
+        let names: Vec<String> = partitions_of(&p.db.pool, table)
+            .await
+            .into_iter()
+            .map(|partition| partition.name)
+            .collect();
+        assert!(
+            !names.contains(&format!("{}_legacy", table.name())),
+            "{names:?}"
+        );
+        let rows = format!("SELECT count(*) FROM {}", table.name());
+        assert_eq!(p.db.count(&rows).await, 0, "{table:?}");
+    }
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM emitted_ledger_events")
+            .await,
+        3
+    );
+    p.teardown().await;
 }

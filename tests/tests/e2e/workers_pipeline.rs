@@ -461,28 +461,6 @@ async fn operators_can_inspect_release_and_discard_quarantined_messages() {
 }
 
 #[tokio::test]
-async fn expired_nonces_are_purged_and_recent_ones_kept() {
-    let p = spawn_pipeline().await;
-    post(&p, UNIT, &unit_body("PAY-P1", "PENDING"), "PAY-P1").await;
-    p.apply_all().await;
-    assert_eq!(p.db.count("SELECT count(*) FROM seen_nonces").await, 1);
-
-    let kept =
-        connector_workers::nonces::purge_once(&p.db.pool, std::time::Duration::from_secs(3600))
-            .await
-            .unwrap();
-    assert_eq!(kept, 0, "seen a moment ago: within the retention");
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let purged =
-        connector_workers::nonces::purge_once(&p.db.pool, std::time::Duration::from_secs(1))
-            .await
-            .unwrap();
-    assert_eq!(purged, 1);
-    assert_eq!(p.db.count("SELECT count(*) FROM seen_nonces").await, 0);
-    p.teardown().await;
-}
-
-#[tokio::test]
 async fn two_relays_side_by_side_publish_each_event_once() {
     let p = spawn_pipeline().await;
     let references: Vec<String> = (0..40).map(|i| format!("PAY-RR{i}")).collect();
