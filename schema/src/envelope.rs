@@ -200,7 +200,8 @@ impl IntakeEnvelope {
         let verification = table
             .get(verification::HEADER)
             .map(Verification::from_amqp)
-            .transpose()?;
+            .transpose()
+            .map_err(|error| malformed(verification::HEADER, error.0))?;
 
         Ok(Self {
             message_id,

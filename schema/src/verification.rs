@@ -15,8 +15,6 @@
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::EnvelopeError;
-
 /// The AMQP header carrying the facts: a nested table, like `connector-http-headers`.
 pub const HEADER: &str = "connector-verification";
 
@@ -102,7 +100,7 @@ impl Verification {
     /// Reads the facts back from the header's value. Anything unexpected (not a table, a
     /// missing scheme or key id, an unknown scheme or field, a non-text value) is an error:
     /// a header someone edited must not be half-read.
-    pub fn from_amqp(value: &AMQPValue) -> Result<Self, EnvelopeError> {
+    pub fn from_amqp(value: &AMQPValue) -> Result<Self, MalformedVerification> {
         let AMQPValue::FieldTable(table) = value else {
             return Err(malformed("not a table"));
         };
@@ -224,14 +222,17 @@ fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
 
-fn malformed(reason: impl Into<String>) -> EnvelopeError {
-    EnvelopeError::Malformed {
-        name: HEADER,
-        reason: reason.into(),
-    }
+/// Why a `connector-verification` header cannot be read (the envelope reports it as a
+/// malformed header of that name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MalformedVerification(pub String);
+
+fn malformed(reason: impl Into<String>) -> MalformedVerification {
+    MalformedVerification(reason.into())
 }
 
-fn text(value: &AMQPValue, field: &str) -> Result<String, EnvelopeError> {
+fn text(value: &AMQPValue, field: &str) -> Result<String, MalformedVerification> {
     match value {
         AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec())
             .map_err(|_| malformed(format!("`{field}` is not UTF-8"))),
@@ -291,7 +292,7 @@ mod tests {
         ];
         for result in refused {
             assert!(
-                matches!(result, Err(EnvelopeError::Malformed { name: HEADER, .. })),
+                matches!(result, Err(MalformedVerification(_))),
                 "{result:?}"
             );
         }
