@@ -25,6 +25,7 @@ mod paysafe_https;
 mod paysafe_tracking;
 mod paysafe_webhooks;
 mod production_mode;
+mod quarantine_review;
 mod slow_clients;
 mod trust_boundaries;
 mod verification_facts;

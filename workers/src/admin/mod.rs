@@ -15,5 +15,8 @@ pub use dead_letters::{DeadLetterQueue, dead_letters_list, dead_letters_replay};
 pub use order::order_timeline;
 pub use paysafe::{paysafe_show, paysafe_track};
 pub use publish::{confirm_channel, publish_confirmed};
-pub use quarantine::{quarantine_discard, quarantine_list, quarantine_release, quarantine_show};
+pub use quarantine::{
+    quarantine_discard, quarantine_discard_held, quarantine_list, quarantine_release,
+    quarantine_show,
+};
 pub use topology::topology_delete;

@@ -15,6 +15,7 @@ use connector_schema::seal::{self, SealKeys};
 use connector_schema::{IntakeEnvelope, IntakeKind, Topology, Verification};
 
 use crate::admin::publish::publish_confirmed;
+use crate::quarantine::QuarantineReason;
 
 type QuarantineRow = (
     Uuid,
@@ -247,4 +248,41 @@ pub async fn quarantine_discard(
         bail!("no held quarantined message {message_id}");
     }
     Ok(format!("discarded {message_id}\n"))
+}
+
+/// Closes every message held for `reason` longer than `held_for_secs`: an operator's answer to
+/// a known, judged cause (a bank that sends both final statuses by mistake, confirmed with the
+/// bank), without one command per message. A reason is required, so that no filter closes
+/// everything; each row records the note, as a single discard does.
+pub async fn quarantine_discard_held(
+    pool: &PgPool,
+    reason: &str,
+    held_for_secs: u64,
+    note: &str,
+) -> anyhow::Result<String> {
+    if note.trim().is_empty() {
+        bail!("say why with --note: the discard is audited");
+    }
+    if !QuarantineReason::ALL.iter().any(|r| r.as_str() == reason) {
+        let known: Vec<&str> = QuarantineReason::ALL.iter().map(|r| r.as_str()).collect();
+        bail!(
+            "unknown quarantine reason `{reason}`; the reasons are {}",
+            known.join(", ")
+        );
+    }
+    let held_for = i64::try_from(held_for_secs).context("--held-for is too large")?;
+    let discarded = sqlx::query(
+        "UPDATE quarantined_messages SET state = 'discarded', resolved_at = now(), resolution_note = $3
+         WHERE state = 'held' AND reason = $1
+           AND quarantined_at < now() - make_interval(secs => $2)",
+    )
+    .bind(reason)
+    .bind(held_for as f64)
+    .bind(note)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(format!(
+        "discarded {discarded} message(s) held for {reason} longer than {held_for_secs} s\n"
+    ))
 }

@@ -97,9 +97,17 @@ enum QuarantineCommand {
         #[arg(long, default_value = "released by an operator")]
         note: String,
     },
-    /// Close a held message without applying it (kept for audit).
+    /// Close a held message without applying it (kept for audit); or, with --reason and
+    /// --held-for instead of an id, every message held for that reason that long.
     Discard {
-        message_id: Uuid,
+        #[arg(required_unless_present = "reason", conflicts_with = "reason")]
+        message_id: Option<Uuid>,
+        /// Every held message with this reason (e.g. FINAL_STATUS_CONFLICT) ...
+        #[arg(long, requires = "held_for")]
+        reason: Option<String>,
+        /// ... held longer than this many seconds.
+        #[arg(long, requires = "reason")]
+        held_for: Option<u64>,
         #[arg(long)]
         note: String,
     },
@@ -197,9 +205,23 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<String>
                     )
                     .await
                 }
-                QuarantineCommand::Discard { message_id, note } => {
-                    admin::quarantine_discard(&pool, message_id, &note).await
-                }
+                QuarantineCommand::Discard {
+                    message_id,
+                    reason,
+                    held_for,
+                    note,
+                } => match (message_id, reason, held_for) {
+                    (Some(message_id), _, _) => {
+                        admin::quarantine_discard(&pool, message_id, &note).await
+                    }
+                    (None, Some(reason), Some(held_for)) => {
+                        admin::quarantine_discard_held(&pool, &reason, held_for, &note).await
+                    }
+                    // clap requires an id or both filters.
+                    _ => Err(anyhow::anyhow!(
+                        "give a message id, or --reason with --held-for"
+                    )),
+                },
             }
         }
         Command::DeadLetters(command) => {
