@@ -42,9 +42,10 @@ pub fn binaries(no_build: bool) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Runs a one-shot command (a build, a migration) to completion; a failure carries its output.
-/// The caller's `CONNECTOR_*` variables are removed: only the harness's files configure it.
-pub fn run_to_end(command: &mut std::process::Command, what: &str) -> anyhow::Result<()> {
+/// Runs a one-shot command (a build, a migration, an admin command) to completion and returns
+/// its standard output; a failure carries its output. The caller's `CONNECTOR_*` variables are
+/// removed: only the harness's files configure it.
+pub fn run_to_end(command: &mut std::process::Command, what: &str) -> anyhow::Result<String> {
     for (name, _) in std::env::vars() {
         if name.starts_with("CONNECTOR_") {
             command.env_remove(name);
@@ -61,5 +62,5 @@ pub fn run_to_end(command: &mut std::process::Command, what: &str) -> anyhow::Re
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

@@ -66,6 +66,8 @@ pub struct Harness {
     http: reqwest::Client,
     unexpected_exits: usize,
     topology: Topology,
+    /// `connector-workers` and the first workers' configuration, for admin commands.
+    admin: Option<(PathBuf, PathBuf)>,
 }
 
 impl Harness {
@@ -91,6 +93,7 @@ impl Harness {
                 ..TopologySettings::default()
             }
             .topology(),
+            admin: None,
         }
     }
 
@@ -239,6 +242,7 @@ impl Harness {
                 workers_config(ops, broker_url, db_url, nonces, &self.dir.join("evidence")),
             )?;
             if i == 0 {
+                self.admin = Some((bin_dir.join("connector-workers"), config.clone()));
                 run_to_end(
                     std::process::Command::new(bin_dir.join("connector-workers"))
                         .args(["--config"])
@@ -306,6 +310,26 @@ impl Harness {
     }
 
     /// SIGTERM to every connector process (workers first), SIGKILL after `grace`.
+    /// Runs `connector-workers <args>` with the first workers' configuration, as an operator
+    /// would; returns what it printed.
+    pub async fn workers_admin(&self, args: &[&str]) -> anyhow::Result<String> {
+        let Some((program, config)) = self.admin.clone() else {
+            anyhow::bail!("the workers are not configured yet");
+        };
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let what = format!("connector-workers {}", args.join(" "));
+        tokio::task::spawn_blocking(move || {
+            run_to_end(
+                std::process::Command::new(program)
+                    .arg("--config")
+                    .arg(config)
+                    .args(&args),
+                &what,
+            )
+        })
+        .await?
+    }
+
     pub async fn stop_connector(&mut self, grace: Duration) {
         for process in self.workers.iter_mut().chain(self.ingress.iter_mut()) {
             process.terminate(grace).await;

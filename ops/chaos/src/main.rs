@@ -19,6 +19,7 @@ mod harness;
 mod ledger_collector;
 mod load;
 mod proxy;
+mod quarantine_review;
 mod rounds;
 mod run;
 mod soak;

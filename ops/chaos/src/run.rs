@@ -17,7 +17,7 @@ use crate::ledger_collector::LedgerCollector;
 use crate::rounds;
 use crate::soak;
 use crate::summary::Summary;
-use crate::verify::{self, Inputs, LedgerMessage, Report};
+use crate::verify::{self, Inputs, Journal, JournalCollector, LedgerMessage, Report};
 
 pub async fn run(harness: &mut Harness, cli: &Cli) -> anyhow::Result<Report> {
     let bin_dir = binaries(cli.no_build)?;
@@ -38,6 +38,10 @@ pub async fn run(harness: &mut Harness, cli: &Cli) -> anyhow::Result<Report> {
     let Started { bank, db, poison } = harness
         .start(&bin_dir, soak.map(|plan| plan.nonce_purge()))
         .await?;
+    // With retentions shorter than the run, the rows the checks read are dropped before the
+    // end: copy them while the run goes on. Otherwise one copy at the end holds them all.
+    let purging = soak.is_some_and(|plan| plan.retention_secs.is_some());
+    let journal = purging.then(|| JournalCollector::start(&db));
 
     // Load, then the rounds (or the soak).
     let mut collector = None;
@@ -100,9 +104,18 @@ pub async fn run(harness: &mut Harness, cli: &Cli) -> anyhow::Result<Report> {
     let ledger_dlq = message_ids(take_all(&channel, &topology.ledger_dead_letter_queue).await?);
     let _ = connection.close(200, "done".into()).await;
 
+    let journal = match journal {
+        Some(collector) => collector.finish().await?,
+        None => {
+            let mut journal = Journal::default();
+            journal.collect(&db).await?;
+            journal
+        }
+    };
     let mut report = verify::check(Inputs {
         bank: &bank,
         db: &db,
+        journal: &journal,
         ledger: &ledger,
         intake_dlq: &intake_dlq,
         ledger_dlq: &ledger_dlq,
@@ -111,7 +124,12 @@ pub async fn run(harness: &mut Harness, cli: &Cli) -> anyhow::Result<Report> {
     .await?;
     db.close().await;
     if let Some(summary) = &soak_summary {
-        report.problems.extend(summary.problems.iter().cloned());
+        for problem in &summary.problems {
+            report.run_failure(problem.clone());
+        }
+    }
+    if let Some(gap) = journal.gaps() {
+        report.run_failure(gap);
     }
     if harness.unexpected_exits() > 0 {
         report.notes.push(format!(

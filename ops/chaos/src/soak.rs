@@ -15,6 +15,7 @@ use crate::console::out;
 use crate::harness::Harness;
 use crate::ledger_collector::LedgerCollector;
 use crate::load::Bank;
+use crate::quarantine_review;
 use crate::services::rss_mib;
 use crate::table_sizes;
 
@@ -114,6 +115,7 @@ pub async fn run(
     let interval = Duration::from_secs(plan.sample_secs);
     let end = started + Duration::from_secs(plan.seconds);
     let mut next = started;
+    let mut discarded = 0;
     while next < end {
         next = (next + interval).min(end);
         harness.tick_until(next).await;
@@ -127,6 +129,18 @@ pub async fn run(
         }
         append(&csv, &sample.csv_row())?;
         samples.push(sample);
+        if plan.retention_secs.is_some() {
+            match quarantine_review::discard_conflict_losers(harness).await {
+                Ok(n) => discarded += n,
+                Err(e) => summary.problems.push(format!("quarantine review: {e:#}")),
+            }
+        }
+    }
+    if plan.retention_secs.is_some() {
+        summary.lines.push(format!(
+            "quarantine review: {discarded} conflict losers discarded with `connector-workers quarantine discard --reason FINAL_STATUS_CONFLICT --held-for {}` after each sample",
+            quarantine_review::HELD_FOR_SECS
+        ));
     }
     judge(plan, &samples, &mut summary);
     summary

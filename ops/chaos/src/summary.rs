@@ -182,6 +182,10 @@ impl Summary<'_> {
                 "503s during a memory alarm / of them received by the workers".into(),
                 format!("{} / {}", report.refused_in_alarm, report.refused_applied),
             ),
+            (
+                "failed run verdicts (soak sizes and memory, journal)".into(),
+                report.run_failures.to_string(),
+            ),
         ];
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         for (key, value) in rows {

@@ -33,6 +33,10 @@ pub fn retention_of(table: &str, data_secs: Option<u64>, nonce_secs: u64) -> Opt
         "seen_nonces" => Some(nonce_secs),
         // The workers require keys to outlive nonces.
         "idempotency_keys" => data_secs.map(|secs| secs.max(nonce_secs)),
+        // Held rows wait for the soak's review, then their resolved retention runs.
+        "quarantined_messages" => {
+            data_secs.map(|secs| secs + crate::quarantine_review::HELD_FOR_SECS)
+        }
         t if RETAINED.contains(&t) => data_secs,
         _ => None,
     }

@@ -1,5 +1,6 @@
 //! What the checks compare, gathered once: the client's side (its 200s, everything it sent, the
-//! answers it did not expect), the database's rows, and the ledger queue indexed by event. The
+//! answers it did not expect), the database's rows (the purged tables' from the run's
+//! [`Journal`](super::journal::Journal)), and the ledger queue indexed by event. The
 //! checks only read these, so that each can be understood, and run, on its own.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -104,11 +105,13 @@ impl<'a> Facts<'a> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let refused_received: Vec<String> =
-            sqlx::query_scalar("SELECT nonce FROM received_messages WHERE nonce = ANY($1)")
-                .bind(&refused_in_alarm)
-                .fetch_all(inputs.db)
-                .await?;
+        let journal = inputs.journal;
+        let refused_received: Vec<String> = journal
+            .deliveries
+            .values()
+            .filter_map(|row| row.nonce.clone())
+            .filter(|nonce| refused_in_alarm.contains(nonce))
+            .collect();
         let mut acked: BTreeMap<String, HashSet<Status>> = BTreeMap::new();
         let mut conflicts: BTreeMap<String, Vec<(String, Status)>> = BTreeMap::new();
         let mut acked_batches: HashSet<String> = HashSet::new();
@@ -136,51 +139,36 @@ impl<'a> Facts<'a> {
                 .await?
                 .into_iter()
                 .collect();
+        // The purged tables, from the journal (rows of the whole run, dropped ones included).
         let mut history: HashMap<String, Vec<(String, String, String)>> = HashMap::new();
-        for (reference, status, effect, key) in
-            sqlx::query_as::<_, (String, String, String, String)>(
-                "SELECT reference, status, effect, idempotency_key FROM order_history ORDER BY id",
-            )
-            .fetch_all(inputs.db)
-            .await?
-        {
-            history
-                .entry(reference)
-                .or_default()
-                .push((status, effect, key));
+        for (reference, status, effect, key) in journal.history.values() {
+            history.entry(reference.clone()).or_default().push((
+                status.clone(),
+                effect.clone(),
+                key.clone(),
+            ));
         }
         let mut outbox: HashMap<(String, String), Vec<String>> = HashMap::new();
         let mut attempts: HashMap<String, i32> = HashMap::new();
-        let mut outbox_unpublished = 0;
-        for (id, event_type, reference, published, failed_attempts) in
-            sqlx::query_as::<_, (uuid::Uuid, String, String, bool, i32)>(
-                "SELECT event_id, event_type, reference, published_at IS NOT NULL, attempts
-                 FROM ledger_outbox",
-            )
-            .fetch_all(inputs.db)
-            .await?
-        {
-            attempts.insert(id.to_string(), failed_attempts);
-            if !published {
-                outbox_unpublished += 1;
-            }
+        for row in journal.outbox.values() {
+            attempts.insert(row.event_id.to_string(), row.attempts);
             outbox
-                .entry((reference, event_type))
+                .entry((row.reference.clone(), row.event_type.clone()))
                 .or_default()
-                .push(id.to_string());
+                .push(row.event_id.to_string());
         }
-        let applied_by_key: HashMap<String, i64> = sqlx::query_as(
-            "SELECT idempotency_key, count(*) FROM received_messages WHERE outcome = 'applied' GROUP BY 1",
-        )
-        .fetch_all(inputs.db)
-        .await?
-        .into_iter()
-        .collect();
-        let quarantined: Vec<Quarantined> = sqlx::query_as(
-            "SELECT message_id, reason, idempotency_key, detail FROM quarantined_messages",
-        )
-        .fetch_all(inputs.db)
-        .await?;
+        // Unpublished rows are never dropped: the table as it is now has them all.
+        let outbox_unpublished: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM ledger_outbox WHERE published_at IS NULL")
+                .fetch_one(inputs.db)
+                .await?;
+        let mut applied_by_key: HashMap<String, i64> = HashMap::new();
+        for row in journal.deliveries.values() {
+            if let (Some(key), "applied") = (&row.idempotency_key, row.outcome.as_str()) {
+                *applied_by_key.entry(key.clone()).or_default() += 1;
+            }
+        }
+        let quarantined: Vec<Quarantined> = journal.quarantined.values().cloned().collect();
 
         // The ledger queue.
         let mut by_event: HashMap<&str, usize> = HashMap::new();
@@ -205,7 +193,7 @@ impl<'a> Facts<'a> {
             history,
             outbox,
             attempts,
-            outbox_unpublished,
+            outbox_unpublished: usize::try_from(outbox_unpublished).unwrap_or(usize::MAX),
             applied_by_key,
             quarantined,
             ledger: inputs.ledger,

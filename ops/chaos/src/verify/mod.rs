@@ -6,6 +6,7 @@
 mod acknowledged;
 mod dead_letters;
 mod facts;
+mod journal;
 mod ledger;
 mod orders;
 mod report;
@@ -17,6 +18,7 @@ use sqlx::PgPool;
 use crate::load::Bank;
 
 pub use facts::LedgerMessage;
+pub use journal::{Collector as JournalCollector, Journal};
 pub use report::Report;
 
 /// What the checks read: the bank's record, the database, and what was taken off the queues.
@@ -24,6 +26,8 @@ pub use report::Report;
 pub struct Inputs<'a> {
     pub bank: &'a Bank,
     pub db: &'a PgPool,
+    /// The rows of the purged tables over the whole run.
+    pub journal: &'a Journal,
     pub ledger: &'a [LedgerMessage],
     /// Message ids on the intake dead-letter queue.
     pub intake_dlq: &'a [String],

@@ -41,6 +41,9 @@ pub struct Report {
     pub refused_in_alarm: usize,
     /// ... that were applied all the same (must be none: a 503 is a total rejection).
     pub refused_applied: usize,
+    /// Failed verdicts of the run itself, outside the counters above: a soak's table that
+    /// keeps growing, a process whose memory does, a gap in the journal of purged tables.
+    pub run_failures: usize,
     /// What went wrong, one line each (the table prints the first ones).
     pub problems: Vec<String>,
     pub notes: Vec<String>,
@@ -59,6 +62,13 @@ impl Report {
             || self.unknown_rows > 0
             || self.unexpected_answers > 0
             || self.refused_applied > 0
+            || self.run_failures > 0
+    }
+
+    /// A failed verdict of the run itself (see `run_failures`).
+    pub fn run_failure(&mut self, problem: String) {
+        self.run_failures += 1;
+        self.problems.push(problem);
     }
 
     /// Adds one check's findings: counters summed, its problems and notes after those so far.
@@ -90,9 +100,11 @@ impl Report {
             unexpected_answers,
             refused_in_alarm,
             refused_applied,
+            run_failures,
             problems,
             notes,
         } = findings;
+        self.run_failures += run_failures;
         self.refused_in_alarm += refused_in_alarm;
         self.refused_applied += refused_applied;
         self.acked_orders += acked_orders;
