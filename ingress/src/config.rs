@@ -20,6 +20,7 @@ pub use connector_runtime::telemetry::{LogFormat, LogSettings};
 
 mod paysafe;
 mod production;
+pub(crate) use paysafe::KEY_AS_ID;
 pub use paysafe::{
     DEFAULT_PAYSAFE_PATH, KeyEncoding, PaysafeSettings, WebhookKey, WebhookKeyEntry,
 };

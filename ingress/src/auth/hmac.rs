@@ -7,12 +7,14 @@ use std::fmt;
 
 use connector_schema::paysafe::webhook_signature_key;
 
-use crate::config::{ConfigError, KeyEncoding, PaysafeSettings, WebhookKey, WebhookKeyEntry};
+use crate::config::{
+    ConfigError, KEY_AS_ID, KeyEncoding, PaysafeSettings, WebhookKey, WebhookKeyEntry,
+};
 
-/// The HMAC keys webhooks may be signed with: the UTF-8 bytes of each configured key, with
-/// its id. Paysafe's keys have no id of their own, so a key is named by where it is
-/// configured (`webhook_keys[0]`, `webhook_key_files[1]`): never anything derived from the
-/// secret, which a digest of a low-entropy key would let anyone test guesses against.
+/// The HMAC keys webhooks may be signed with: the bytes of each configured key, with its id.
+/// Paysafe's keys have no id of their own, so a key is named by its configured `id`, else by
+/// where it is configured (`webhook_keys[0]`, `webhook_key_files[1]`): never anything derived
+/// from the secret, which a digest of a low-entropy key would let anyone test guesses against.
 #[derive(Clone, Default)]
 pub struct WebhookKeys {
     keys: Vec<Vec<u8>>,
@@ -37,12 +39,13 @@ impl WebhookKeys {
     }
 
     /// The `webhook_keys` entries (inline keys, or files, each decoded by its encoding), then
-    /// the raw `webhook_key_files`. A file's surrounding whitespace is ignored. Errors name the
-    /// entry and the file, never a key. Inline keys are checked by
-    /// [`PaysafeSettings::validate`] too, so a bad one fails before start-up work.
+    /// the raw `webhook_key_files`, each named by [`PaysafeSettings::key_ids`]. A file's
+    /// surrounding whitespace is ignored. Errors name the entry and the file, never a key.
+    /// Inline keys and ids are checked by [`PaysafeSettings::validate`] too, so a bad one
+    /// fails before start-up work.
     pub fn from_settings(settings: &PaysafeSettings) -> Result<Self, ConfigError> {
+        let ids = settings.key_ids()?;
         let mut keys = Vec::new();
-        let mut ids = Vec::new();
         for (i, key) in settings.webhook_keys.iter().enumerate() {
             let at = format!("paysafe.webhook_keys[{i}]");
             let inline = |text: &str, encoding: KeyEncoding| {
@@ -56,8 +59,10 @@ impl WebhookKeys {
                     key: Some(text),
                     key_file: None,
                     encoding,
+                    ..
                 }) => inline(text, *encoding)?,
                 WebhookKey::Entry(WebhookKeyEntry {
+                    id,
                     key: None,
                     key_file: Some(file),
                     encoding,
@@ -66,6 +71,9 @@ impl WebhookKeys {
                     let fail =
                         |message: String| ConfigError::new(format!("{at}.key_file"), message);
                     let text = read_key_file(&path).map_err(fail)?;
+                    if id.as_deref() == Some(text.as_str()) {
+                        return Err(ConfigError::new(format!("{at}.id"), KEY_AS_ID));
+                    }
                     encoding
                         .decode(&text)
                         .map_err(|message| fail(format!("{}: {message}", path.display())))?
@@ -75,7 +83,6 @@ impl WebhookKeys {
                 }
             };
             keys.push(bytes);
-            ids.push(format!("webhook_keys[{i}]"));
         }
         for (i, file) in settings.webhook_key_files.iter().enumerate() {
             let path = file.relative();
@@ -83,7 +90,6 @@ impl WebhookKeys {
                 ConfigError::new(format!("paysafe.webhook_key_files[{i}]"), message)
             })?;
             keys.push(text.into_bytes());
-            ids.push(format!("webhook_key_files[{i}]"));
         }
         Ok(Self { keys, ids })
     }
@@ -166,6 +172,56 @@ mod tests {
             assert_eq!(err.key, "paysafe.webhook_key_files[1]");
             assert!(err.message.contains(expect), "{err}");
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_with_an_id_is_named_by_it_wherever_it_is_listed() {
+        let dir = std::env::temp_dir().join(format!("paysafe-keys-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("next"), "next-key\n").unwrap();
+        let old = WebhookKey::from(KEY).with_id("paysafe-2025");
+        let next = WebhookKey::file(dir.join("next"), KeyEncoding::Raw).with_id("paysafe-2026");
+        let by_old = webhook_signature(KEY.as_bytes(), BODY.as_bytes());
+        let by_next = webhook_signature(b"next-key", BODY.as_bytes());
+        let by_plain = webhook_signature(b"plain", BODY.as_bytes());
+        // Reordered, and with a key without id added in front: the ids stay.
+        for (webhook_keys, plain) in [
+            (vec![old.clone(), next.clone()], None),
+            (
+                vec!["plain".into(), next.clone(), old.clone()],
+                Some("webhook_keys[0]"),
+            ),
+        ] {
+            let keys = WebhookKeys::from_settings(&PaysafeSettings {
+                webhook_keys,
+                ..PaysafeSettings::default()
+            })
+            .unwrap();
+            let id = |signature: &str| keys.verifying_key_id(BODY.as_bytes(), signature);
+            assert_eq!(id(&by_old), Some("paysafe-2025"));
+            assert_eq!(id(&by_next), Some("paysafe-2026"));
+            assert_eq!(id(&by_plain), plain);
+        }
+
+        // A repeated id fails the load too (tools load keys without validating first).
+        let err = WebhookKeys::from_settings(&PaysafeSettings {
+            webhook_keys: vec![old.clone(), "s3cr3t".into(), next.with_id("paysafe-2025")],
+            ..PaysafeSettings::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.key, "paysafe.webhook_keys[2].id");
+
+        // A key file whose key is its own id: refused once the file is read, never quoted.
+        let err = WebhookKeys::from_settings(&PaysafeSettings {
+            webhook_keys: vec![
+                WebhookKey::file(dir.join("next"), KeyEncoding::Raw).with_id("next-key"),
+            ],
+            ..PaysafeSettings::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.key, "paysafe.webhook_keys[0].id");
+        assert!(!err.message.contains("next-key"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

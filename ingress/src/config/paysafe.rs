@@ -5,6 +5,11 @@
 //! decoded bytes. Nothing in a key tells the two apart (many base64 strings are also plausible
 //! text keys), so each key says which it is: `encoding = "raw" | "base64"`. A bare string is a
 //! raw key, which is what every configuration written before encodings existed meant.
+//!
+//! Each key is recorded by id with every webhook it verifies (the `key_id` verification fact,
+//! kept for years). Paysafe's keys have no id of their own, so a table entry may give one
+//! (`id = "paysafe-2025"`); a key without one is named by its position (`webhook_keys[0]`,
+//! `webhook_key_files[1]`), which changes meaning when keys are reordered or removed.
 
 use std::fmt;
 
@@ -24,7 +29,8 @@ pub const DEFAULT_PAYSAFE_PATH: &str = "/webhooks/paysafe";
 /// `CONNECTOR_PAYSAFE__WEBHOOK_KEYS`, as a list or a single key) and/or `webhook_key_files`
 /// (one raw key per file, surrounding whitespace ignored: Docker or Kubernetes secrets). Every
 /// key listed is accepted, so a rotation lists the old and the new key side by side. `Debug`
-/// never shows a key.
+/// never shows a key. Only `webhook_keys` table entries carry an `id`: `webhook_key_files` are
+/// plain paths, named by position (a key file with an id: an entry with `key_file` and `id`).
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PaysafeSettings {
@@ -32,7 +38,7 @@ pub struct PaysafeSettings {
     pub path: String,
     /// Larger bodies get 413; an event is a few KiB.
     pub max_body_bytes: usize,
-    /// HMAC keys: a bare string (raw), or `{ key | key_file, encoding }`.
+    /// HMAC keys: a bare string (raw), or `{ key | key_file, encoding }` with an optional `id`.
     #[serde(deserialize_with = "one_or_many")]
     pub webhook_keys: Vec<WebhookKey>,
     /// Files each holding one raw HMAC key; relative paths resolve against the configuration
@@ -113,10 +119,15 @@ pub enum WebhookKey {
     Entry(WebhookKeyEntry),
 }
 
-/// `{ key = "...", encoding = "base64" }` or `{ key_file = "...", encoding = "raw" }`.
+/// `{ key = "...", encoding = "base64" }` or `{ key_file = "...", encoding = "raw" }`, each
+/// with an optional `id`.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookKeyEntry {
+    /// The stable name recorded with every webhook this key verifies: 1 to 64 of
+    /// `A-Z a-z 0-9 . _ -`, unique. Without it, the key is named by its position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// One key in the file, surrounding whitespace ignored; relative paths resolve against
@@ -131,6 +142,7 @@ impl WebhookKey {
     /// An inline key in `encoding`, for tests and tools.
     pub fn inline(key: &str, encoding: KeyEncoding) -> Self {
         Self::Entry(WebhookKeyEntry {
+            id: None,
             key: Some(key.to_owned()),
             key_file: None,
             encoding,
@@ -140,10 +152,34 @@ impl WebhookKey {
     /// A key file in `encoding`.
     pub fn file(path: impl Into<RelativePathBuf>, encoding: KeyEncoding) -> Self {
         Self::Entry(WebhookKeyEntry {
+            id: None,
             key: None,
             key_file: Some(path.into()),
             encoding,
         })
+    }
+
+    /// This key with an explicit `id` (a bare string becomes a raw entry).
+    pub fn with_id(self, id: &str) -> Self {
+        let mut entry = match self {
+            Self::Text(text) => WebhookKeyEntry {
+                id: None,
+                key: Some(text),
+                key_file: None,
+                encoding: KeyEncoding::Raw,
+            },
+            Self::Entry(entry) => entry,
+        };
+        entry.id = Some(id.to_owned());
+        Self::Entry(entry)
+    }
+
+    /// The explicit id, if the entry gives one.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Self::Text(_) => None,
+            Self::Entry(entry) => entry.id.as_deref(),
+        }
     }
 }
 
@@ -180,12 +216,74 @@ impl PaysafeSettings {
                 .decode(text)
                 .map_err(|message| ConfigError::new(at, message))?;
         }
-        Ok(())
+        self.key_ids().map(drop)
+    }
+
+    /// The id each key is recorded under, in the order the keys are loaded (`webhook_keys`,
+    /// then `webhook_key_files`): the explicit id, else the position. Errors name the entry's
+    /// `id` and never quote it: an id is not a secret, but one pasted in the wrong field may be.
+    pub fn key_ids(&self) -> Result<Vec<String>, ConfigError> {
+        let mut ids: Vec<String> = Vec::new();
+        // Where each id came from, to name the first holder of a repeated one.
+        let mut sources: Vec<String> = Vec::new();
+        for (i, key) in self.webhook_keys.iter().enumerate() {
+            let Some(id) = key.id() else {
+                // A positional name has brackets, which no explicit id may: they cannot collide.
+                ids.push(format!("webhook_keys[{i}]"));
+                sources.push(format!("paysafe.webhook_keys[{i}]"));
+                continue;
+            };
+            let at = format!("paysafe.webhook_keys[{i}].id");
+            check_key_id(id).map_err(|message| ConfigError::new(&at, message))?;
+            if let WebhookKey::Entry(WebhookKeyEntry {
+                key: Some(text), ..
+            }) = key
+                && text == id
+            {
+                return Err(ConfigError::new(at, KEY_AS_ID));
+            }
+            if let Some(first) = ids.iter().position(|other| other == id) {
+                return Err(ConfigError::new(
+                    at,
+                    format!(
+                        "is the same as {}.id: each key needs its own, so a recorded id names one key",
+                        sources[first]
+                    ),
+                ));
+            }
+            ids.push(id.to_owned());
+            sources.push(format!("paysafe.webhook_keys[{i}]"));
+        }
+        ids.extend((0..self.webhook_key_files.len()).map(|i| format!("webhook_key_files[{i}]")));
+        Ok(ids)
     }
 }
 
+/// The refusal of an id equal to its key: the id is recorded with every webhook, the key never.
+pub(crate) const KEY_AS_ID: &str =
+    "is the key itself; the id is recorded with every webhook, so it must not be the secret";
+
+/// An id's rules. Its characters are safe in any log, report or file name, and exclude the
+/// brackets of a positional name (`webhook_keys[0]`), so the two can never collide.
+fn check_key_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() {
+        return Err("must not be empty (leave `id` out to name the key by its position)");
+    }
+    if id.len() > MAX_KEY_ID_LEN
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("must be at most 64 characters, each a letter, a digit, `.`, `_` or `-`");
+    }
+    Ok(())
+}
+
+const MAX_KEY_ID_LEN: usize = 64;
+
 /// A single key is a list of one: `CONNECTOR_PAYSAFE__WEBHOOK_KEYS=key` works as well as
-/// `CONNECTOR_PAYSAFE__WEBHOOK_KEYS='["old","new"]'` or `'{key="...", encoding="base64"}'`.
+/// `CONNECTOR_PAYSAFE__WEBHOOK_KEYS='["old","new"]'` or `'{key="...", encoding="base64"}'`
+/// (with or without `id="..."`).
 fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<WebhookKey>, D::Error> {
     struct Keys;
     impl<'de> Visitor<'de> for Keys {
@@ -234,7 +332,7 @@ fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Webhook
 
 /// Not serde's generic "invalid type: integer `12345`": say what is expected, without echoing
 /// a key.
-const EXPECTED: &str = "a key or a list of keys, each a string (quote a key that looks like a number) or { key | key_file, encoding = \"raw\" | \"base64\" }";
+const EXPECTED: &str = "a key or a list of keys, each a string (quote a key that looks like a number) or { key | key_file, encoding = \"raw\" | \"base64\", optional id }";
 
 /// A string or a table, by hand rather than `untagged`: an untagged enum buffers the value,
 /// which loses figment's resolution of `key_file` against the configuration file's folder.
@@ -289,6 +387,7 @@ impl fmt::Debug for WebhookKey {
 impl fmt::Debug for WebhookKeyEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookKeyEntry")
+            .field("id", &self.id)
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
             .field(
                 "key_file",

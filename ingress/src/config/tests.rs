@@ -366,3 +366,107 @@ fn production_refuses_each_unsafe_setting_naming_its_key() {
     settings.broker.url = "amqp://guest:guest@127.0.0.1:5672/%2f".into();
     settings.validate().expect("development");
 }
+
+#[test]
+fn a_paysafe_key_id_is_checked_and_errors_name_the_entry_never_a_key() {
+    let refused = |keys: Vec<WebhookKey>| {
+        let mut settings = development();
+        settings.paysafe.webhook_keys = keys;
+        let err = settings.validate().unwrap_err();
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        err
+    };
+    let key = |text: &str, id: &str| WebhookKey::from(text).with_id(id);
+
+    let err = refused(vec![
+        key("s3cr3t-a", "paysafe-2025"),
+        "s3cr3t-b".into(),
+        key("s3cr3t-c", "paysafe-2025"),
+    ]);
+    assert_eq!(err.key, "paysafe.webhook_keys[2].id");
+    assert!(
+        err.message.contains("paysafe.webhook_keys[0].id"),
+        "names the first holder: {err}"
+    );
+
+    for (id, why) in [
+        ("", "must not be empty"),
+        ("paysafe 2025", "a letter, a digit"),
+        ("paysafe/2025", "a letter, a digit"),
+        ("clé-2025", "a letter, a digit"),
+        // A positional name is refused as an id, so the two can never collide.
+        ("webhook_keys[0]", "a letter, a digit"),
+        (&"k".repeat(65), "at most 64"),
+    ] {
+        let err = refused(vec!["s3cr3t-a".into(), key("s3cr3t-b", id)]);
+        assert_eq!(err.key, "paysafe.webhook_keys[1].id", "{id:?}");
+        assert!(err.message.contains(why), "{id:?}: {err}");
+    }
+    // The key pasted as its own id would be recorded with every webhook.
+    let err = refused(vec![key("s3cr3t-key", "s3cr3t-key")]);
+    assert_eq!(err.key, "paysafe.webhook_keys[0].id");
+
+    // The longest, every allowed character; ids beside positional names and key files.
+    let mut settings = development();
+    let longest = format!("A-z.0_9{}", "x".repeat(57));
+    settings.paysafe.webhook_keys = vec![
+        "s3cr3t-a".into(),
+        key("s3cr3t-b", &longest),
+        WebhookKey::file("secrets/paysafe.b64", KeyEncoding::Base64).with_id("from-file"),
+    ];
+    settings.paysafe.webhook_key_files = vec!["secrets/paysafe".into()];
+    settings.validate().expect("valid");
+    assert_eq!(
+        settings.paysafe.key_ids().unwrap(),
+        [
+            "webhook_keys[0]",
+            longest.as_str(),
+            "from-file",
+            "webhook_key_files[0]"
+        ]
+    );
+    let shown = format!("{:?}", settings.paysafe.webhook_keys[1]);
+    assert!(
+        shown.contains(&longest) && !shown.contains("s3cr3t"),
+        "{shown}"
+    );
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment's Jail API, not ours
+fn a_paysafe_key_id_comes_from_the_file_or_the_environment() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "ingress.toml",
+            r#"
+            mode = "development"
+            [paysafe]
+            webhook_keys = [
+              { id = "paysafe-2025", key = "old-key", encoding = "raw" },
+              { id = "paysafe-2026", key_file = "secrets/paysafe.b64", encoding = "base64" },
+            ]
+            "#,
+        )?;
+        let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
+        assert_eq!(
+            settings.paysafe.key_ids().unwrap(),
+            ["paysafe-2025", "paysafe-2026"]
+        );
+
+        jail.set_env(
+            "CONNECTOR_PAYSAFE__WEBHOOK_KEYS",
+            r#"{id="paysafe-dev-1", key="dev-key", encoding="raw"}"#,
+        );
+        let settings = Settings::load(Some(Path::new("ingress.toml"))).expect("loads");
+        assert_eq!(settings.paysafe.key_ids().unwrap(), ["paysafe-dev-1"]);
+
+        // Load runs the checks: a repeated id stops it, naming the entry.
+        jail.set_env(
+            "CONNECTOR_PAYSAFE__WEBHOOK_KEYS",
+            r#"[{id="k-1", key="a", encoding="raw"}, {id="k-1", key="b", encoding="raw"}]"#,
+        );
+        let err = Settings::load(Some(Path::new("ingress.toml"))).unwrap_err();
+        assert_eq!(err.key, "paysafe.webhook_keys[1].id");
+        Ok(())
+    });
+}

@@ -134,6 +134,31 @@ webhook_keys = ["raw-key", { key = "s3cr3t!not*base64", encoding = "base64" }]
     assert!(!String::from_utf8_lossy(&output.stderr).contains("s3cr3t"));
 }
 
+/// Two webhook keys with one id would make a recorded id ambiguous: the ingress stops, naming
+/// the second entry's id and the first, and quoting neither key.
+#[test]
+fn the_ingress_refuses_two_webhook_keys_with_one_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = binary("connector-ingress", "connector-ingress");
+    let contents = r#"
+mode = "development"
+[paysafe]
+webhook_keys = [
+  { id = "paysafe-2025", key = "s3cr3t-old", encoding = "raw" },
+  "s3cr3t-plain",
+  { id = "paysafe-2025", key = "s3cr3t-new", encoding = "raw" },
+]
+"#;
+    let output = run(&exe, dir.path(), "ingress.toml", contents, &[]);
+    assert_refused(
+        &output,
+        "connector-ingress",
+        "paysafe.webhook_keys[2].id",
+        "the same as paysafe.webhook_keys[0].id",
+    );
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("s3cr3t"));
+}
+
 #[test]
 fn the_workers_refuse_to_start_in_production_with_guest_or_plain_http() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use connector_e2e_tests::pipeline::{Pipeline, spawn_pipeline, spawn_pipeline_on};
 use connector_e2e_tests::{spawn_app_with, spawn_tls_app_with, test_seal_keys, unit_body};
+use connector_ingress::config::{KeyEncoding, WebhookKey};
 use connector_ingress::pki::{DevCa, IssuedCertificate};
 use connector_schema::paysafe::webhook_signature;
 use connector_schema::verification::HEADER;
@@ -204,6 +205,41 @@ async fn a_paysafe_webhook_records_its_key_id_and_nothing_of_the_secret() {
     ] {
         assert!(!row.contains(&form), "{form} in {row}");
     }
+    p.teardown().await;
+}
+
+/// A key given an explicit `id` is recorded by it, not by its position: the id an archived
+/// record names stays the same key when a rotation reorders or removes keys.
+#[tokio::test]
+async fn a_paysafe_webhook_verified_by_a_key_with_an_id_records_that_id() {
+    let (app, pki) = spawn_tls_app_with(|s| {
+        s.paysafe.webhook_keys = vec![
+            PAYSAFE_KEY.into(),
+            WebhookKey::inline(PAYSAFE_NEXT_KEY, KeyEncoding::Raw).with_id("paysafe-2026"),
+        ];
+    })
+    .await;
+    let p = spawn_pipeline_on(app).await;
+    let body = r#"{"id":"evt-2","eventName":"PAYMENT_COMPLETED","resourceId":"pay-vf4","attemptNumber":"1"}"#;
+    let response = pki
+        .client(None)
+        .post(format!("{}/webhooks/paysafe", p.app.base_url))
+        .header("Content-Type", "application/json")
+        .header(
+            "Signature",
+            webhook_signature(PAYSAFE_NEXT_KEY.as_bytes(), body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(p.apply_all().await, 1);
+
+    let facts = recorded(&p, "paysafe.webhook").await;
+    assert_eq!(facts["scheme"], "paysafe_hmac");
+    assert_eq!(facts["key_id"], "paysafe-2026", "{facts}");
+    assert_eq!(facts["result"], "verified");
     p.teardown().await;
 }
 

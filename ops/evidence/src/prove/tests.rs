@@ -56,6 +56,21 @@ fn a_paysafe_webhook_is_proven_with_its_key_only() {
 }
 
 #[test]
+fn a_paysafe_proof_names_the_key_the_ingress_recorded() {
+    let mut entry = webhook(&webhook_signature(KEY, BODY));
+    entry.verification = Some(serde_json::json!({
+        "scheme": "paysafe_hmac",
+        "key_id": "paysafe-2026",
+        "result": "verified",
+    }));
+    let named = ("key id (recorded)", "paysafe-2026".to_owned());
+    for key in [None, Some(KEY), Some(&b"another key"[..])] {
+        let proof = prove_entry(&entry, &IngressSettings::default(), key).unwrap();
+        assert!(proof.details.contains(&named), "{key:?}: {proof:?}");
+    }
+}
+
+#[test]
 fn an_altered_paysafe_body_is_not_proven() {
     let mut entry = webhook(&webhook_signature(KEY, BODY));
     entry.body_base64 = STANDARD.encode(b"{}");
