@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{ArchiveStore, sha256_hex};
+use super::{ArchiveStore, FileDigest, sha256_hex};
 
 /// The manifest's file name in an archive folder.
 pub const MANIFEST_FILE: &str = "manifest.ndjson";
@@ -77,15 +77,15 @@ struct Canonical<'a> {
 }
 
 impl ManifestRecord {
-    /// The record for `file_bytes`, archived as `file` from `relation`, after `previous`
-    /// (`None` for the first record).
+    /// The record for a file of `digest` holding `entries` entries, archived as `file` from
+    /// `relation`, after `previous` (`None` for the first record).
     pub fn new(
         previous: Option<&ManifestRecord>,
         file: &str,
         relation: &str,
         bounds: ArchiveBounds,
         entries: usize,
-        file_bytes: &[u8],
+        digest: &FileDigest,
     ) -> Self {
         let bounds = bounds.at_microseconds();
         let mut record = Self {
@@ -95,8 +95,8 @@ impl ManifestRecord {
             from: bounds.from,
             to: bounds.to,
             entries: i64::try_from(entries).unwrap_or(i64::MAX),
-            bytes: i64::try_from(file_bytes.len()).unwrap_or(i64::MAX),
-            sha256: sha256_hex(file_bytes),
+            bytes: i64::try_from(digest.bytes).unwrap_or(i64::MAX),
+            sha256: digest.sha256.clone(),
             previous: previous.map_or_else(|| GENESIS.to_owned(), |p| p.record_sha256.clone()),
             record_sha256: String::new(),
         };

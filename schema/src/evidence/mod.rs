@@ -3,24 +3,19 @@
 //! module holds the shapes only (entry, archive file, manifest chain, storage); the workers
 //! write archives, `connector-evidence` verifies them and proves requests from them.
 
+mod digest;
 mod entry;
 mod file;
 mod manifest;
+mod staged;
 mod store;
 
+pub use digest::{FileDigest, HashingWriter, sha256_hex};
 pub use entry::{ArchiveEntry, ArchivedEvent};
-pub use file::{ArchiveFileError, decode_archive, encode_archive};
+pub use file::{ArchiveFileError, ArchiveWriter, decode_archive, encode_archive};
 pub use manifest::{
     ArchiveBounds, ChainError, GENESIS, MANIFEST_FILE, ManifestRecord, parse_manifest,
     render_manifest, verify_chain, verify_file,
 };
-pub use store::{ArchiveStore, FsArchiveStore};
-
-/// Lower-case hex SHA-256, the form every digest in the manifest takes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use staged::{StagedArchive, WrittenArchive};
+pub use store::{ArchiveStore, FsArchiveStore, StagedFile};

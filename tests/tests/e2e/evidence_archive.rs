@@ -4,6 +4,7 @@
 //! itself), its rows are deleted, and the built
 //! `connector-evidence` proves requests from the archive alone, or names what was altered.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use connector_ingress::auth::snap::sign;
 use connector_ingress::config::BncPartner;
 use connector_schema::bnc::string_to_sign;
 use connector_schema::evidence::{
-    ArchiveBounds, ArchiveStore as _, FsArchiveStore, MANIFEST_FILE, ManifestRecord,
+    ArchiveBounds, ArchiveStore as _, FileDigest, FsArchiveStore, MANIFEST_FILE, ManifestRecord,
     decode_archive, parse_manifest, render_manifest, sha256_hex,
 };
 use connector_workers::config::{NonceSettings, RetentionSettings};
@@ -244,6 +245,15 @@ fn prove(archive: &Path, config: &Path, selector: &[&str]) -> (i32, String) {
     evidence(&args)
 }
 
+/// Hidden files left in an archive folder (a staged file never committed nor removed).
+fn temporaries(archive: &Path) -> Vec<String> {
+    std::fs::read_dir(archive)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with('.'))
+        .collect()
+}
+
 fn copy_archive(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -444,7 +454,7 @@ async fn tampering_is_named_and_a_rewritten_chain_is_caught_by_the_anchor() {
         &record.relation,
         record.bounds(),
         entries.len(),
-        &forged,
+        &FileDigest::of(&forged),
     );
     assert_eq!(forged_record.sha256, sha256_hex(&forged));
     std::fs::write(
@@ -473,8 +483,20 @@ async fn tampering_is_named_and_a_rewritten_chain_is_caught_by_the_anchor() {
 async fn a_re_export_reuses_its_record_and_other_content_is_refused() {
     let a = archived().await;
     let first = a.export().await.unwrap();
+    let inode = || {
+        std::fs::metadata(a.archive().join(&first.file))
+            .unwrap()
+            .ino()
+    };
+    let written = inode();
     let again = a.export().await.unwrap();
     assert_eq!(first, again);
+    assert_eq!(
+        inode(),
+        written,
+        "an identical stored file is left as it is"
+    );
+    assert_eq!(temporaries(&a.archive()), Vec::<String>::new());
     assert_eq!(
         a.pipeline
             .db
@@ -523,7 +545,16 @@ async fn a_re_export_reuses_its_record_and_other_content_is_refused() {
         out.contains("manifest record 1 (") && out.contains("is not anchored"),
         "{out}"
     );
+    // The file damaged meanwhile: the retry, which gives the recorded bytes again, restores it.
+    let path = archive.join(&first.file);
+    let mut damaged = std::fs::read(&path).unwrap();
+    damaged[20] ^= 1;
+    std::fs::write(&path, damaged).unwrap();
     assert_eq!(a.export().await.unwrap(), first);
+    assert_eq!(
+        a.store().get(&first.file).unwrap().map(|b| sha256_hex(&b)),
+        Some(first.sha256.clone())
+    );
     assert_eq!(
         a.pipeline
             .db
@@ -553,6 +584,11 @@ async fn a_re_export_reuses_its_record_and_other_content_is_refused() {
     assert_eq!(
         a.store().get(&first.file).unwrap().map(|b| sha256_hex(&b)),
         Some(first.sha256.clone())
+    );
+    assert_eq!(
+        temporaries(&archive),
+        Vec::<String>::new(),
+        "the refused file was staged and is gone"
     );
 
     // A manifest that no longer holds the anchored head: no export appends to it, and

@@ -4,8 +4,8 @@ use anyhow::Context as _;
 use sqlx::PgConnection;
 
 use connector_schema::evidence::{
-    ArchiveBounds, ArchiveStore, MANIFEST_FILE, ManifestRecord, encode_archive, parse_manifest,
-    render_manifest, sha256_hex, verify_chain,
+    ArchiveBounds, ArchiveStore, FileDigest, MANIFEST_FILE, ManifestRecord, StagedArchive,
+    parse_manifest, render_manifest, verify_chain,
 };
 
 use super::{ARCHIVE_BYTES_TOTAL, ARCHIVE_ENTRIES_TOTAL, ARCHIVE_FILES_TOTAL, anchor, rows};
@@ -20,7 +20,9 @@ use super::{ARCHIVE_BYTES_TOTAL, ARCHIVE_ENTRIES_TOTAL, ARCHIVE_FILES_TOTAL, anc
 /// rows, same bytes) reuses them. The same relation with other content is refused: an
 /// archived file is never overwritten.
 ///
-/// The store is written synchronously: a maintenance step, not the request path.
+/// The rows stream from the database into the gzip encoder and the staged file, hashed on the
+/// way: memory stays at one row and the encoder's buffers, whatever the partition's size. The
+/// store is written synchronously: a maintenance step, not the request path.
 pub async fn export_partition(
     connection: &mut PgConnection,
     store: &dyn ArchiveStore,
@@ -38,12 +40,18 @@ pub async fn export_partition(
     let file = file_name(relation, bounds)?;
     check_head(&manifest, head.as_ref(), &file)?;
 
-    let entries = rows::read_entries(&mut *connection, relation).await?;
-    let bytes = encode_archive(&entries);
+    // Written to a staged file while the rows stream in: dropped uncommitted (an error, a
+    // refusal, or the same file already stored) it leaves nothing behind.
+    let mut archive = StagedArchive::new(store, &file).context("staging the archive file")?;
+    rows::for_each_entry(&mut *connection, relation, |entry| {
+        archive.append(&entry).context("writing the archive file")
+    })
+    .await?;
+    let written = archive.finish().context("writing the archive file")?;
 
     if let Some(existing) = manifest.iter().find(|r| r.file == file) {
         anyhow::ensure!(
-            existing.sha256 == sha256_hex(&bytes)
+            existing.sha256 == written.digest.sha256
                 && existing.relation == relation
                 && existing.bounds() == bounds,
             "{relation} is already archived as {file} (record {}) with other content; \
@@ -51,10 +59,14 @@ pub async fn export_partition(
             existing.sequence
         );
         let existing = existing.clone();
-        if store.get(&file)?.as_deref() != Some(bytes.as_slice()) {
-            store
-                .put(&file, &bytes)
-                .context("writing the archive file")?;
+        let stored = store
+            .reader(&file)
+            .context("reading the archived file")?
+            .map(FileDigest::of_reader)
+            .transpose()
+            .context("reading the archived file")?;
+        if stored.as_ref() != Some(&written.digest) {
+            written.file.commit().context("writing the archive file")?;
         }
         // Recorded by an export whose transaction did not commit: anchor it now.
         if head
@@ -71,12 +83,10 @@ pub async fn export_partition(
         &file,
         relation,
         bounds,
-        entries.len(),
-        &bytes,
+        written.entries,
+        &written.digest,
     );
-    store
-        .put(&file, &bytes)
-        .context("writing the archive file")?;
+    written.file.commit().context("writing the archive file")?;
     manifest.push(record.clone());
     store
         .put(MANIFEST_FILE, &render_manifest(&manifest))
@@ -84,14 +94,14 @@ pub async fn export_partition(
     anchor::insert(connection, &record).await?;
 
     metrics::counter!(ARCHIVE_FILES_TOTAL).increment(1);
-    metrics::counter!(ARCHIVE_ENTRIES_TOTAL).increment(entries.len() as u64);
-    metrics::counter!(ARCHIVE_BYTES_TOTAL).increment(bytes.len() as u64);
+    metrics::counter!(ARCHIVE_ENTRIES_TOTAL).increment(written.entries as u64);
+    metrics::counter!(ARCHIVE_BYTES_TOTAL).increment(written.digest.bytes);
     tracing::info!(
         relation,
         file,
         sequence = record.sequence,
-        entries = entries.len(),
-        bytes = bytes.len(),
+        entries = written.entries,
+        bytes = written.digest.bytes,
         "relation archived"
     );
     Ok(record)

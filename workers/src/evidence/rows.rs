@@ -3,11 +3,11 @@
 //! `emitted_ledger_events` table are read when present, so an archive of an older partition
 //! simply has none.
 
-use std::collections::HashMap;
-
 use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use futures_util::TryStreamExt as _;
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row as _};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -36,93 +36,83 @@ pub(super) fn quoted_relation(relation: &str) -> anyhow::Result<String> {
         .join("."))
 }
 
-/// Every row of `relation`, oldest first (then by message id and outcome: deterministic).
-pub(super) async fn read_entries(
+/// Every row of `relation` as an entry, handed to `each` as it arrives from the database,
+/// oldest first (then by message id and outcome: deterministic). Only one row is in memory at
+/// a time.
+pub(super) async fn for_each_entry(
     connection: &mut PgConnection,
     relation: &str,
-) -> anyhow::Result<Vec<ArchiveEntry>> {
+    mut each: impl FnMut(ArchiveEntry) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let quoted = quoted_relation(relation)?;
-    // `to_jsonb(r) -> 'verification'` is NULL where the column does not exist yet.
-    let rows = sqlx::query(&format!(
-        "SELECT message_id, kind, client_id, idempotency_key, nonce, body_sha256, outcome,
-                received_at, processed_at, request_path, headers, body,
-                to_jsonb(r) -> 'verification' AS verification
-           FROM {quoted} r
-          ORDER BY processed_at, message_id, outcome"
-    ))
-    .fetch_all(&mut *connection)
-    .await
-    .with_context(|| format!("reading {relation}"))?;
-
-    let ids: Vec<Uuid> = rows.iter().map(|row| row.get("message_id")).collect();
-    let events = read_events(connection, &ids).await?;
-
-    let mut entries = Vec::with_capacity(rows.len());
-    for row in rows {
-        let message_id: Uuid = row.get("message_id");
-        let kind: String = row.get("kind");
-        let headers: serde_json::Value = row.get("headers");
-        let body: Vec<u8> = row.get("body");
-        let verification: Option<serde_json::Value> = row.get("verification");
-        let mut entry = ArchiveEntry {
-            message_id,
-            received_at: row.get::<OffsetDateTime, _>("received_at"),
-            processed_at: row.get::<OffsetDateTime, _>("processed_at"),
-            client_id: row.get("client_id"),
-            idempotency_key: row.get("idempotency_key"),
-            nonce: row.get("nonce"),
-            request_path: row.get("request_path"),
-            body_base64: STANDARD.encode(&body),
-            body_sha256: row.get("body_sha256"),
-            // The workers keep BNC bodies only as redacted copies (no token, no account).
-            body_redacted: kind == "bnc.account_binding",
-            signature: None,
-            verification: verification.filter(|v| !v.is_null()),
-            outcome: row.get("outcome"),
-            events: events.get(&message_id).cloned().unwrap_or_default(),
-            headers,
-            kind,
-        };
-        entry.signature = ArchiveEntry::signature_header(&entry.kind)
-            .and_then(|name| entry.header(name))
-            .map(str::to_owned);
-        entries.push(entry);
-    }
-    Ok(entries)
-}
-
-/// The ledger events of these messages, by message id, in event id order.
-async fn read_events(
-    connection: &mut PgConnection,
-    message_ids: &[Uuid],
-) -> anyhow::Result<HashMap<Uuid, Vec<ArchivedEvent>>> {
-    let mut by_message: HashMap<Uuid, Vec<ArchivedEvent>> = HashMap::new();
-    let present: bool =
+    let events_present: bool =
         sqlx::query_scalar("SELECT to_regclass('emitted_ledger_events') IS NOT NULL")
             .fetch_one(&mut *connection)
             .await?;
-    if !present || message_ids.is_empty() {
-        return Ok(by_message);
+    // Each row's events come with it (the table is indexed by message id), in event id order,
+    // so the rows can stream: no second query while the first is being read.
+    let events = if events_present {
+        "(SELECT jsonb_agg(jsonb_build_object('event_id', e.event_id,
+                                              'event_type', e.event_type,
+                                              'reference', e.reference)
+                           ORDER BY e.event_id)
+            FROM emitted_ledger_events e
+           WHERE e.message_id = r.message_id)"
+    } else {
+        "NULL::jsonb"
+    };
+    // `to_jsonb(r) -> 'verification'` is NULL where the column does not exist yet.
+    let statement = format!(
+        "SELECT r.message_id, r.kind, r.client_id, r.idempotency_key, r.nonce, r.body_sha256,
+                r.outcome, r.received_at, r.processed_at, r.request_path, r.headers, r.body,
+                to_jsonb(r) -> 'verification' AS verification,
+                {events} AS events
+           FROM {quoted} r
+          ORDER BY r.processed_at, r.message_id, r.outcome"
+    );
+    let mut rows = sqlx::query(&statement).fetch(&mut *connection);
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .with_context(|| format!("reading {relation}"))?
+    {
+        each(entry_of(&row).with_context(|| format!("reading {relation}"))?)?;
     }
-    let rows = sqlx::query(
-        "SELECT message_id, event_id, event_type, reference FROM emitted_ledger_events
-          WHERE message_id = ANY($1) ORDER BY message_id, event_id",
-    )
-    .bind(message_ids)
-    .fetch_all(&mut *connection)
-    .await
-    .context("reading emitted_ledger_events")?;
-    for row in rows {
-        by_message
-            .entry(row.get("message_id"))
-            .or_default()
-            .push(ArchivedEvent {
-                event_id: row.get("event_id"),
-                event_type: row.get("event_type"),
-                reference: row.get("reference"),
-            });
-    }
-    Ok(by_message)
+    Ok(())
+}
+
+fn entry_of(row: &PgRow) -> anyhow::Result<ArchiveEntry> {
+    let kind: String = row.try_get("kind")?;
+    let body: Vec<u8> = row.try_get("body")?;
+    let verification: Option<serde_json::Value> = row.try_get("verification")?;
+    let events = match row.try_get::<Option<serde_json::Value>, _>("events")? {
+        Some(events) => serde_json::from_value::<Vec<ArchivedEvent>>(events)
+            .context("reading a message's emitted_ledger_events")?,
+        None => Vec::new(),
+    };
+    let mut entry = ArchiveEntry {
+        message_id: row.try_get::<Uuid, _>("message_id")?,
+        received_at: row.try_get::<OffsetDateTime, _>("received_at")?,
+        processed_at: row.try_get::<OffsetDateTime, _>("processed_at")?,
+        client_id: row.try_get("client_id")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        nonce: row.try_get("nonce")?,
+        request_path: row.try_get("request_path")?,
+        body_base64: STANDARD.encode(&body),
+        body_sha256: row.try_get("body_sha256")?,
+        // The workers keep BNC bodies only as redacted copies (no token, no account).
+        body_redacted: kind == "bnc.account_binding",
+        signature: None,
+        verification: verification.filter(|v| !v.is_null()),
+        outcome: row.try_get("outcome")?,
+        events,
+        headers: row.try_get("headers")?,
+        kind,
+    };
+    entry.signature = ArchiveEntry::signature_header(&entry.kind)
+        .and_then(|name| entry.header(name))
+        .map(str::to_owned);
+    Ok(entry)
 }
 
 #[cfg(test)]

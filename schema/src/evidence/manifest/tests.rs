@@ -3,7 +3,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::evidence::{
-    ArchiveEntry, ArchivedEvent, FsArchiveStore, decode_archive, encode_archive,
+    ArchiveEntry, ArchivedEvent, FsArchiveStore, StagedArchive, decode_archive, encode_archive,
 };
 
 fn bounds() -> ArchiveBounds {
@@ -48,7 +48,7 @@ fn chain(n: usize) -> Vec<ManifestRecord> {
             "received_messages",
             bounds(),
             1,
-            &bytes,
+            &FileDigest::of(&bytes),
         );
         records.push(record);
     }
@@ -165,7 +165,88 @@ fn bounds_are_recorded_at_the_databases_precision() {
         from: datetime!(2026-12-01 00:00:00.123456789 UTC),
         to: datetime!(2026-12-02 00:00 UTC),
     };
-    let record = ManifestRecord::new(None, "f", "r", bounds, 0, b"");
+    let record = ManifestRecord::new(None, "f", "r", bounds, 0, &FileDigest::of(b""));
     assert_eq!(record.from, datetime!(2026-12-01 00:00:00.123456 UTC));
     assert_eq!(record.to, bounds.to);
+}
+
+/// Every name in the folder, hidden ones included.
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_staged_file_appears_only_when_committed_and_leaves_nothing_when_dropped() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsArchiveStore::open(dir.path()).unwrap();
+
+    let mut staged = store.stage("dropped").unwrap();
+    staged.write_all(b"half a file").unwrap();
+    assert_eq!(store.get("dropped").unwrap(), None);
+    assert_eq!(
+        files_in(dir.path()).len(),
+        1,
+        "the temporary is being written"
+    );
+    drop(staged);
+    assert!(store.list().unwrap().is_empty());
+    assert!(
+        files_in(dir.path()).is_empty(),
+        "{:?}",
+        files_in(dir.path())
+    );
+
+    store.put("kept", b"old").unwrap();
+    let mut staged = store.stage("kept").unwrap();
+    staged.write_all(b"new").unwrap();
+    assert_eq!(store.get("kept").unwrap().unwrap(), b"old");
+    staged.commit().unwrap();
+    assert_eq!(store.get("kept").unwrap().unwrap(), b"new");
+    assert_eq!(files_in(dir.path()), ["kept"]);
+
+    assert!(store.stage("../x").is_err());
+    assert!(store.reader("sub/x").is_err());
+    assert!(store.reader("missing").unwrap().is_none());
+}
+
+#[test]
+fn a_streamed_archive_is_byte_for_byte_the_encoded_one() {
+    use base64::Engine as _;
+    // Bodies that barely compress, so the file spans many encoder and file buffers.
+    let entries: Vec<ArchiveEntry> = (0..3000u128)
+        .map(|i| ArchiveEntry {
+            body_base64: base64::engine::general_purpose::STANDARD
+                .encode(sha256_hex(&i.to_le_bytes())),
+            ..entry(i)
+        })
+        .collect();
+    let expected = encode_archive(&entries);
+    assert!(expected.len() > 150_000, "{}", expected.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsArchiveStore::open(dir.path()).unwrap();
+    let mut archive = StagedArchive::new(&store, "p.ndjson.gz").unwrap();
+    for entry in &entries {
+        archive.append(entry).unwrap();
+    }
+    let written = archive.finish().unwrap();
+    assert_eq!(written.entries, entries.len());
+    assert_eq!(written.digest, FileDigest::of(&expected));
+    assert_eq!(
+        store.list().unwrap(),
+        Vec::<String>::new(),
+        "not yet committed"
+    );
+    written.file.commit().unwrap();
+
+    assert_eq!(store.get("p.ndjson.gz").unwrap().unwrap(), expected);
+    let reader = store.reader("p.ndjson.gz").unwrap().unwrap();
+    assert_eq!(FileDigest::of_reader(reader).unwrap(), written.digest);
+    assert_eq!(files_in(dir.path()), ["p.ndjson.gz"]);
 }
