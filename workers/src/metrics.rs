@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
+use time::OffsetDateTime;
 
 /// Intake messages by `kind` and `outcome` (applied, duplicate, replay, ignored, quarantined,
 /// dead_lettered, forged, requeued).
@@ -181,4 +182,25 @@ pub fn partitions_ahead(table: &'static str, count: usize) {
 
 pub fn rows_purged(table: &'static str, count: u64) {
     counter!(ROWS_PURGED_TOTAL, "table" => table).increment(count);
+}
+/// Unix time (of the cycle's clock) of the last lifecycle cycle that completed without error.
+/// Kept partitions (lock timeout, archive failure, unpublished events) do not make a cycle fail:
+/// they have their own counter and alerts. Absent until the process's first such cycle, so a
+/// process that does not run the role exports nothing the alert could mistake for a heartbeat.
+pub const LIFECYCLE_LAST_SUCCESS: &str =
+    "connector_worker_lifecycle_last_success_timestamp_seconds";
+/// Unix time (of the cycle's clock) at which the lifecycle role last committed the drop of a
+/// raw-request partition with its archive file anchored. Absent until the first.
+pub const EVIDENCE_LAST_ARCHIVE: &str = "connector_worker_evidence_last_archive_timestamp_seconds";
+
+pub fn lifecycle_succeeded(at: OffsetDateTime) {
+    gauge!(LIFECYCLE_LAST_SUCCESS).set(unix_seconds(at));
+}
+
+pub fn evidence_archived(at: OffsetDateTime) {
+    gauge!(EVIDENCE_LAST_ARCHIVE).set(unix_seconds(at));
+}
+
+fn unix_seconds(at: OffsetDateTime) -> f64 {
+    at.unix_timestamp_nanos() as f64 / 1e9
 }

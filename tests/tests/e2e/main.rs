@@ -18,6 +18,7 @@ mod evidence_archive;
 mod hostile_inputs;
 mod http2_limits;
 mod key_rotation;
+mod lifecycle_heartbeat;
 mod log_pipes;
 mod mtls;
 mod paysafe_amounts;

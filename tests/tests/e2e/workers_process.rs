@@ -8,6 +8,7 @@ use connector_e2e_tests::pipeline::{Pipeline, spawn_pipeline};
 use connector_e2e_tests::{amqp_url, eventually, unit_body, workers_binary};
 use connector_schema::paysafe::{TrackCommand, TrackedKind};
 use connector_workers::admin;
+use connector_workers::metrics::LIFECYCLE_LAST_SUCCESS;
 use paysafe_sim::{ItemScript, SimConfig, Step as SimStep};
 
 /// The shipped binary running `roles` against `p`'s database and topology, configured through
@@ -114,6 +115,47 @@ async fn the_workers_binary_turns_a_callback_into_a_ledger_event() {
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
+    // No lifecycle role here: no heartbeat that could hide a missing one.
+    assert!(!metrics.contains(LIFECYCLE_LAST_SUCCESS), "{metrics}");
+
+    stop(workers).await;
+    p.teardown().await;
+}
+
+#[tokio::test]
+async fn the_lifecycle_role_reports_its_last_completed_cycle_on_the_wall_clock() {
+    let p = spawn_pipeline().await;
+    let started = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+    let (workers, ops) = spawn_workers(&p, &["lifecycle"], &[]).await;
+    let http = reqwest::Client::new();
+    let heartbeat = || async {
+        let metrics = http
+            .get(format!("{ops}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics.lines().find_map(|line| {
+            let value = line
+                .strip_prefix(LIFECYCLE_LAST_SUCCESS)?
+                .strip_prefix(' ')?;
+            value.trim().parse::<f64>().ok()
+        })
+    };
+    // Its first cycle runs once the database is migrated.
+    let reported = eventually(Duration::from_secs(30), || async {
+        heartbeat().await.is_some()
+    })
+    .await;
+    assert!(reported, "the lifecycle role reports a completed cycle");
+    let at = heartbeat().await.unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+    assert!(
+        started - 1.0 <= at && at <= now + 1.0,
+        "{started} <= {at} <= {now}"
+    );
 
     stop(workers).await;
     p.teardown().await;

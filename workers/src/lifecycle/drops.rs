@@ -74,6 +74,11 @@ pub async fn drop_expired(
             match drop_one(pool, settings, before_drop, &partition).await? {
                 None => {
                     metrics::partition_dropped(table.name());
+                    // A raw-request partition is dropped only in the transaction that anchored
+                    // its archive file: the drop's commit is the archive's.
+                    if table == PartitionedTable::ReceivedMessages {
+                        metrics::evidence_archived(now);
+                    }
                     tracing::info!(partition = %partition.name, "dropped partition past its retention");
                     report.dropped.push(partition.name);
                 }

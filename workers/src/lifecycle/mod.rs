@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Step;
 use crate::config::RetentionSettings;
+use crate::metrics;
 pub use drops::{DropReport, Kept};
 pub use partitions::{Partition, PartitionedTable};
 
@@ -64,8 +65,17 @@ impl Lifecycle {
         }
     }
 
-    /// One cycle at `now`, with what it did.
+    /// One cycle at `now`, with what it did. A cycle that returns is a success, recorded as the
+    /// role's heartbeat at `now`, even when it kept partitions (a lock timeout, an archive
+    /// failure, unpublished events: counted and alerted on by their reason); one that errors is
+    /// not, and leaves the heartbeat where it was.
     pub async fn cycle(&self, now: OffsetDateTime) -> anyhow::Result<CycleReport> {
+        let report = self.steps(now).await?;
+        metrics::lifecycle_succeeded(now);
+        Ok(report)
+    }
+
+    async fn steps(&self, now: OffsetDateTime) -> anyhow::Result<CycleReport> {
         let created = partitions::ensure_ahead(&self.pool, &self.settings, now).await?;
         let drops = drops::drop_expired(
             &self.pool,
