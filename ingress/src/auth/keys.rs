@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-
 use josekit::jwk::{Jwk, JwkSet};
 use josekit::jws::{ES256, EdDSA, JwsVerifier, PS256, RS256};
 use openssl::bn::{BigNum, BigNumContext};
@@ -19,6 +18,7 @@ use openssl::ecdsa::EcdsaSig;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Public};
 
+use crate::auth::key_decoding::one_at_a_time;
 use crate::config::{ClientSettings, ConfigError, KeySettings, Settings};
 
 /// The asymmetric algorithms §3.1 allows. HMAC and `none` are deliberately absent.
@@ -112,12 +112,15 @@ impl VerifyingKey {
         {
             return Err(format!("has kid `{own}`, configured as `{kid}`"));
         }
-        let verifier = alg.verifier_from_jwk(jwk).map_err(|e| e.to_string())?;
-        let spki_sha256 = crate::auth::spki::of_jwk(jwk)?;
-        // Only once josekit has accepted the JWK (kty, crv, use, key_ops, alg, the point).
-        let p256 = (alg == JwsAlgorithm::Es256)
-            .then(|| p256_from_jwk(jwk))
-            .flatten();
+        let (verifier, spki_sha256, p256) = one_at_a_time(|| {
+            let verifier = alg.verifier_from_jwk(jwk).map_err(|e| e.to_string())?;
+            let spki_sha256 = crate::auth::spki::of_jwk(jwk)?;
+            // Only once josekit has accepted the JWK (kty, crv, use, key_ops, alg, the point).
+            let p256 = (alg == JwsAlgorithm::Es256)
+                .then(|| p256_from_jwk(jwk))
+                .flatten();
+            Ok::<_, String>((verifier, spki_sha256, p256))
+        })?;
         Ok(Self {
             kid: kid.to_owned(),
             alg,
@@ -128,11 +131,14 @@ impl VerifyingKey {
     }
 
     pub fn from_pem(kid: &str, alg: JwsAlgorithm, pem: &[u8]) -> Result<Self, String> {
-        let verifier = alg.verifier_from_pem(pem).map_err(|e| e.to_string())?;
-        let spki_sha256 = crate::auth::spki::of_pem(pem)?;
-        let p256 = (alg == JwsAlgorithm::Es256)
-            .then(|| p256_from_pem(pem))
-            .flatten();
+        let (verifier, spki_sha256, p256) = one_at_a_time(|| {
+            let verifier = alg.verifier_from_pem(pem).map_err(|e| e.to_string())?;
+            let spki_sha256 = crate::auth::spki::of_pem(pem)?;
+            let p256 = (alg == JwsAlgorithm::Es256)
+                .then(|| p256_from_pem(pem))
+                .flatten();
+            Ok::<_, String>((verifier, spki_sha256, p256))
+        })?;
         Ok(Self {
             kid: kid.to_owned(),
             alg,

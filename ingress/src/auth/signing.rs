@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use connector_schema::corelink::{SignedRequestClaims, body_sha256};
 use connector_schema::envelope::rfc3339;
 
+use crate::auth::key_decoding::one_at_a_time;
 use crate::auth::keys::JwsAlgorithm;
 
 /// The content type every Corelink request carries.
@@ -67,12 +68,14 @@ impl RequestSigner {
             .algorithm()
             .and_then(JwsAlgorithm::from_name)
             .context("the private JWK has no `alg` among ES256, PS256, RS256, EdDSA")?;
-        let signer: Box<dyn JwsSigner> = match alg {
-            JwsAlgorithm::Es256 => Box::new(ES256.signer_from_jwk(jwk)?),
-            JwsAlgorithm::Ps256 => Box::new(PS256.signer_from_jwk(jwk)?),
-            JwsAlgorithm::Rs256 => Box::new(RS256.signer_from_jwk(jwk)?),
-            JwsAlgorithm::EdDsa => Box::new(EdDSA.signer_from_jwk(jwk)?),
-        };
+        let signer = one_at_a_time(|| -> Result<Box<dyn JwsSigner>, josekit::JoseError> {
+            Ok(match alg {
+                JwsAlgorithm::Es256 => Box::new(ES256.signer_from_jwk(jwk)?),
+                JwsAlgorithm::Ps256 => Box::new(PS256.signer_from_jwk(jwk)?),
+                JwsAlgorithm::Rs256 => Box::new(RS256.signer_from_jwk(jwk)?),
+                JwsAlgorithm::EdDsa => Box::new(EdDSA.signer_from_jwk(jwk)?),
+            })
+        })?;
         Ok(Self {
             client_id: client_id.to_owned(),
             signer,

@@ -126,7 +126,9 @@ fn rsa_sha256_verifies(key: &PKey<Public>, message: &[u8], signature: &[u8]) -> 
 /// the PEM private key (`PRIVATE KEY` or `RSA PRIVATE KEY`). For the tests, the local run's
 /// example request and the integrators' tools; the connector itself never signs.
 pub fn sign(private_key_pem: &[u8], string_to_sign: &str) -> anyhow::Result<String> {
-    let key = PKey::private_key_from_pem(private_key_pem).context("not a PEM private key")?;
+    let key =
+        crate::auth::key_decoding::one_at_a_time(|| PKey::private_key_from_pem(private_key_pem))
+            .context("not a PEM private key")?;
     if key.id() != Id::RSA {
         bail!("not an RSA private key ({:?})", key.id());
     }

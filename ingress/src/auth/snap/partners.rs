@@ -152,6 +152,10 @@ impl BncPartners {
 /// Parses one RSA public key from PEM: SPKI (`BEGIN PUBLIC KEY`) or PKCS#1
 /// (`BEGIN RSA PUBLIC KEY`). The messages never quote the file's content.
 fn load_public_key(pem: &[u8]) -> Result<PKey<Public>, String> {
+    crate::auth::key_decoding::one_at_a_time(|| decode_public_key(pem))
+}
+
+fn decode_public_key(pem: &[u8]) -> Result<PKey<Public>, String> {
     let text = String::from_utf8_lossy(pem);
     if text.contains("PRIVATE KEY-----") {
         return Err("is a private key; configure the partner's public key only".into());
