@@ -57,8 +57,9 @@ pub struct Cli {
     #[arg(long, default_value_t = 60)]
     pub sample_secs: u64,
     /// Soak: the workers' nonce retention, short so that the purge reaches its steady state
-    /// within the run (it must still exceed the ingress's 300 s timestamp window).
-    #[arg(long, default_value_t = 600)]
+    /// within the run. It must exceed the ingress's 300 s timestamp window: a replay inside the
+    /// window whose nonce was already purged would be applied again.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(301..))]
     pub nonce_retention_secs: u64,
     /// Soak: the retention of every kind of data (raw requests, history, published events,
     /// idempotency keys, resolved quarantine), on minute partitions, so that the drops reach

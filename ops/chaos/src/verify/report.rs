@@ -65,10 +65,11 @@ impl Report {
             || self.run_failures > 0
     }
 
-    /// A failed verdict of the run itself (see `run_failures`).
+    /// A failed verdict of the run itself (see `run_failures`), listed first: there are few,
+    /// and the per-order problems after them can be many.
     pub fn run_failure(&mut self, problem: String) {
+        self.problems.insert(self.run_failures, problem);
         self.run_failures += 1;
-        self.problems.push(problem);
     }
 
     /// Adds one check's findings: counters summed, its problems and notes after those so far.
