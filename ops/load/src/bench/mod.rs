@@ -3,8 +3,10 @@
 //! nothing but the crate.
 
 pub mod apply;
+pub mod capacity;
 pub mod env;
 pub mod latency;
+pub mod pipeline;
 pub mod report;
 pub mod sql_baseline;
 pub mod workload;

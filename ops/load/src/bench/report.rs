@@ -1,11 +1,13 @@
 //! The printed results: the machine facts every figure depends on, and one table per part, so
 //! a run's output can be pasted next to another's and compared line by line.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
 use crate::bench::apply::{self, ApplyRun};
+use crate::bench::capacity::CapacityRun;
 use crate::bench::env::ServerFacts;
 use crate::bench::latency::LatencyRun;
 use crate::bench::sql_baseline::BaselineRun;
@@ -249,15 +251,7 @@ pub fn latency_report(run: &LatencyRun, warmup: usize) -> String {
             0.0
         }
     );
-    let refused = if run.refused.is_empty() {
-        "none".to_owned()
-    } else {
-        run.refused
-            .iter()
-            .map(|(outcome, count)| format!("{count} x {outcome}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let refused = refused_list(&run.refused);
     let _ = writeln!(
         out,
         "  callbacks      {} sent, {} accepted (200), refused: {refused}",
@@ -278,9 +272,85 @@ pub fn latency_report(run: &LatencyRun, warmup: usize) -> String {
     let _ = writeln!(
         out,
         "  afterwards     quarantined {}, dead-lettered intake {} / ledger {}, outbox rows unpublished {}",
-        run.quarantined, run.intake_dead_lettered, run.ledger_dead_lettered, run.unpublished
+        run.leftovers.quarantined,
+        run.leftovers.intake_dead_lettered,
+        run.leftovers.ledger_dead_lettered,
+        run.leftovers.unpublished
     );
     out
+}
+
+/// Part 4's block. `bench-all` reads the figure after `capacity`.
+pub fn capacity_report(run: &CapacityRun, warmup: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "== 4. End-to-end capacity: signed unit callbacks, closed loop -> ingress 200 -> apply -> outbox -> relay -> ledger queue, until drained (one ingress, one workers process with apply + relay, all defaults)"
+    );
+    let _ = writeln!(
+        out,
+        "  load           {} clients, closed loop for {:.1} s (planned {} s, {} callbacks signed up front{}); {warmup} warm-up callbacks before, not counted",
+        run.plan.concurrency,
+        run.load.as_secs_f64(),
+        run.plan.seconds,
+        run.plan.requests,
+        if run.exhausted {
+            ": ALL USED before the time was up, raise --capacity-requests"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  callbacks      {} sent, {} accepted (200) = {:.1} /s during the load, refused: {}",
+        run.sent,
+        run.accepted,
+        run.accepted_per_second(),
+        refused_list(&run.refused)
+    );
+    let _ = writeln!(
+        out,
+        "  drained        {} of {} accepted have their ledger event, the last {:.1} s after the last answer ({} duplicates, {} unexpected)",
+        run.matched,
+        run.accepted,
+        run.drain.as_secs_f64(),
+        run.duplicates,
+        run.unexpected
+    );
+    let _ = writeln!(
+        out,
+        "  capacity       {:.1} /s = {} through / ({:.1} s load + {:.1} s drain)",
+        run.capacity(),
+        run.matched,
+        run.load.as_secs_f64(),
+        run.drain.as_secs_f64()
+    );
+    out.push_str(&table(
+        &["latency ms", "p50", "p90", "p99", "max", "samples"],
+        vec![percentiles("send -> 200 (ingress)", &run.http_us)],
+    ));
+    let l = &run.leftovers;
+    let _ = writeln!(
+        out,
+        "  afterwards     intake queue {}, quarantined {}, dead-lettered intake {} / ledger {}, outbox rows unpublished {}",
+        l.intake_depth,
+        l.quarantined,
+        l.intake_dead_lettered,
+        l.ledger_dead_lettered,
+        l.unpublished
+    );
+    out
+}
+
+fn refused_list(refused: &BTreeMap<String, u64>) -> String {
+    if refused.is_empty() {
+        return "none".to_owned();
+    }
+    refused
+        .iter()
+        .map(|(outcome, count)| format!("{count} x {outcome}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn percentiles(label: &str, histogram: &Histogram<u64>) -> Vec<String> {

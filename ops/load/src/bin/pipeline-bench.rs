@@ -6,7 +6,9 @@
 //! 2. the same orders written through sqlx with the same statements and parallelism but no
 //!    broker, as the ceiling PostgreSQL sets;
 //! 3. end-to-end latency from an accepted callback's 200 to its ledger event, with a real
-//!    ingress and real workers in process.
+//!    ingress and real workers in process;
+//! 4. end-to-end capacity of that same pipeline: closed-loop load for a fixed time, then until
+//!    drained, accepted callbacks over the whole time.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -19,14 +21,14 @@ use connector_load::bench::apply::ApplyRun;
 use connector_load::bench::env::Env;
 use connector_load::bench::report::{self, MachineFacts};
 use connector_load::bench::sql_baseline::BaselineRun;
-use connector_load::bench::{apply, latency, sql_baseline, workload};
+use connector_load::bench::{apply, capacity, latency, pipeline, sql_baseline, workload};
 
 /// Command-line options: which parts to run and how hard; the defaults are the measurement
 /// the README reports.
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Measure apply throughput (against a plain SQL baseline) and end-to-end latency of the connector pipeline"
+    about = "Measure apply throughput (against a plain SQL baseline), end-to-end latency and end-to-end capacity of the connector pipeline"
 )]
 struct Cli {
     /// Skip part 1 (apply throughput).
@@ -49,6 +51,19 @@ struct Cli {
     /// timestamps must still be within the ingress's 300 s window when sent).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=240))]
     seconds: u64,
+    /// Skip part 4 (end-to-end capacity).
+    #[arg(long)]
+    skip_capacity: bool,
+    /// Part 4: clients in the closed loop.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    concurrency: u64,
+    /// Part 4: seconds of closed-loop load before the drain (at most 240, as for part 3).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=240))]
+    capacity_seconds: u64,
+    /// Part 4: callbacks signed up front; the load ends early (and says so) if the clients use
+    /// them all. Each holds about 2 KiB until sent.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=500_000))]
+    capacity_requests: u64,
     /// Parts 1 and 2: orders per run (messages = orders / batch size, at most 5000). The
     /// default makes each run last a few seconds on a 2-core machine.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=5_000_000))]
@@ -190,7 +205,21 @@ async fn run(cli: &Cli, env: &Env) -> anyhow::Result<bool> {
         )
         .await?;
         complete &= run.complete();
-        say(&report::latency_report(&run, latency::WARMUP_REQUESTS))?;
+        say(&report::latency_report(&run, pipeline::WARMUP_REQUESTS))?;
+    }
+
+    if !cli.skip_capacity {
+        let run = capacity::run(
+            env,
+            capacity::Plan {
+                concurrency: usize::try_from(cli.concurrency)?,
+                seconds: cli.capacity_seconds,
+                requests: usize::try_from(cli.capacity_requests)?,
+            },
+        )
+        .await?;
+        complete &= run.complete();
+        say(&report::capacity_report(&run, pipeline::WARMUP_REQUESTS))?;
     }
     Ok(complete)
 }
