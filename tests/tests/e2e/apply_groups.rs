@@ -292,3 +292,105 @@ async fn a_group_whose_commit_fails_acks_nothing_and_is_applied_once_after_redel
     assert_eq!(p.depth(&p.app.topology.intake_queue).await, 0);
     p.teardown().await;
 }
+
+/// A small deterministic generator (xorshift), so a failing case can be run again by its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, bound: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % bound as u64) as usize
+    }
+}
+
+/// The grouped path against the §3.4 state machine (`workers/tests/state_machines.rs` checks
+/// the machine alone): lifecycles of several orders, every step delivered 1 to 3 times, some
+/// with a contradicting second final, shuffled and applied in groups of random sizes, end
+/// exactly as the machine folds them in delivery order.
+#[tokio::test]
+async fn shuffled_notifications_in_random_groups_end_as_the_state_machine_says() {
+    use connector_schema::corelink::OrderStatus;
+    use connector_workers::corelink::{Effect, transition};
+
+    let p = spawn_pipeline().await;
+    let mut total_quarantined = 0;
+    for seed in [0x9e37_79b9_u64, 0x51_7cc1_b727, 0x2545_f491_4f6c_dd1d] {
+        let mut rng = Rng(seed);
+        let mut deliveries: Vec<(String, OrderStatus)> = Vec::new();
+        for order in 0..5 {
+            let reference = format!("PAY-{seed:x}-{order}");
+            let finals = [OrderStatus::Success, OrderStatus::Failed];
+            let first = finals[rng.below(2)];
+            let mut steps = vec![OrderStatus::Pending, first];
+            if rng.below(3) == 0 {
+                steps.push(finals.into_iter().find(|f| *f != first).unwrap());
+            }
+            for step in steps {
+                for _ in 0..=rng.below(3) {
+                    deliveries.push((reference.clone(), step));
+                }
+            }
+        }
+        for i in (1..deliveries.len()).rev() {
+            deliveries.swap(i, rng.below(i + 1));
+        }
+        for (reference, status) in &deliveries {
+            let body = unit_body(reference, status.as_str());
+            let response = p.app.post_signed(UNIT, &body, reference).await;
+            assert_eq!(response.status(), 200);
+        }
+        let mut applied = 0;
+        loop {
+            let size = 1 + rng.below(8);
+            let group = p
+                .worker
+                .run_group_once(&p.worker_channel, size)
+                .await
+                .unwrap();
+            if group.is_empty() {
+                break;
+            }
+            applied += group.len();
+        }
+        assert_eq!(applied, deliveries.len());
+
+        // The machine, folded over each order's deliveries in the order they were applied.
+        let mut quarantined = 0;
+        for order in 0..5 {
+            let reference = format!("PAY-{seed:x}-{order}");
+            let (mut state, mut events) = (None, 0);
+            for (_, status) in deliveries.iter().filter(|(r, _)| *r == reference) {
+                match transition(state, *status) {
+                    Ok(Effect::Created | Effect::Applied) => {
+                        state = Some(*status);
+                        events += usize::from(status.is_final());
+                    }
+                    Ok(Effect::Unchanged | Effect::Stale) => {}
+                    Err(_) => quarantined += 1,
+                }
+            }
+            assert_eq!(
+                p.order_status(&reference).await.as_deref(),
+                state.map(OrderStatus::as_str),
+                "seed {seed:x}: {reference}"
+            );
+            let emitted: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM emitted_ledger_events WHERE reference = $1",
+            )
+            .bind(&reference)
+            .fetch_one(&p.db.pool)
+            .await
+            .unwrap();
+            assert_eq!(emitted, events as i64, "seed {seed:x}: {reference}");
+            assert!(events <= 1);
+        }
+        let held =
+            p.db.count("SELECT count(*) FROM quarantined_messages WHERE state = 'held'")
+                .await;
+        total_quarantined += quarantined;
+        assert_eq!(held, total_quarantined as i64, "seed {seed:x}");
+    }
+    p.teardown().await;
+}
