@@ -1,26 +1,35 @@
-//! The apply role: consumes the intake queue and settles each delivery only after its effects
-//! are committed (§2.3).
+//! The apply role: consumes the intake queue in groups and settles each delivery only after
+//! its effects are committed (§2.3).
+//!
+//! Group commit: up to `apply.group_size` deliveries (those ready, plus those arriving within
+//! `apply.group_linger_ms`) are applied in one transaction, one savepoint per message (see
+//! [`group`]), then settled one by one. Each message keeps the disposition it would have had
+//! alone:
 //!
 //! - applied, duplicate or replay → ack;
-//! - valid but not applicable → quarantined in its own transaction, then ack;
+//! - valid but not applicable → quarantined (in the group's transaction), then ack;
 //! - unreadable → reject without requeue: straight to the dead-letter queue;
 //! - forged (a `type` other than its routing key, a missing or wrong ingress seal: see
-//!   `intake`) → the same, counted apart: nothing of it is applied;
-//! - transient failure (database down, deadlock) → retried with backoff while the message stays
-//!   unacknowledged, for at most `apply.max_hold_secs`; then it is given back (requeued) and
-//!   the worker stops consuming until the database answers again. Holding it longer would
-//!   run into the broker's consumer timeout, whose requeues count towards the delivery limit
-//!   again and again: a long outage would dead-letter accepted notifications. This way an
-//!   outage of any length costs a held message one delivery attempt;
-//! - any other failure → requeued, and the queue's delivery limit dead-letters a message that
-//!   keeps failing.
+//!   `intake`) → the same, counted apart: nothing of it is applied, and it never enters the
+//!   group's transaction;
+//! - transient failure (database down, deadlock) → the whole group is retried with backoff
+//!   while its messages stay unacknowledged, for at most `apply.max_hold_secs`; then they are
+//!   given back (requeued) and the worker stops consuming until the database answers again.
+//!   Holding them longer would run into the broker's consumer timeout, whose requeues count
+//!   towards the delivery limit again and again: a long outage would dead-letter accepted
+//!   notifications. This way an outage of any length costs a held message one delivery
+//!   attempt. A group failing [`GROUP_ATTEMPTS`] times in a row, or failing for a reason of
+//!   its own (its commit refused), is applied one message at a time, so that one message
+//!   cannot hold the others back;
+//! - any other failure → that message alone is requeued, and the queue's delivery limit
+//!   dead-letters a message that keeps failing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backoff::backoff::Backoff;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -30,20 +39,24 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use connector_schema::seal::SealKeys;
-use connector_schema::{IntakeEnvelope, IntakeKind, Topology};
+use connector_schema::{IntakeKind, Topology};
 
 use crate::config::{ApplySettings, BrokerSettings, PaysafeSettings};
 use crate::intake::{self, Admitted, Refusal};
-use crate::outcome::{ApplyError, Outcome};
-use crate::{Step, broker, db, metrics, quarantine};
+use crate::{Step, broker, db, metrics};
+
+mod group;
+
+use group::GroupFailure;
 
 /// While consuming, how often the apply role checks that the database answers; when it does
 /// not, the role stops consuming before it takes messages it would only have to give back.
 const DATABASE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-use crate::{bnc, corelink, paysafe};
+
+/// Transient failures in a row after which a group is applied one message at a time.
+const GROUP_ATTEMPTS: usize = 3;
 
 /// What to tell the broker about a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,117 +134,137 @@ impl ApplyWorker {
         self.connected.clone()
     }
 
-    /// Decides what `delivery` needs, applying it if it can. Never returns before the outcome
-    /// is durable (or the worker is shutting down).
-    pub async fn process(&self, delivery: &Delivery) -> Disposition {
-        let admitted = match intake::admit(
-            delivery.routing_key.as_str(),
-            &delivery.properties,
-            &delivery.data,
-            &self.seal,
-        ) {
-            Ok(admitted) => admitted,
-            Err(Refusal::Unreadable(reason)) => return Disposition::DeadLetter(reason),
-            Err(Refusal::Forged { reason, detail }) => {
-                return Disposition::Forged { reason, detail };
-            }
-        };
-        let envelope = &admitted.envelope;
-        let span = tracing::info_span!(
-            "apply",
-            message_id = %envelope.message_id,
-            kind = envelope.kind.routing_key(),
-            client_id = envelope.client_id.as_deref().unwrap_or_default(),
-            idempotency_key = envelope.header("x-idempotency-key").unwrap_or_default(),
-        );
-        self.apply_with_retries(&admitted).instrument(span).await
+    /// Decides what each of `deliveries` needs, applying those it can as one group (see
+    /// [`group`]). Never returns before the outcomes are durable (or the worker is shutting
+    /// down); refused deliveries are decided at once, outside any transaction.
+    pub async fn process(&self, deliveries: &[Delivery]) -> Vec<Disposition> {
+        let mut dispositions: Vec<Option<Disposition>> = Vec::with_capacity(deliveries.len());
+        let mut admitted = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let admission = intake::admit(
+                delivery.routing_key.as_str(),
+                &delivery.properties,
+                &delivery.data,
+                &self.seal,
+            );
+            dispositions.push(match admission {
+                Ok(message) => {
+                    admitted.push(message);
+                    None
+                }
+                Err(Refusal::Unreadable(reason)) => Some(Disposition::DeadLetter(reason)),
+                Err(Refusal::Forged { reason, detail }) => {
+                    Some(Disposition::Forged { reason, detail })
+                }
+            });
+        }
+        let members: Vec<&Admitted> = admitted.iter().collect();
+        let mut applied = self.apply_with_retries(&members).await.into_iter();
+        dispositions
+            .into_iter()
+            .map(|refused| {
+                refused
+                    .or_else(|| applied.next())
+                    .unwrap_or_else(|| Disposition::Requeue("no outcome".into()))
+            })
+            .collect()
     }
 
-    async fn apply_with_retries(&self, admitted: &Admitted) -> Disposition {
-        let envelope = &admitted.envelope;
-        let mut retries = broker::retry_schedule(&self.broker);
-        let give_back = self.give_back_signal();
-        let max_hold = Duration::from_secs(self.settings.max_hold_secs);
-        let mut failing_since = None;
-        loop {
-            let error = match self.apply(envelope).await {
-                Ok(outcome) => {
-                    tracing::info!(outcome = outcome.label(), "applied");
-                    return Disposition::Ack(outcome.label());
-                }
-                Err(ApplyError::Invalid(reason)) => return Disposition::DeadLetter(reason),
-                Err(ApplyError::Quarantine { reason, detail }) => {
-                    let held = quarantine::hold(
-                        &self.pool,
-                        envelope,
-                        admitted.seal.as_deref(),
-                        reason,
-                        &detail,
-                    );
-                    match held.await {
-                        Ok(()) => {
-                            tracing::warn!(reason = reason.as_str(), %detail, "quarantined");
-                            metrics::quarantined(reason.as_str());
-                            return Disposition::Ack("quarantined");
-                        }
-                        Err(error) if db::is_transient(&error) => error.to_string(),
-                        Err(error) => {
-                            return Disposition::Requeue(format!("quarantining: {error}"));
+    /// Applies `members` as one group, retrying it through transient failures. A group that
+    /// keeps failing, or fails for a reason of its own, is applied one message at a time, so
+    /// that one message cannot hold the others back.
+    async fn apply_with_retries(&self, members: &[&Admitted]) -> Vec<Disposition> {
+        if members.is_empty() {
+            return Vec::new();
+        }
+        let mut hold = Hold::new(self);
+        match self.attempt(members, &mut hold).await {
+            Ok(dispositions) => dispositions,
+            Err(failure) => {
+                tracing::warn!(
+                    error = %failure.error,
+                    messages = members.len(),
+                    "group failed: applying its messages one at a time"
+                );
+                metrics::group_split();
+                let mut dispositions = Vec::with_capacity(members.len());
+                for member in members {
+                    // Given back (or shutting down): the rest follow without trying again.
+                    if let Some(verdict) = hold.verdict.clone() {
+                        dispositions.push(verdict);
+                        continue;
+                    }
+                    match self.attempt(std::slice::from_ref(member), &mut hold).await {
+                        Ok(mut one) => dispositions.append(&mut one),
+                        Err(failure) => {
+                            dispositions.push(Disposition::Requeue(failure.error));
                         }
                     }
                 }
-                Err(ApplyError::Contention) => "concurrent creation of an order".to_owned(),
-                Err(ApplyError::Database(error)) if db::is_transient(&error) => error.to_string(),
-                Err(ApplyError::Database(error)) => return Disposition::Requeue(error.to_string()),
+                dispositions
+            }
+        }
+    }
+
+    /// Applies `members` in one transaction, retried with backoff through transient failures
+    /// while `hold` allows. `Err` (several members only) when the group should be split: it
+    /// failed for a reason of its own, or transiently [`GROUP_ATTEMPTS`] times in a row.
+    async fn attempt(
+        &self,
+        members: &[&Admitted],
+        hold: &mut Hold,
+    ) -> Result<Vec<Disposition>, GroupFailure> {
+        let mut failures = 0;
+        loop {
+            let failure = match group::apply(&self.pool, &self.paysafe, members).await {
+                Ok(dispositions) => {
+                    hold.succeeded();
+                    return Ok(dispositions);
+                }
+                Err(failure) => failure,
             };
-            metrics::transient_retry();
-            let failing_for = failing_since.get_or_insert_with(Instant::now).elapsed();
-            if failing_for >= max_hold {
-                return Disposition::GiveBack(format!(
-                    "failing for {failing_for:?} (apply.max_hold_secs): {error}"
-                ));
+            failures += 1;
+            if members.len() > 1 && (!failure.transient || failures >= GROUP_ATTEMPTS) {
+                return Err(failure);
             }
-            let delay = retries
-                .next_backoff()
-                .unwrap_or_else(|| self.broker.retry_max());
-            tracing::warn!(%error, ?delay, "transient failure; retrying while holding the message");
-            tokio::select! {
-                () = self.shutdown.cancelled() => {
-                    return Disposition::Requeue("shutting down during a retry".into());
-                }
-                () = give_back.cancelled() => {
-                    return Disposition::GiveBack(format!("another message gave up first: {error}"));
-                }
-                () = tokio::time::sleep(delay) => {}
+            if !failure.transient {
+                let requeue = Disposition::Requeue(failure.error);
+                return Ok(vec![requeue; members.len()]);
+            }
+            if let Err(disposition) = hold.wait(&failure.error).await {
+                return Ok(vec![disposition; members.len()]);
             }
         }
     }
 
-    /// One attempt at applying `envelope`, by its kind.
-    async fn apply(&self, envelope: &IntakeEnvelope) -> Result<Outcome, ApplyError> {
-        match envelope.kind {
-            IntakeKind::CorelinkStatus | IntakeKind::CorelinkStatusBatch => {
-                corelink::apply(&self.pool, envelope).await
-            }
-            IntakeKind::BncAccountBinding => bnc::apply(&self.pool, envelope).await,
-            IntakeKind::PaysafeWebhook | IntakeKind::PaysafeTrack => {
-                paysafe::apply(&self.pool, envelope, &self.paysafe).await
-            }
-        }
-    }
-
-    /// Processes `delivery` and settles it with the broker.
-    pub async fn handle(&self, delivery: Delivery) -> lapin::Result<Disposition> {
+    /// Processes `deliveries` as one group and settles each with the broker, after the commit.
+    pub async fn handle(&self, deliveries: Vec<Delivery>) -> lapin::Result<Vec<Disposition>> {
         let started = Instant::now();
-        let disposition = self.process(&delivery).await;
-        let kind = kind_label(&delivery);
-        match &disposition {
+        metrics::group(deliveries.len());
+        let dispositions = self.process(&deliveries).await;
+        // One ack per delivery: several groups are in flight on the channel, so a `multiple`
+        // ack could settle another group's deliveries before their commit.
+        for (delivery, disposition) in deliveries.iter().zip(&dispositions) {
+            self.settle(delivery, disposition, started).await?;
+        }
+        Ok(dispositions)
+    }
+
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        disposition: &Disposition,
+        started: Instant,
+    ) -> lapin::Result<()> {
+        let kind = kind_label(delivery);
+        let tag = delivery.delivery_tag;
+        match disposition {
             Disposition::Ack(outcome) => {
                 delivery.ack(BasicAckOptions::default()).await?;
                 metrics::message(kind, outcome, started.elapsed());
             }
             Disposition::DeadLetter(reason) => {
-                tracing::error!(%reason, delivery_tag = delivery.delivery_tag, "unreadable message dead-lettered");
+                tracing::error!(%reason, delivery_tag = tag, "unreadable message dead-lettered");
                 delivery
                     .reject(BasicRejectOptions { requeue: false })
                     .await?;
@@ -241,7 +274,7 @@ impl ApplyWorker {
                 tracing::error!(
                     reason,
                     %detail,
-                    delivery_tag = delivery.delivery_tag,
+                    delivery_tag = tag,
                     "forged message dead-lettered: nothing of it applied"
                 );
                 delivery
@@ -251,7 +284,7 @@ impl ApplyWorker {
                 metrics::message(kind, "forged", started.elapsed());
             }
             Disposition::Requeue(reason) => {
-                tracing::error!(%reason, delivery_tag = delivery.delivery_tag, "message requeued");
+                tracing::error!(%reason, delivery_tag = tag, "message requeued");
                 delivery
                     .nack(BasicNackOptions {
                         requeue: true,
@@ -261,7 +294,7 @@ impl ApplyWorker {
                 metrics::message(kind, "requeued", started.elapsed());
             }
             Disposition::GiveBack(reason) => {
-                tracing::warn!(%reason, delivery_tag = delivery.delivery_tag, "database unreachable: message given back, consumption pauses");
+                tracing::warn!(%reason, delivery_tag = tag, "database unreachable: message given back, consumption pauses");
                 self.give_back_signal().cancel();
                 delivery
                     .nack(BasicNackOptions {
@@ -272,27 +305,44 @@ impl ApplyWorker {
                 metrics::message(kind, "given_back", started.elapsed());
             }
         }
-        Ok(disposition)
+        Ok(())
     }
 
-    /// Takes one message from the intake queue, if any, and handles it. For tests and tools
-    /// that step the worker instead of running it.
+    /// Takes one message from the intake queue, if any, and handles it (a group of one). For
+    /// tests and tools that step the worker instead of running it.
     pub async fn run_once(&self, channel: &Channel) -> anyhow::Result<Step> {
+        Ok(match self.run_group_once(channel, 1).await?.is_empty() {
+            true => Step::Idle,
+            false => Step::Processed,
+        })
+    }
+
+    /// Takes up to `size` messages from the intake queue and handles them as one group;
+    /// returns their dispositions, in delivery order (none when the queue was empty).
+    pub async fn run_group_once(
+        &self,
+        channel: &Channel,
+        size: usize,
+    ) -> anyhow::Result<Vec<Disposition>> {
         // A step is its own session: an earlier give-back does not cut this one short.
         *self.give_back.lock().unwrap_or_else(|e| e.into_inner()) = CancellationToken::new();
-        let message = channel
-            .basic_get(
-                self.topology.intake_queue.as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await?;
-        match message {
-            None => Ok(Step::Idle),
-            Some(message) => {
-                self.handle(message.delivery).await?;
-                Ok(Step::Processed)
+        let mut deliveries = Vec::with_capacity(size);
+        while deliveries.len() < size {
+            let message = channel
+                .basic_get(
+                    self.topology.intake_queue.as_str().into(),
+                    BasicGetOptions { no_ack: false },
+                )
+                .await?;
+            match message {
+                Some(message) => deliveries.push(message.delivery),
+                None => break,
             }
         }
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.handle(deliveries).await?)
     }
 
     /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes away.
@@ -399,12 +449,16 @@ impl ApplyWorker {
             give_back.clone(),
             self.shutdown.clone(),
         ));
-        let result = consumer
-            .take_until(stop)
-            .try_for_each_concurrent(self.settings.concurrency, |delivery| async move {
-                self.handle(delivery).await.map(drop)
-            })
-            .await;
+        let linger = Duration::from_millis(self.settings.group_linger_ms);
+        let result = groups(
+            Box::pin(consumer.take_until(stop)),
+            self.settings.group_size,
+            linger,
+        )
+        .try_for_each_concurrent(self.settings.concurrency, |deliveries| async move {
+            self.handle(deliveries).await.map(drop)
+        })
+        .await;
         watcher.abort();
         self.set_connected(false);
         if self.shutdown.is_cancelled() {
@@ -437,6 +491,113 @@ impl ApplyWorker {
         self.connected.store(connected, Ordering::Relaxed);
         metrics::broker_connected("apply", connected);
     }
+}
+
+/// The retry state of messages held through transient failures: the backoff, and since when
+/// they have been failing (shared by a group and, once split, by its messages).
+struct Hold {
+    retries: backoff::ExponentialBackoff,
+    failing_since: Option<Instant>,
+    max_hold: Duration,
+    retry_max: Duration,
+    give_back: CancellationToken,
+    shutdown: CancellationToken,
+    /// What [`Hold::wait`] decided instead of another attempt, once it did.
+    verdict: Option<Disposition>,
+}
+
+impl Hold {
+    fn new(worker: &ApplyWorker) -> Self {
+        Self {
+            retries: broker::retry_schedule(&worker.broker),
+            failing_since: None,
+            max_hold: Duration::from_secs(worker.settings.max_hold_secs),
+            retry_max: worker.broker.retry_max(),
+            give_back: worker.give_back_signal(),
+            shutdown: worker.shutdown.clone(),
+            verdict: None,
+        }
+    }
+
+    /// A commit went through: the database answers, so the backoff starts small again.
+    fn succeeded(&mut self) {
+        self.retries.reset();
+    }
+
+    /// Waits before the next attempt after `error`; `Err` is what to do with the held messages
+    /// instead (give them back, or requeue them at shutdown).
+    async fn wait(&mut self, error: &str) -> Result<(), Disposition> {
+        let verdict = self.delay(error).await;
+        if let Err(disposition) = &verdict {
+            self.verdict = Some(disposition.clone());
+        }
+        verdict
+    }
+
+    async fn delay(&mut self, error: &str) -> Result<(), Disposition> {
+        metrics::transient_retry();
+        let failing_for = self
+            .failing_since
+            .get_or_insert_with(Instant::now)
+            .elapsed();
+        if failing_for >= self.max_hold {
+            return Err(Disposition::GiveBack(format!(
+                "failing for {failing_for:?} (apply.max_hold_secs): {error}"
+            )));
+        }
+        let delay = self.retries.next_backoff().unwrap_or(self.retry_max);
+        tracing::warn!(%error, ?delay, "transient failure; retrying while holding the messages");
+        tokio::select! {
+            () = self.shutdown.cancelled() => {
+                Err(Disposition::Requeue("shutting down during a retry".into()))
+            }
+            () = self.give_back.cancelled() => {
+                Err(Disposition::GiveBack(format!("another message gave up first: {error}")))
+            }
+            () = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+}
+
+/// `deliveries` in groups of at most `size`: a group is what is ready when its first delivery
+/// arrives, plus what arrives within `linger` of it. An error ends the stream, after the group
+/// it interrupted.
+fn groups<S>(
+    deliveries: S,
+    size: usize,
+    linger: Duration,
+) -> impl Stream<Item = lapin::Result<Vec<Delivery>>>
+where
+    S: Stream<Item = lapin::Result<Delivery>> + Unpin,
+{
+    enum State<S> {
+        Open(S),
+        Failed(lapin::Error),
+        Done,
+    }
+    futures_util::stream::unfold(State::Open(deliveries), move |state| async move {
+        let mut deliveries = match state {
+            State::Open(deliveries) => deliveries,
+            State::Failed(error) => return Some((Err(error), State::Done)),
+            State::Done => return None,
+        };
+        let first = match deliveries.next().await? {
+            Ok(delivery) => delivery,
+            Err(error) => return Some((Err(error), State::Done)),
+        };
+        let mut group = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while group.len() < size {
+            // Polls the stream before the deadline: what is ready is taken even at zero linger.
+            match tokio::time::timeout_at(deadline, deliveries.next()).await {
+                Err(_lingered) => break,
+                Ok(None) => return Some((Ok(group), State::Done)),
+                Ok(Some(Err(error))) => return Some((Ok(group), State::Failed(error))),
+                Ok(Some(Ok(delivery))) => group.push(delivery),
+            }
+        }
+        Some((Ok(group), State::Open(deliveries)))
+    })
 }
 
 /// Cancels `give_back` once the database does not answer (ends with the session).

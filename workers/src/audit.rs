@@ -2,7 +2,7 @@
 //! replay): what was received, when, from whom, how the ingress verified it, and what it did.
 //! Written in the message's own apply transaction.
 
-use sqlx::{Postgres, Transaction};
+use sqlx::PgConnection;
 
 use connector_schema::IntakeEnvelope;
 
@@ -25,14 +25,16 @@ pub struct Received<'a> {
 /// The statement that keeps a received message (also run by the load bench's SQL baseline).
 /// One row per delivery the workers finished with: a message delivered again after its commit
 /// (a worker died before its ack) adds a row with its own outcome (see the migration
-/// `20261202000001_partitioned_history.sql`).
+/// `20261202000001_partitioned_history.sql`). `processed_at`, in the primary key, is the
+/// statement's clock rather than the transaction's start: one group transaction may hold two
+/// deliveries of the same message (the second a replay), and each needs its own row.
 pub const RECORD_RECEIVED: &str = "INSERT INTO received_messages (message_id, kind, client_id, idempotency_key, nonce, body_sha256,
                                         outcome, received_at, request_path, headers, body,
-                                        verification)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+                                        verification, processed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, clock_timestamp())";
 
 pub async fn record(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     envelope: &IntakeEnvelope,
     received: Received<'_>,
     outcome: Outcome,
@@ -50,7 +52,7 @@ pub async fn record(
         .bind(headers_json(envelope))
         .bind(received.body)
         .bind(verification_json(envelope))
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Applying one BNC account-binding callback (DESIGN.md §4) in one transaction: the binding,
+//! Applying one BNC account-binding callback (DESIGN.md §4) atomically: the binding,
 //! its card token (in the restricted `bnc_binding_tokens`), the `bnc.account.bound` event and
 //! the audit record commit together or not at all.
 //!
@@ -13,7 +13,7 @@
 //! ledger, and an unmasked one is counted.
 
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgConnection;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -89,14 +89,17 @@ fn content_digest(c: &AccountBindingCallback) -> String {
         .collect()
 }
 
-/// Applies `envelope` in one transaction. On `Err` nothing was written.
-pub async fn apply(pool: &PgPool, envelope: &IntakeEnvelope) -> Result<Outcome, ApplyError> {
+/// Applies `envelope` on `conn`, inside the caller's transaction or savepoint: on `Err` the
+/// caller rolls it back, so nothing of the message is written.
+pub async fn apply(
+    conn: &mut PgConnection,
+    envelope: &IntakeEnvelope,
+) -> Result<Outcome, ApplyError> {
     let binding = decode(envelope)?;
-    let mut tx = pool.begin().await?;
-    let outcome = match existing(&mut tx, &binding).await? {
+    let outcome = match existing(conn, &binding).await? {
         Some(()) => Outcome::Duplicate,
         None => {
-            insert(&mut tx, envelope, &binding).await?;
+            insert(conn, envelope, &binding).await?;
             Outcome::Applied {
                 items: 1,
                 events: 1,
@@ -111,17 +114,13 @@ pub async fn apply(pool: &PgPool, envelope: &IntakeEnvelope) -> Result<Outcome, 
         body_sha256: &body_sha256(&envelope.body),
         body: &redacted,
     };
-    audit::record(&mut tx, envelope, received, outcome).await?;
-    tx.commit().await?;
+    audit::record(conn, envelope, received, outcome).await?;
     Ok(outcome)
 }
 
 /// `Some(())` when this binding is already recorded with the same content; a quarantine when
 /// its external id or reference belongs to another binding; `None` when it is new.
-async fn existing(
-    tx: &mut Transaction<'_, Postgres>,
-    b: &Binding,
-) -> Result<Option<()>, ApplyError> {
+async fn existing(tx: &mut PgConnection, b: &Binding) -> Result<Option<()>, ApplyError> {
     let rows: Vec<(String, String, String, String)> = sqlx::query_as(
         "SELECT partner_reference_no, client_key, external_id, content_digest
          FROM bnc_account_bindings
@@ -131,7 +130,7 @@ async fn existing(
     .bind(&b.callback.partner_reference_no)
     .bind(&b.client_key)
     .bind(&b.external_id)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     let several = rows.len() > 1;
     let Some((reference, client_key, external_id, digest)) = rows.into_iter().next() else {
@@ -166,7 +165,7 @@ async fn existing(
 }
 
 async fn insert(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     envelope: &IntakeEnvelope,
     b: &Binding,
 ) -> Result<(), ApplyError> {
@@ -200,7 +199,7 @@ async fn insert(
     .bind(envelope.message_id)
     .bind(b.signed_at)
     .bind(envelope.received_at)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
         // Another worker inserted it after our check: retry, and the check decides.
@@ -209,7 +208,7 @@ async fn insert(
     sqlx::query("INSERT INTO bnc_binding_tokens (partner_reference_no, token) VALUES ($1, $2)")
         .bind(&c.partner_reference_no)
         .bind(&c.additional_info.token)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     let event = LedgerEvent::new(
         Source::Bnc,

@@ -101,9 +101,16 @@ impl BrokerSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApplySettings {
-    /// Messages applied at once by one process (each in its own transaction).
+    /// Groups applied at once by one process (each in its own transaction, on its own
+    /// database connection).
     pub concurrency: usize,
-    /// Unacknowledged deliveries the broker sends ahead (basic.qos); at least `concurrency`.
+    /// Messages applied in one transaction at most (group commit: one commit for the group,
+    /// one savepoint per message).
+    pub group_size: usize,
+    /// Once a group has its first message, how long it waits for more before it is applied.
+    pub group_linger_ms: u64,
+    /// Unacknowledged deliveries the broker sends ahead (basic.qos); at least
+    /// `group_size × concurrency`, so that every group in flight can fill up.
     pub prefetch: u16,
     /// How long a message is held through transient database failures before it is given back
     /// and consumption pauses until the database answers again. Must stay well under the
@@ -115,8 +122,10 @@ pub struct ApplySettings {
 impl Default for ApplySettings {
     fn default() -> Self {
         Self {
-            concurrency: 4,
-            prefetch: 16,
+            concurrency: 2,
+            group_size: 64,
+            group_linger_ms: 2,
+            prefetch: 256,
             max_hold_secs: 60,
         }
     }
@@ -336,6 +345,7 @@ impl Settings {
             ),
             ("broker.retry_initial_ms", self.broker.retry_initial_ms),
             ("apply.concurrency", self.apply.concurrency as u64),
+            ("apply.group_size", self.apply.group_size as u64),
             ("apply.max_hold_secs", self.apply.max_hold_secs),
             ("relay.batch_size", self.relay.batch_size.max(0) as u64),
             ("relay.poll_interval_ms", self.relay.poll_interval_ms),
@@ -370,10 +380,14 @@ impl Settings {
                 return Err(ConfigError::new(key, "must be greater than 0"));
             }
         }
-        if usize::from(self.apply.prefetch) < self.apply.concurrency {
+        let in_flight = self.apply.group_size.saturating_mul(self.apply.concurrency);
+        if usize::from(self.apply.prefetch) < in_flight {
             return Err(ConfigError::new(
                 "apply.prefetch",
-                "must be at least apply.concurrency",
+                format!(
+                    "must be at least apply.group_size × apply.concurrency ({} × {} = {in_flight}), or groups in flight cannot fill up",
+                    self.apply.group_size, self.apply.concurrency
+                ),
             ));
         }
         // The confirms, then at least a few seconds to record them before the claim lapses.
@@ -457,6 +471,25 @@ mod tests {
         let mut settings = development();
         settings.apply.prefetch = 1;
         assert_eq!(settings.validate().unwrap_err().key, "apply.prefetch");
+        let mut settings = development();
+        settings.apply.group_size = 100;
+        settings.apply.concurrency = 3;
+        settings.apply.prefetch = 299;
+        let error = settings.validate().unwrap_err();
+        assert_eq!(error.key, "apply.prefetch");
+        assert!(
+            error
+                .message
+                .contains("apply.group_size × apply.concurrency (100 × 3 = 300)"),
+            "{error}"
+        );
+        settings.apply.prefetch = 300;
+        settings
+            .validate()
+            .expect("prefetch covers the groups in flight");
+        let mut settings = development();
+        settings.apply.group_size = 0;
+        assert_eq!(settings.validate().unwrap_err().key, "apply.group_size");
         let mut settings = development();
         settings.apply.max_hold_secs = 0;
         assert_eq!(settings.validate().unwrap_err().key, "apply.max_hold_secs");

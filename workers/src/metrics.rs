@@ -20,6 +20,11 @@ pub const QUARANTINE_HELD: &str = "connector_worker_quarantine_held";
 pub const APPLY_DURATION_SECONDS: &str = "connector_worker_apply_duration_seconds";
 /// Transient failures retried while holding the message (database down, deadlock, ...).
 pub const TRANSIENT_RETRIES_TOTAL: &str = "connector_worker_transient_retries_total";
+/// Messages applied per group transaction (group commit).
+pub const APPLY_GROUP_SIZE: &str = "connector_worker_apply_group_size";
+/// Groups that kept failing, or failed for a reason of their own, and were applied one
+/// message at a time.
+pub const APPLY_GROUP_SPLITS_TOTAL: &str = "connector_worker_apply_group_splits_total";
 /// 1 while the role holds a broker connection, by `role`.
 pub const BROKER_CONNECTED: &str = "connector_worker_broker_connected";
 /// 1 while the apply role has stopped consuming because the database does not answer.
@@ -83,6 +88,14 @@ pub fn quarantine_held(reason: String, count: i64) {
 
 pub fn transient_retry() {
     counter!(TRANSIENT_RETRIES_TOTAL).increment(1);
+}
+
+pub fn group(size: usize) {
+    histogram!(APPLY_GROUP_SIZE).record(size as f64);
+}
+
+pub fn group_split() {
+    counter!(APPLY_GROUP_SPLITS_TOTAL).increment(1);
 }
 
 pub fn apply_paused(paused: bool) {

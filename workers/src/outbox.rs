@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -46,7 +46,7 @@ pub struct EventColumns<'a> {
 /// `event_id`, kept for ever, makes a second write of the same fact impossible even if a state
 /// machine were ever wrong, and even after the first one's outbox row was dropped.
 pub async fn write(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     events: &[LedgerEvent],
     message_id: Option<Uuid>,
 ) -> Result<(), ApplyError> {

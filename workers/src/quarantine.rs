@@ -3,7 +3,7 @@
 //! them. Never silently dropped.
 
 use serde_json::{Map, Value};
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 use connector_schema::{IntakeEnvelope, IntakeKind};
 
@@ -69,7 +69,8 @@ pub fn verification_json(envelope: &IntakeEnvelope) -> Option<Value> {
         .map(|facts| facts.to_audit_json())
 }
 
-/// Holds `envelope` in quarantine, in its own transaction. Idempotent per message id: a
+/// Holds `envelope` in quarantine, on `conn` inside the caller's transaction or savepoint
+/// (its two rows commit together). Idempotent per message id: a
 /// redelivery changes nothing, and a released message that fails again is held again (a hold
 /// always wins over the release that sent it back: the release was recorded first). The seal
 /// it carried is kept, for the release to check again.
@@ -78,7 +79,7 @@ pub fn verification_json(envelope: &IntakeEnvelope) -> Option<Value> {
 /// the raw body, needed only to release the message, goes to `quarantined_secret_bodies`,
 /// which only the token readers may read.
 pub async fn hold(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     envelope: &IntakeEnvelope,
     seal: Option<&str>,
     reason: QuarantineReason,
@@ -90,7 +91,6 @@ pub async fn hold(
     } else {
         envelope.body.to_vec()
     };
-    let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO quarantined_messages
              (message_id, reason, detail, kind, client_id, idempotency_key, received_at,
@@ -113,7 +113,7 @@ pub async fn hold(
     .bind(readable_body)
     .bind(seal)
     .bind(verification_json(envelope))
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
     if secret_bearing {
         sqlx::query(
@@ -122,8 +122,8 @@ pub async fn hold(
         )
         .bind(envelope.message_id)
         .bind(envelope.body.as_ref())
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     }
-    tx.commit().await
+    Ok(())
 }

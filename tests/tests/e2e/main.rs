@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod apply_groups;
 mod bank_integration;
 mod behind_proxy;
 mod bnc_callbacks;

@@ -1,5 +1,5 @@
-//! Applying one Corelink notification, unit or batch, in one PostgreSQL transaction (DESIGN.md
-//! §3.4): replay and idempotency checks, the order state machine, history, outbox events and
+//! Applying one Corelink notification, unit or batch, atomically (DESIGN.md §3.4, in the
+//! caller's transaction or savepoint): replay and idempotency checks, the order state machine, history, outbox events and
 //! the audit record commit together or not at all. Here: the transaction, with its replay and
 //! idempotency checks; `decode` reads the message first, `orders` moves the orders inside it.
 //!
@@ -12,7 +12,7 @@ mod decode;
 mod orders;
 pub mod statements;
 
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use connector_schema::IntakeEnvelope;
@@ -26,31 +26,28 @@ use crate::quarantine::QuarantineReason;
 #[doc(hidden)]
 pub use crate::corelink::orders::{Effect, transition};
 
-/// Applies `envelope` in one transaction. On `Err` nothing was written.
-pub async fn apply(pool: &PgPool, envelope: &IntakeEnvelope) -> Result<Outcome, ApplyError> {
+/// Applies `envelope` on `conn`, inside the caller's transaction or savepoint: on `Err` the
+/// caller rolls it back, so nothing of the message is written.
+pub async fn apply(
+    conn: &mut PgConnection,
+    envelope: &IntakeEnvelope,
+) -> Result<Outcome, ApplyError> {
     let notification = decode(envelope)?;
-    let mut tx = pool.begin().await?;
-
-    if let Some(outcome) = claim_nonce(&mut tx, envelope, &notification).await? {
+    let outcome = match claim_nonce(conn, envelope, &notification).await? {
         // Nothing applied, but the copy that arrived is on record (audit, disputes).
-        record_message(&mut tx, envelope, &notification, outcome).await?;
-        tx.commit().await?;
-        return Ok(outcome);
-    }
-    if let Some(outcome) = claim_idempotency_key(&mut tx, envelope, &notification).await? {
-        record_message(&mut tx, envelope, &notification, outcome).await?;
-        tx.commit().await?;
-        return Ok(outcome);
-    }
-    let outcome = apply_orders(&mut tx, envelope, &notification).await?;
-    record_message(&mut tx, envelope, &notification, outcome).await?;
-    tx.commit().await?;
+        Some(outcome) => outcome,
+        None => match claim_idempotency_key(conn, envelope, &notification).await? {
+            Some(outcome) => outcome,
+            None => apply_orders(conn, envelope, &notification).await?,
+        },
+    };
+    record_message(conn, envelope, &notification, outcome).await?;
     Ok(outcome)
 }
 
 /// `Some(Replay)` if this exact request was seen; quarantine if the nonce served another.
 async fn claim_nonce(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     envelope: &IntakeEnvelope,
     n: &Notification,
 ) -> Result<Option<Outcome>, ApplyError> {
@@ -60,7 +57,7 @@ async fn claim_nonce(
         .bind(&n.fingerprint)
         .bind(envelope.message_id)
         .bind(n.request_timestamp)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?
         .rows_affected()
         == 1;
@@ -72,7 +69,7 @@ async fn claim_nonce(
     )
     .bind(&n.client_id)
     .bind(&n.nonce)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *tx)
     .await?;
     if fingerprint == n.fingerprint {
         Ok(Some(Outcome::Replay))
@@ -89,7 +86,7 @@ async fn claim_nonce(
 
 /// `Some(Duplicate)` for a batch seen with the same content; quarantine on key reuse.
 async fn claim_idempotency_key(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     envelope: &IntakeEnvelope,
     n: &Notification,
 ) -> Result<Option<Outcome>, ApplyError> {
@@ -104,7 +101,7 @@ async fn claim_idempotency_key(
         .bind(reference)
         .bind(digest)
         .bind(envelope.message_id)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?
         .rows_affected()
         == 1;
@@ -118,7 +115,7 @@ async fn claim_idempotency_key(
         )
         .bind(&n.client_id)
         .bind(&n.idempotency_key)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await?;
     let reused = |detail: String| ApplyError::Quarantine {
         reason: QuarantineReason::IdempotencyKeyReused,
@@ -147,7 +144,7 @@ async fn claim_idempotency_key(
 
 /// The audit record of the message, with the raw request.
 async fn record_message(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     envelope: &IntakeEnvelope,
     n: &Notification,
     outcome: Outcome,

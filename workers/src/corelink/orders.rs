@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{Postgres, Transaction};
+use sqlx::PgConnection;
 use time::OffsetDateTime;
 
 use connector_schema::IntakeEnvelope;
@@ -57,7 +57,7 @@ pub fn transition(
 
 /// Locks, transitions and writes every order of the notification, with history and events.
 pub(super) async fn apply_orders(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     envelope: &IntakeEnvelope,
     n: &Notification,
 ) -> Result<Outcome, ApplyError> {
@@ -65,7 +65,7 @@ pub(super) async fn apply_orders(
     let current: HashMap<String, (String, String)> =
         sqlx::query_as::<_, (String, String, String)>(statements::LOCK_ORDERS)
             .bind(&references)
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *tx)
             .await?
             .into_iter()
             .map(|(reference, client, status)| (reference, (client, status)))
@@ -168,7 +168,7 @@ impl OrderColumns {
 }
 
 async fn insert_orders(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     client_id: &str,
     orders: &[&OrderStatusUpdate],
 ) -> Result<(), ApplyError> {
@@ -184,7 +184,7 @@ async fn insert_orders(
         .bind(&c.reason_code)
         .bind(&c.reason_message)
         .bind(&c.processed_at)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
     // Another transaction created one of them after our lock query saw none: its status must
@@ -196,7 +196,7 @@ async fn insert_orders(
 }
 
 async fn update_orders(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     orders: &[&OrderStatusUpdate],
 ) -> Result<(), ApplyError> {
     if orders.is_empty() {
@@ -218,13 +218,13 @@ async fn update_orders(
     .bind(&c.reason_code)
     .bind(&c.reason_message)
     .bind(&c.processed_at)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
 async fn insert_history(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     envelope: &IntakeEnvelope,
     n: &Notification,
     effects: &[(&OrderStatusUpdate, Option<OrderStatus>, Effect)],
@@ -249,7 +249,7 @@ async fn insert_history(
         .bind(&n.idempotency_key)
         .bind(n.batch.as_ref().and_then(|b| b.id.as_deref()))
         .bind(envelope.received_at)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! Paysafe payments and standalone credits (DESIGN.md §5): what a webhook, a track command or a
-//! poll answer does to a tracked item, in one transaction with its history and ledger events.
+//! poll answer does to a tracked item, atomically with its history and ledger events.
 //!
 //! Idempotency is by state, not by message: PAYMENT_COMPLETED and SETTLEMENT_COMPLETED are the
 //! same fact, a webhook delivered again or late finds the status already there (or further on)
@@ -9,7 +9,7 @@
 mod observe;
 mod transitions;
 
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 use connector_schema::paysafe::{self, PaysafeStatus, TrackedKind, WebhookEvent, WebhookFact};
 use connector_schema::{IntakeEnvelope, IntakeKind};
@@ -21,14 +21,22 @@ use crate::outcome::{ApplyError, Outcome};
 pub use observe::{FactSource, Observation, Observed, observe};
 pub use transitions::{Effect, Known, event_type, poll_delay, transition};
 
-/// Applies a `paysafe.webhook` or `paysafe.track` intake message in one transaction.
+/// What applying a Paysafe message did, with what to count once it is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    /// The message revealed an amount mismatch (see [`Observed`]).
+    pub amount_mismatch: bool,
+}
+
+/// Applies a `paysafe.webhook` or `paysafe.track` intake message on `conn`, inside the
+/// caller's transaction or savepoint (on `Err` the caller rolls it back).
 pub async fn apply(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     envelope: &IntakeEnvelope,
     settings: &PaysafeSettings,
-) -> Result<Outcome, ApplyError> {
+) -> Result<Applied, ApplyError> {
     let invalid = |e: connector_schema::validation::BodyError| ApplyError::Invalid(e.to_string());
-    let mut tx = pool.begin().await?;
     let mut mismatch = false;
     let (outcome, key) = match envelope.kind {
         IntakeKind::PaysafeWebhook => {
@@ -47,7 +55,7 @@ pub async fn apply(
                         event_name: Some(webhook.event.as_str()),
                         message_id: Some(envelope.message_id),
                     };
-                    let observed = observe(&mut tx, &observation, settings).await?;
+                    let observed = observe(conn, &observation, settings).await?;
                     mismatch |= observed.amount_mismatch;
                     effect_outcome(observed.effect, kind, status)
                 }
@@ -80,7 +88,7 @@ pub async fn apply(
                 event_name: None,
                 message_id: Some(envelope.message_id),
             };
-            let observed = observe(&mut tx, &observation, settings).await?;
+            let observed = observe(conn, &observation, settings).await?;
             mismatch |= observed.amount_mismatch;
             let outcome = if observed.effect == Effect::Created {
                 Outcome::Applied {
@@ -106,12 +114,11 @@ pub async fn apply(
         body_sha256: &connector_schema::corelink::body_sha256(&envelope.body),
         body: &envelope.body,
     };
-    audit::record(&mut tx, envelope, received, outcome).await?;
-    tx.commit().await?;
-    if mismatch {
-        crate::metrics::paysafe_amount_mismatch();
-    }
-    Ok(outcome)
+    audit::record(conn, envelope, received, outcome).await?;
+    Ok(Applied {
+        outcome,
+        amount_mismatch: mismatch,
+    })
 }
 
 fn effect_outcome(effect: Effect, kind: TrackedKind, status: PaysafeStatus) -> Outcome {

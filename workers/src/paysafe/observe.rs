@@ -3,7 +3,7 @@
 //! amount is kept as the merchant's claim, and a disagreement is recorded, never resolved
 //! silently (DESIGN.md §5).
 
-use sqlx::{Postgres, Transaction};
+use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -64,7 +64,7 @@ pub struct Observed {
 /// Applies `observation` to its item inside `tx` (on `Err` the caller rolls back). A new
 /// non-final item is scheduled for its first poll; a final one stops polling.
 pub async fn observe(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     o: &Observation<'_>,
     settings: &PaysafeSettings,
 ) -> Result<Observed, ApplyError> {
@@ -73,7 +73,7 @@ pub async fn observe(
          FROM paysafe_items WHERE id = $1 FOR UPDATE",
     )
     .bind(o.id)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     let known = match &row {
         None => None,
@@ -140,7 +140,7 @@ pub async fn observe(
             .bind(settings.deadline(o.kind).as_secs() as f64)
             .bind(merchant_amount)
             .bind(merchant_currency)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() == 0 {
                 return Err(ApplyError::Contention);
@@ -170,7 +170,7 @@ pub async fn observe(
             .bind(paysafe_currency)
             .bind(merchant_amount)
             .bind(merchant_currency)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         }
         Effect::Unchanged | Effect::Stale => {
@@ -190,7 +190,7 @@ pub async fn observe(
             .bind(paysafe_currency)
             .bind(merchant_amount)
             .bind(merchant_currency)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         }
     }
@@ -207,7 +207,7 @@ pub async fn observe(
     .bind(effect.as_str())
     .bind(o.message_id)
     .bind(&mismatch)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     if let Some(detail) = &mismatch {
         tracing::warn!(id = o.id, reported_by = o.source.as_str(), %detail, "Paysafe amount differs from the track command");
@@ -222,7 +222,7 @@ pub async fn observe(
             "SELECT merchant_ref_num, amount, currency_code FROM paysafe_items WHERE id = $1",
         )
         .bind(o.id)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await?;
         let now = OffsetDateTime::now_utc();
         let event = LedgerEvent::new(
@@ -253,10 +253,7 @@ pub async fn observe(
 /// Marks the item the first time Paysafe's amount or currency and the merchant's claim are
 /// both known and differ, and says how. Once per item: the history keeps the fact, the alert
 /// fires once, and the ledger event (already or later) carries Paysafe's values.
-async fn amount_mismatch(
-    tx: &mut Transaction<'_, Postgres>,
-    id: &str,
-) -> Result<Option<String>, ApplyError> {
+async fn amount_mismatch(tx: &mut PgConnection, id: &str) -> Result<Option<String>, ApplyError> {
     let found: Option<(i64, Option<String>, i64, Option<String>)> = sqlx::query_as(
         "UPDATE paysafe_items SET amount_mismatch_at = now()
          WHERE id = $1 AND amount_mismatch_at IS NULL
@@ -266,7 +263,7 @@ async fn amount_mismatch(
          RETURNING merchant_amount, merchant_currency_code, amount, currency_code",
     )
     .bind(id)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     Ok(found.map(|(claimed, claimed_currency, paysafe, currency)| {
         format!(

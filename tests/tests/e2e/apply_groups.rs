@@ -1,0 +1,396 @@
+//! Group commit in the apply role: many messages in one transaction, each with the outcome it
+//! would have had alone, nothing acknowledged before the commit, and a group whose commit fails
+//! applied exactly once after redelivery.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+
+use connector_e2e_tests::pipeline::{Pipeline, spawn_pipeline, worker_settings};
+use connector_e2e_tests::{batch_body, unit_body};
+use connector_workers::apply::{ApplyWorker, Disposition};
+
+const UNIT: &str = "/callbacks/orders/status";
+const BATCH: &str = "/callbacks/orders/status/batch";
+
+/// Posts a signed callback and takes its sealed intake message off the queue, so the test
+/// decides in which order, and how many times, the messages reach the worker.
+async fn intake_message(p: &Pipeline, path: &str, body: &str, key: &str) -> Message {
+    let response = p.app.post_signed(path, body, key).await;
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let delivery = p
+        .app
+        .broker
+        .take_intake()
+        .await
+        .expect("the intake message");
+    Message {
+        routing_key: delivery.routing_key.to_string(),
+        data: delivery.data,
+        properties: delivery.properties,
+    }
+}
+
+/// An intake message as the ingress published it (the seal travels in its properties).
+struct Message {
+    routing_key: String,
+    data: Vec<u8>,
+    properties: BasicProperties,
+}
+
+async fn publish(p: &Pipeline, routing_key: &str, m: &Message) {
+    connector_workers::admin::publish_confirmed(
+        &p.relay_channel,
+        &p.app.topology.intake_exchange,
+        routing_key,
+        &m.data,
+        m.properties.clone(),
+    )
+    .await
+    .unwrap();
+}
+
+async fn outcomes(p: &Pipeline) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "SELECT outcome, count(*) FROM received_messages GROUP BY outcome ORDER BY outcome",
+    )
+    .fetch_all(&p.db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn each_message_of_a_group_gets_its_own_disposition_and_the_others_commit() {
+    let p = spawn_pipeline().await;
+    // PAY-G1 is SUCCESS before the group.
+    let first = intake_message(&p, UNIT, &unit_body("PAY-G1", "SUCCESS"), "PAY-G1").await;
+    publish(&p, &first.routing_key, &first).await;
+    assert_eq!(p.apply_all().await, 1);
+
+    let applied = intake_message(&p, UNIT, &unit_body("PAY-G2", "SUCCESS"), "PAY-G2").await;
+    let conflict = intake_message(&p, UNIT, &unit_body("PAY-G1", "FAILED"), "PAY-G1").await;
+    let batch = batch_body("B-G", &["PAY-G4", "PAY-G5"]);
+    let batch_first = intake_message(&p, BATCH, &batch, "B-G").await;
+    let batch_again = intake_message(&p, BATCH, &batch, "B-G").await;
+    // A batch with a final-status conflict: none of it, PAY-G3 included, may apply.
+    let conflicting_batch = format!(
+        r#"{{"batch_id":"B-GC","orders":[{},{}]}}"#,
+        unit_body("PAY-G3", "SUCCESS"),
+        unit_body("PAY-G1", "FAILED")
+    );
+    let all_or_nothing = intake_message(&p, BATCH, &conflicting_batch, "B-GC").await;
+    let pending = intake_message(&p, UNIT, &unit_body("PAY-G6", "PENDING"), "PAY-G6").await;
+    let success = intake_message(&p, UNIT, &unit_body("PAY-G6", "SUCCESS"), "PAY-G6").await;
+
+    let unreadable = Message {
+        routing_key: "corelink.status".into(),
+        data: b"not an envelope".to_vec(),
+        properties: BasicProperties::default().with_delivery_mode(2),
+    };
+    let group: Vec<(&str, &Message)> = vec![
+        (&applied.routing_key, &applied),
+        (&conflict.routing_key, &conflict),
+        // The very same message again: its nonce was claimed earlier in the group.
+        (&applied.routing_key, &applied),
+        (&unreadable.routing_key, &unreadable),
+        (&batch_first.routing_key, &batch_first),
+        // A unit message under the batch routing key: forged, never applied.
+        ("corelink.status.batch", &applied),
+        (&batch_again.routing_key, &batch_again),
+        (&all_or_nothing.routing_key, &all_or_nothing),
+        (&pending.routing_key, &pending),
+        (&success.routing_key, &success),
+    ];
+    for (routing_key, message) in &group {
+        publish(&p, routing_key, message).await;
+    }
+
+    let dispositions = p
+        .worker
+        .run_group_once(&p.worker_channel, 64)
+        .await
+        .unwrap();
+    assert_eq!(dispositions.len(), group.len(), "{dispositions:?}");
+    let labels: Vec<String> = dispositions
+        .iter()
+        .map(|d| match d {
+            Disposition::Ack(outcome) => (*outcome).to_owned(),
+            Disposition::DeadLetter(_) => "dead-letter".to_owned(),
+            Disposition::Forged { reason, .. } => format!("forged:{reason}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "applied",
+            "quarantined",
+            "replay",
+            "dead-letter",
+            "applied",
+            "forged:type_mismatch",
+            "duplicate",
+            "quarantined",
+            "applied",
+            "applied"
+        ]
+    );
+
+    // The effects of the others are committed.
+    for (reference, status) in [
+        ("PAY-G1", Some("SUCCESS")),
+        ("PAY-G2", Some("SUCCESS")),
+        ("PAY-G3", None),
+        ("PAY-G4", Some("SUCCESS")),
+        ("PAY-G5", Some("SUCCESS")),
+        ("PAY-G6", Some("SUCCESS")),
+    ] {
+        assert_eq!(
+            p.order_status(reference).await.as_deref(),
+            status,
+            "{reference}"
+        );
+    }
+    let effects: Vec<String> = sqlx::query_scalar(
+        "SELECT effect FROM order_history WHERE reference = 'PAY-G6' ORDER BY id",
+    )
+    .fetch_all(&p.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(effects, ["created", "applied"], "in delivery order");
+    let quarantined = p.quarantined().await;
+    assert_eq!(
+        quarantined.iter().map(|q| q.0.as_str()).collect::<Vec<_>>(),
+        ["FINAL_STATUS_CONFLICT", "FINAL_STATUS_CONFLICT"]
+    );
+    // PAY-G1's first apply is on record too.
+    let expected: Vec<(String, i64)> = [("applied", 5), ("duplicate", 1), ("replay", 1)]
+        .map(|(outcome, count)| (outcome.to_owned(), count))
+        .into();
+    assert_eq!(outcomes(&p).await, expected);
+
+    p.relay_all().await;
+    let mut events: Vec<String> = p
+        .ledger_events()
+        .await
+        .into_iter()
+        .map(|(event, _, _)| format!("{} {}", event.reference, event.event_type))
+        .collect();
+    events.sort();
+    assert_eq!(
+        events,
+        [
+            "PAY-G1 order.succeeded",
+            "PAY-G2 order.succeeded",
+            "PAY-G4 order.succeeded",
+            "PAY-G5 order.succeeded",
+            "PAY-G6 order.succeeded"
+        ]
+    );
+    let dlq = p.app.topology.intake_dead_letter_queue.clone();
+    assert!(
+        connector_e2e_tests::eventually(Duration::from_secs(5), || async {
+            p.depth(&dlq).await == 2
+        })
+        .await,
+        "the unreadable and the forged message are dead-lettered"
+    );
+    assert_eq!(p.depth(&p.app.topology.intake_queue).await, 0);
+    p.teardown().await;
+}
+
+/// Kills the connection committing a group while `commit_fails` holds a row: a deferred
+/// trigger runs at COMMIT, after every message of the group was applied.
+const KILL_AT_COMMIT: &str = "
+CREATE TABLE commit_fails (on_purpose boolean PRIMARY KEY);
+CREATE SEQUENCE commits_killed;
+CREATE FUNCTION kill_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM commit_fails) THEN
+        PERFORM nextval('commits_killed');
+        PERFORM pg_terminate_backend(pg_backend_pid());
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER kill_at_commit AFTER INSERT ON orders
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION kill_at_commit();
+INSERT INTO commit_fails VALUES (true);
+";
+
+#[tokio::test]
+async fn a_group_whose_commit_fails_acks_nothing_and_is_applied_once_after_redelivery() {
+    let p = spawn_pipeline().await;
+    sqlx::raw_sql(KILL_AT_COMMIT)
+        .execute(&p.db.pool)
+        .await
+        .unwrap();
+    let references = ["PAY-K1", "PAY-K2", "PAY-K3", "PAY-K4", "PAY-K5"];
+    for reference in references {
+        let response = p
+            .app
+            .post_signed(UNIT, &unit_body(reference, "SUCCESS"), reference)
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    // Held for at most a second: then the messages are given back.
+    let mut settings = worker_settings(&p.app, &p.db.url);
+    settings.apply.max_hold_secs = 1;
+    let worker = ApplyWorker::new(
+        p.db.pool.clone(),
+        p.app.topology.clone(),
+        settings.broker.clone(),
+        settings.apply.clone(),
+        connector_e2e_tests::test_seal_keys(),
+        p.shutdown.clone(),
+    );
+
+    let dispositions = worker.run_group_once(&p.worker_channel, 64).await.unwrap();
+    assert_eq!(dispositions.len(), references.len());
+    assert!(
+        dispositions
+            .iter()
+            .all(|d| matches!(d, Disposition::GiveBack(_))),
+        "{dispositions:?}"
+    );
+    let killed: i64 = sqlx::query_scalar("SELECT last_value FROM commits_killed")
+        .fetch_one(&p.db.pool)
+        .await
+        .unwrap();
+    assert!(
+        killed >= 3,
+        "the group, then its messages one at a time, reached COMMIT and were cut: {killed}"
+    );
+    assert_eq!(p.db.count("SELECT count(*) FROM orders").await, 0);
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM received_messages").await,
+        0
+    );
+    assert_eq!(
+        p.depth(&p.app.topology.intake_queue).await,
+        references.len() as u32,
+        "nothing was acknowledged: every message is back on the queue"
+    );
+
+    sqlx::query("DELETE FROM commit_fails")
+        .execute(&p.db.pool)
+        .await
+        .unwrap();
+    let dispositions = worker.run_group_once(&p.worker_channel, 64).await.unwrap();
+    assert_eq!(dispositions, vec![Disposition::Ack("applied"); 5]);
+    assert_eq!(p.db.count("SELECT count(*) FROM orders").await, 5);
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM order_history").await,
+        5,
+        "each applied once"
+    );
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM received_messages").await,
+        5
+    );
+    p.relay_all().await;
+    assert_eq!(p.ledger_events().await.len(), 5);
+    assert_eq!(p.depth(&p.app.topology.intake_queue).await, 0);
+    p.teardown().await;
+}
+
+/// A small deterministic generator (xorshift), so a failing case can be run again by its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, bound: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % bound as u64) as usize
+    }
+}
+
+/// The grouped path against the §3.4 state machine (`workers/tests/state_machines.rs` checks
+/// the machine alone): lifecycles of several orders, every step delivered 1 to 3 times, some
+/// with a contradicting second final, shuffled and applied in groups of random sizes, end
+/// exactly as the machine folds them in delivery order.
+#[tokio::test]
+async fn shuffled_notifications_in_random_groups_end_as_the_state_machine_says() {
+    use connector_schema::corelink::OrderStatus;
+    use connector_workers::corelink::{Effect, transition};
+
+    let p = spawn_pipeline().await;
+    let mut total_quarantined = 0;
+    for seed in [0x9e37_79b9_u64, 0x51_7cc1_b727, 0x2545_f491_4f6c_dd1d] {
+        let mut rng = Rng(seed);
+        let mut deliveries: Vec<(String, OrderStatus)> = Vec::new();
+        for order in 0..5 {
+            let reference = format!("PAY-{seed:x}-{order}");
+            let finals = [OrderStatus::Success, OrderStatus::Failed];
+            let first = finals[rng.below(2)];
+            let mut steps = vec![OrderStatus::Pending, first];
+            if rng.below(3) == 0 {
+                steps.push(finals.into_iter().find(|f| *f != first).unwrap());
+            }
+            for step in steps {
+                for _ in 0..=rng.below(3) {
+                    deliveries.push((reference.clone(), step));
+                }
+            }
+        }
+        for i in (1..deliveries.len()).rev() {
+            deliveries.swap(i, rng.below(i + 1));
+        }
+        for (reference, status) in &deliveries {
+            let body = unit_body(reference, status.as_str());
+            let response = p.app.post_signed(UNIT, &body, reference).await;
+            assert_eq!(response.status(), 200);
+        }
+        let mut applied = 0;
+        loop {
+            let size = 1 + rng.below(8);
+            let group = p
+                .worker
+                .run_group_once(&p.worker_channel, size)
+                .await
+                .unwrap();
+            if group.is_empty() {
+                break;
+            }
+            applied += group.len();
+        }
+        assert_eq!(applied, deliveries.len());
+
+        // The machine, folded over each order's deliveries in the order they were applied.
+        let mut quarantined = 0;
+        for order in 0..5 {
+            let reference = format!("PAY-{seed:x}-{order}");
+            let (mut state, mut events) = (None, 0);
+            for (_, status) in deliveries.iter().filter(|(r, _)| *r == reference) {
+                match transition(state, *status) {
+                    Ok(Effect::Created | Effect::Applied) => {
+                        state = Some(*status);
+                        events += usize::from(status.is_final());
+                    }
+                    Ok(Effect::Unchanged | Effect::Stale) => {}
+                    Err(_) => quarantined += 1,
+                }
+            }
+            assert_eq!(
+                p.order_status(&reference).await.as_deref(),
+                state.map(OrderStatus::as_str),
+                "seed {seed:x}: {reference}"
+            );
+            let emitted: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM emitted_ledger_events WHERE reference = $1",
+            )
+            .bind(&reference)
+            .fetch_one(&p.db.pool)
+            .await
+            .unwrap();
+            assert_eq!(emitted, events as i64, "seed {seed:x}: {reference}");
+            assert!(events <= 1);
+        }
+        let held =
+            p.db.count("SELECT count(*) FROM quarantined_messages WHERE state = 'held'")
+                .await;
+        total_quarantined += quarantined;
+        assert_eq!(held, total_quarantined as i64, "seed {seed:x}");
+    }
+    p.teardown().await;
+}

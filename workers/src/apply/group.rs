@@ -1,0 +1,233 @@
+//! Group commit: the admitted messages of a group applied in ONE transaction, each inside its
+//! own savepoint, so that a group costs one commit (one WAL flush) however many messages it
+//! holds, while every message keeps the outcome it would have had alone:
+//!
+//! - applied, duplicate, replay or ignored → its savepoint is released;
+//! - quarantined → rolled back to its savepoint, then held in quarantine (a savepoint of its
+//!   own) in the same transaction;
+//! - unreadable → rolled back to its savepoint, dead-lettered once the group is committed;
+//! - an unexpected, non-transient database error → rolled back to its savepoint and requeued,
+//!   alone;
+//! - a transient failure (connection lost, deadlock, serialization failure) aborts the whole
+//!   transaction: the group fails as a whole and the caller retries it.
+//!
+//! Messages are applied in delivery order, so two notifications of one order in a group apply
+//! as they would one after the other. Nothing here talks to the broker: the caller settles the
+//! deliveries once [`apply`] returned, i.e. after the commit.
+
+use sqlx::{Connection, PgConnection, PgPool};
+use tracing::Instrument;
+
+use connector_schema::{IntakeEnvelope, IntakeKind};
+
+use crate::config::PaysafeSettings;
+use crate::intake::Admitted;
+use crate::outcome::{ApplyError, Outcome};
+use crate::quarantine::{self, QuarantineReason};
+use crate::{bnc, corelink, db, metrics, paysafe};
+
+use super::Disposition;
+
+/// How often a message meeting a concurrent creation of its order is tried again inside the
+/// group before the group as a whole is retried.
+const CONTENTION_ATTEMPTS: usize = 3;
+
+/// Why a group's transaction did not commit: nothing of it was written.
+#[derive(Debug)]
+pub(super) struct GroupFailure {
+    /// Worth retrying as it is (database unreachable, deadlock, serialization failure).
+    pub transient: bool,
+    pub error: String,
+}
+
+impl GroupFailure {
+    fn database(error: &sqlx::Error) -> Self {
+        Self {
+            transient: db::is_transient(error),
+            error: error.to_string(),
+        }
+    }
+
+    fn transient(error: String) -> Self {
+        Self {
+            transient: true,
+            error,
+        }
+    }
+}
+
+/// What a committed group did to one message: its disposition, and what to report about it
+/// now that it is durable.
+#[derive(Debug)]
+struct Done {
+    disposition: Disposition,
+    quarantined: Option<(QuarantineReason, String)>,
+    amount_mismatch: bool,
+}
+
+impl Done {
+    fn of(disposition: Disposition) -> Self {
+        Self {
+            disposition,
+            quarantined: None,
+            amount_mismatch: false,
+        }
+    }
+}
+
+/// The tracing span of one message, as a lone apply had it.
+pub(super) fn span(envelope: &IntakeEnvelope) -> tracing::Span {
+    tracing::info_span!(
+        "apply",
+        message_id = %envelope.message_id,
+        kind = envelope.kind.routing_key(),
+        client_id = envelope.client_id.as_deref().unwrap_or_default(),
+        idempotency_key = envelope.header("x-idempotency-key").unwrap_or_default(),
+    )
+}
+
+/// Applies `members` in one transaction and commits it; returns each message's disposition,
+/// in order. On `Err` nothing was written and no message has a disposition yet.
+pub(super) async fn apply(
+    pool: &PgPool,
+    paysafe: &PaysafeSettings,
+    members: &[&Admitted],
+) -> Result<Vec<Disposition>, GroupFailure> {
+    let mut tx = pool.begin().await.map_err(|e| GroupFailure::database(&e))?;
+    let mut done = Vec::with_capacity(members.len());
+    for admitted in members {
+        let span = span(&admitted.envelope);
+        done.push(
+            apply_one(&mut tx, paysafe, admitted)
+                .instrument(span)
+                .await?,
+        );
+    }
+    tx.commit().await.map_err(|e| GroupFailure::database(&e))?;
+    // Durable now: what a lone apply reported after its commit.
+    Ok(members
+        .iter()
+        .zip(done)
+        .map(|(admitted, done)| {
+            let _entered = span(&admitted.envelope).entered();
+            if done.amount_mismatch {
+                metrics::paysafe_amount_mismatch();
+            }
+            match (&done.disposition, &done.quarantined) {
+                (_, Some((reason, detail))) => {
+                    tracing::warn!(reason = reason.as_str(), %detail, "quarantined");
+                    metrics::quarantined(reason.as_str());
+                }
+                (Disposition::Ack(outcome), None) => tracing::info!(outcome, "applied"),
+                _ => {}
+            }
+            done.disposition
+        })
+        .collect())
+}
+
+/// One message inside the group's transaction, in savepoints of its own. `Err` only for what
+/// fails the whole group.
+async fn apply_one(
+    conn: &mut PgConnection,
+    paysafe: &PaysafeSettings,
+    admitted: &Admitted,
+) -> Result<Done, GroupFailure> {
+    let envelope = &admitted.envelope;
+    let mut contention = 0;
+    let error = loop {
+        let mut savepoint = conn.begin().await.map_err(|e| GroupFailure::database(&e))?;
+        match dispatch(&mut savepoint, envelope, paysafe).await {
+            Ok((outcome, amount_mismatch)) => {
+                savepoint
+                    .commit()
+                    .await
+                    .map_err(|e| GroupFailure::database(&e))?;
+                return Ok(Done {
+                    amount_mismatch,
+                    ..Done::of(Disposition::Ack(outcome.label()))
+                });
+            }
+            Err(error) => {
+                // Whatever it wrote goes; the rest of the group stays.
+                savepoint
+                    .rollback()
+                    .await
+                    .map_err(|e| GroupFailure::database(&e))?;
+                match error {
+                    // Another transaction created one of its orders since our lock query:
+                    // that creation is committed, so a new attempt sees it.
+                    ApplyError::Contention if contention + 1 < CONTENTION_ATTEMPTS => {
+                        contention += 1;
+                    }
+                    error => break error,
+                }
+            }
+        }
+    };
+    match error {
+        ApplyError::Invalid(reason) => Ok(Done::of(Disposition::DeadLetter(reason))),
+        ApplyError::Quarantine { reason, detail } => hold(conn, admitted, reason, detail).await,
+        ApplyError::Contention => Err(GroupFailure::transient(
+            "concurrent creation of an order".to_owned(),
+        )),
+        // A deadlock or a lost connection aborts more than this message's savepoint.
+        ApplyError::Database(error) if db::is_transient(&error) => {
+            Err(GroupFailure::database(&error))
+        }
+        ApplyError::Database(error) => Ok(Done::of(Disposition::Requeue(error.to_string()))),
+    }
+}
+
+/// Quarantines the message in the group's transaction, in a savepoint of its own.
+async fn hold(
+    conn: &mut PgConnection,
+    admitted: &Admitted,
+    reason: QuarantineReason,
+    detail: String,
+) -> Result<Done, GroupFailure> {
+    let envelope = &admitted.envelope;
+    let mut savepoint = conn.begin().await.map_err(|e| GroupFailure::database(&e))?;
+    let seal = admitted.seal.as_deref();
+    match quarantine::hold(&mut savepoint, envelope, seal, reason, &detail).await {
+        Ok(()) => {
+            savepoint
+                .commit()
+                .await
+                .map_err(|e| GroupFailure::database(&e))?;
+            Ok(Done {
+                quarantined: Some((reason, detail)),
+                ..Done::of(Disposition::Ack("quarantined"))
+            })
+        }
+        Err(error) if db::is_transient(&error) => Err(GroupFailure::database(&error)),
+        Err(error) => {
+            savepoint
+                .rollback()
+                .await
+                .map_err(|e| GroupFailure::database(&e))?;
+            Ok(Done::of(Disposition::Requeue(format!(
+                "quarantining: {error}"
+            ))))
+        }
+    }
+}
+
+/// One attempt at applying `envelope`, by its kind: its outcome, and whether it revealed a
+/// Paysafe amount mismatch.
+async fn dispatch(
+    conn: &mut PgConnection,
+    envelope: &IntakeEnvelope,
+    paysafe: &PaysafeSettings,
+) -> Result<(Outcome, bool), ApplyError> {
+    match envelope.kind {
+        IntakeKind::CorelinkStatus | IntakeKind::CorelinkStatusBatch => {
+            Ok((corelink::apply(conn, envelope).await?, false))
+        }
+        IntakeKind::BncAccountBinding => Ok((bnc::apply(conn, envelope).await?, false)),
+        IntakeKind::PaysafeWebhook | IntakeKind::PaysafeTrack => {
+            let applied = paysafe::apply(conn, envelope, paysafe).await?;
+            Ok((applied.outcome, applied.amount_mismatch))
+        }
+    }
+}
