@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backoff::backoff::Backoff;
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use futures_util::{StreamExt, TryStreamExt};
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -48,6 +48,9 @@ use crate::intake::{self, Admitted, Refusal};
 use crate::{Step, broker, db, metrics};
 
 mod group;
+mod grouping;
+
+use grouping::{GroupLimits, groups};
 
 use group::GroupFailure;
 
@@ -450,15 +453,16 @@ impl ApplyWorker {
             self.shutdown.clone(),
         ));
         let linger = Duration::from_millis(self.settings.group_linger_ms);
-        let result = groups(
-            Box::pin(consumer.take_until(stop)),
-            self.settings.group_size,
+        let limits = GroupLimits {
+            messages: self.settings.group_size,
+            bytes: self.settings.group_max_bytes,
             linger,
-        )
-        .try_for_each_concurrent(self.settings.concurrency, |deliveries| async move {
-            self.handle(deliveries).await.map(drop)
-        })
-        .await;
+        };
+        let result = groups(Box::pin(consumer.take_until(stop)), limits)
+            .try_for_each_concurrent(self.settings.concurrency, |deliveries| async move {
+                self.handle(deliveries).await.map(drop)
+            })
+            .await;
         watcher.abort();
         self.set_connected(false);
         if self.shutdown.is_cancelled() {
@@ -557,47 +561,6 @@ impl Hold {
             () = tokio::time::sleep(delay) => Ok(()),
         }
     }
-}
-
-/// `deliveries` in groups of at most `size`: a group is what is ready when its first delivery
-/// arrives, plus what arrives within `linger` of it. An error ends the stream, after the group
-/// it interrupted.
-fn groups<S>(
-    deliveries: S,
-    size: usize,
-    linger: Duration,
-) -> impl Stream<Item = lapin::Result<Vec<Delivery>>>
-where
-    S: Stream<Item = lapin::Result<Delivery>> + Unpin,
-{
-    enum State<S> {
-        Open(S),
-        Failed(lapin::Error),
-        Done,
-    }
-    futures_util::stream::unfold(State::Open(deliveries), move |state| async move {
-        let mut deliveries = match state {
-            State::Open(deliveries) => deliveries,
-            State::Failed(error) => return Some((Err(error), State::Done)),
-            State::Done => return None,
-        };
-        let first = match deliveries.next().await? {
-            Ok(delivery) => delivery,
-            Err(error) => return Some((Err(error), State::Done)),
-        };
-        let mut group = vec![first];
-        let deadline = tokio::time::Instant::now() + linger;
-        while group.len() < size {
-            // Polls the stream before the deadline: what is ready is taken even at zero linger.
-            match tokio::time::timeout_at(deadline, deliveries.next()).await {
-                Err(_lingered) => break,
-                Ok(None) => return Some((Ok(group), State::Done)),
-                Ok(Some(Err(error))) => return Some((Ok(group), State::Failed(error))),
-                Ok(Some(Ok(delivery))) => group.push(delivery),
-            }
-        }
-        Some((Ok(group), State::Open(deliveries)))
-    })
 }
 
 /// Cancels `give_back` once the database does not answer (ends with the session).

@@ -107,6 +107,10 @@ pub struct ApplySettings {
     /// Messages applied in one transaction at most (group commit: one commit for the group,
     /// one savepoint per message).
     pub group_size: usize,
+    /// Body bytes in one group at most (a group has at least one message): a few batch
+    /// callbacks already fill a transaction, and more in one group would only serialise what
+    /// `concurrency` groups apply side by side.
+    pub group_max_bytes: usize,
     /// Once a group has its first message, how long it waits for more before it is applied.
     pub group_linger_ms: u64,
     /// Unacknowledged deliveries the broker sends ahead (basic.qos); at least
@@ -122,8 +126,9 @@ pub struct ApplySettings {
 impl Default for ApplySettings {
     fn default() -> Self {
         Self {
-            concurrency: 2,
+            concurrency: 4,
             group_size: 64,
+            group_max_bytes: 65_536,
             group_linger_ms: 2,
             prefetch: 256,
             max_hold_secs: 60,
@@ -346,6 +351,7 @@ impl Settings {
             ("broker.retry_initial_ms", self.broker.retry_initial_ms),
             ("apply.concurrency", self.apply.concurrency as u64),
             ("apply.group_size", self.apply.group_size as u64),
+            ("apply.group_max_bytes", self.apply.group_max_bytes as u64),
             ("apply.max_hold_secs", self.apply.max_hold_secs),
             ("relay.batch_size", self.relay.batch_size.max(0) as u64),
             ("relay.poll_interval_ms", self.relay.poll_interval_ms),
