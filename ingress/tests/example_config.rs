@@ -27,3 +27,13 @@ fn the_example_configuration_shows_the_defaults_in_production_mode() {
     };
     development.validate().unwrap();
 }
+
+/// `ops/bench-all` starts the ingress with this file: it lost its `[seal]` once, unnoticed
+/// until a bench run, since nothing else reads it.
+#[test]
+fn the_benchmark_configuration_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/load/ingress-load.toml");
+    let bench = Settings::read(Some(&path)).unwrap();
+    assert_eq!(bench.mode, Mode::Development);
+    bench.validate().unwrap();
+}
