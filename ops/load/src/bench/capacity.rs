@@ -18,9 +18,6 @@ use crate::bench::pipeline::{
     self, Answer, Callback, Leftovers, Running, WARMUP_REQUESTS, micros, sign_all, wait_for_events,
 };
 
-/// Largest latency tracked exactly (one hour in µs); larger values saturate.
-const HIGHEST_TRACKABLE_US: u64 = 3_600_000_000;
-
 /// The command line's `--concurrency`, `--capacity-seconds` and `--capacity-requests`.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
@@ -145,7 +142,7 @@ async fn drive(running: &Running<'_>, plan: Plan) -> anyhow::Result<CapacityRun>
             duplicates += 1;
         }
     }
-    let mut http_us = Histogram::new_with_bounds(1, HIGHEST_TRACKABLE_US, 3)?;
+    let mut http_us = pipeline::latency_histogram()?;
     let mut refused = BTreeMap::new();
     for answer in &answers {
         http_us.saturating_record(micros(answer.answered - answer.sent));

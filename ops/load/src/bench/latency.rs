@@ -17,9 +17,6 @@ use crate::bench::pipeline::{
     self, Answer, Callback, Leftovers, Running, WARMUP_REQUESTS, micros, sign_all, wait_for_events,
 };
 
-/// Largest latency tracked exactly (one hour in µs); larger values saturate.
-const HIGHEST_TRACKABLE_US: u64 = 3_600_000_000;
-
 /// How hard and how long to push: the command line's `--rate` and `--seconds`.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
@@ -113,8 +110,8 @@ async fn drive(running: &Running<'_>, plan: Plan) -> anyhow::Result<LatencyRun> 
         }
     }
 
-    let mut end_to_end_us = Histogram::new_with_bounds(1, HIGHEST_TRACKABLE_US, 3)?;
-    let mut http_us = Histogram::new_with_bounds(1, HIGHEST_TRACKABLE_US, 3)?;
+    let mut end_to_end_us = pipeline::latency_histogram()?;
+    let mut http_us = pipeline::latency_histogram()?;
     let mut refused = BTreeMap::new();
     let mut matched = 0;
     let mut before_answer = 0;

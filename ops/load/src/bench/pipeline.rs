@@ -473,3 +473,15 @@ pub fn micros(duration: Duration) -> u64 {
         .unwrap_or(u64::MAX)
         .max(1)
 }
+
+/// Largest latency tracked exactly (one hour in µs); larger values saturate.
+const HIGHEST_TRACKABLE_US: u64 = 3_600_000_000;
+
+/// A histogram of latencies in µs, as every pipeline step records them.
+pub fn latency_histogram() -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    Ok(hdrhistogram::Histogram::new_with_bounds(
+        1,
+        HIGHEST_TRACKABLE_US,
+        3,
+    )?)
+}
