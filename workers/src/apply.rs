@@ -61,6 +61,16 @@ const DATABASE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Transient failures in a row after which a group is applied one message at a time.
 const GROUP_ATTEMPTS: usize = 3;
 
+/// The settings of a group's transaction. The workers' sessions plan every statement at every
+/// execution (`force_custom_plan`, see `db::pool`); inside a group PostgreSQL's plan cache is
+/// used instead, because re-planning the apply's statements was about a quarter of
+/// PostgreSQL's CPU per message (ops/BENCHMARKS.md, "Where the apply's time goes"). What
+/// `force_custom_plan` guards against, a generic plan first built while `orders` was small that
+/// keeps scanning the whole table as it grows, cannot happen here: with sequential scans off,
+/// and every statement of the apply path looking rows up by key, a generic plan reads `orders`
+/// through its primary key whatever the table's size when it was built (e2e `apply_plans`).
+pub const GROUP_SETTINGS: &str = "SET LOCAL plan_cache_mode = auto; SET LOCAL enable_seqscan = off";
+
 /// What to tell the broker about a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod apply_groups;
+mod apply_plans;
 mod bank_integration;
 mod behind_proxy;
 mod bnc_callbacks;

@@ -33,37 +33,67 @@ pub async fn apply(
     envelope: &IntakeEnvelope,
 ) -> Result<Outcome, ApplyError> {
     let notification = decode(envelope)?;
-    let outcome = match claim_nonce(conn, envelope, &notification).await? {
+    let outcome = match claim(conn, envelope, &notification).await? {
         // Nothing applied, but the copy that arrived is on record (audit, disputes).
-        Some(outcome) => outcome,
-        None => match claim_idempotency_key(conn, envelope, &notification).await? {
+        Claim::NonceSeen => replay_of(conn, &notification).await?,
+        Claim::KeyBound => match key_bound_before(conn, &notification).await? {
             Some(outcome) => outcome,
             None => apply_orders(conn, envelope, &notification).await?,
         },
+        Claim::Both => apply_orders(conn, envelope, &notification).await?,
     };
     record_message(conn, envelope, &notification, outcome).await?;
     Ok(outcome)
 }
 
-/// `Some(Replay)` if this exact request was seen; quarantine if the nonce served another.
-async fn claim_nonce(
+/// What claiming the nonce and the idempotency key found.
+enum Claim {
+    /// Both were free: a new request.
+    Both,
+    /// The nonce was seen before: a replay, or a nonce reused for another request.
+    NonceSeen,
+    /// A new nonce, but the key was bound before: a duplicate, more news of the same order, or
+    /// a key reused.
+    KeyBound,
+}
+
+/// Claims the nonce and, only if that succeeded, the idempotency key: one statement, one round
+/// trip (`statements::CLAIM_NONCE_AND_KEY`).
+async fn claim(
     tx: &mut PgConnection,
     envelope: &IntakeEnvelope,
     n: &Notification,
-) -> Result<Option<Outcome>, ApplyError> {
-    let claimed = sqlx::query(statements::CLAIM_NONCE)
+) -> Result<Claim, ApplyError> {
+    let (scope, reference, digest) = key_binding(n);
+    let (nonce, key): (bool, bool) = sqlx::query_as(statements::CLAIM_NONCE_AND_KEY)
         .bind(&n.client_id)
         .bind(&n.nonce)
         .bind(&n.fingerprint)
         .bind(envelope.message_id)
         .bind(n.request_timestamp)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-        == 1;
-    if claimed {
-        return Ok(None);
+        .bind(&n.idempotency_key)
+        .bind(scope)
+        .bind(reference)
+        .bind(digest)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(match (nonce, key) {
+        (false, _) => Claim::NonceSeen,
+        (true, false) => Claim::KeyBound,
+        (true, true) => Claim::Both,
+    })
+}
+
+/// What a key binds: its scope, and the unit's order or the batch's content digest.
+fn key_binding(n: &Notification) -> (&'static str, Option<&str>, Option<&str>) {
+    match &n.batch {
+        Some(batch) => ("batch", None, Some(batch.digest.as_str())),
+        None => ("unit", n.orders.first().map(|o| o.reference.as_str()), None),
     }
+}
+
+/// `Replay` if the nonce was seen with this exact request; quarantine if it served another.
+async fn replay_of(tx: &mut PgConnection, n: &Notification) -> Result<Outcome, ApplyError> {
     let (fingerprint, first): (String, Uuid) = sqlx::query_as(
         "SELECT request_fingerprint, message_id FROM seen_nonces WHERE client_id = $1 AND nonce = $2",
     )
@@ -72,7 +102,7 @@ async fn claim_nonce(
     .fetch_one(&mut *tx)
     .await?;
     if fingerprint == n.fingerprint {
-        Ok(Some(Outcome::Replay))
+        Ok(Outcome::Replay)
     } else {
         Err(ApplyError::Quarantine {
             reason: QuarantineReason::NonceReused,
@@ -84,30 +114,13 @@ async fn claim_nonce(
     }
 }
 
-/// `Some(Duplicate)` for a batch seen with the same content; quarantine on key reuse.
-async fn claim_idempotency_key(
+/// For a key bound before: `Some(Duplicate)` for a batch seen with the same content, `None`
+/// for more news of the unit's order; quarantine on key reuse.
+async fn key_bound_before(
     tx: &mut PgConnection,
-    envelope: &IntakeEnvelope,
     n: &Notification,
 ) -> Result<Option<Outcome>, ApplyError> {
-    let (scope, reference, digest) = match &n.batch {
-        Some(batch) => ("batch", None, Some(batch.digest.as_str())),
-        None => ("unit", n.orders.first().map(|o| o.reference.as_str()), None),
-    };
-    let claimed = sqlx::query(statements::CLAIM_IDEMPOTENCY_KEY)
-        .bind(&n.client_id)
-        .bind(&n.idempotency_key)
-        .bind(scope)
-        .bind(reference)
-        .bind(digest)
-        .bind(envelope.message_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-        == 1;
-    if claimed {
-        return Ok(None);
-    }
+    let (scope, reference, digest) = key_binding(n);
     let (bound_scope, bound_reference, bound_digest): (String, Option<String>, Option<String>) =
         sqlx::query_as(
             "SELECT scope, reference, content_digest FROM idempotency_keys

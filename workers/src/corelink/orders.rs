@@ -203,23 +203,15 @@ async fn update_orders(
         return Ok(());
     }
     let c = OrderColumns::of(orders.iter().copied());
-    sqlx::query(
-        "UPDATE orders o
-         SET status = u.status, bank_reference = COALESCE(u.bank_reference, o.bank_reference),
-             reason_code = u.reason_code, reason_message = u.reason_message,
-             bank_processed_at = u.processed_at, updated_at = now()
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-              AS u(reference, status, bank_reference, reason_code, reason_message, processed_at)
-         WHERE o.reference = u.reference",
-    )
-    .bind(&c.reference)
-    .bind(&c.status)
-    .bind(&c.bank_reference)
-    .bind(&c.reason_code)
-    .bind(&c.reason_message)
-    .bind(&c.processed_at)
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query(statements::UPDATE_ORDERS)
+        .bind(&c.reference)
+        .bind(&c.status)
+        .bind(&c.bank_reference)
+        .bind(&c.reason_code)
+        .bind(&c.reason_message)
+        .bind(&c.processed_at)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 

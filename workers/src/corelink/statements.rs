@@ -1,14 +1,18 @@
 //! The statements a worker runs to apply a Corelink message, named and in one place, so that
 //! the load bench's SQL baseline (`ops/load`, part 2) runs exactly these and cannot drift.
 
-/// Claims `(client_id, nonce)`; no row inserted means seen before.
-pub const CLAIM_NONCE: &str =
-    "INSERT INTO seen_nonces (client_id, nonce, request_fingerprint, message_id, request_timestamp)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client_id, nonce) DO NOTHING";
-
-/// Binds an idempotency key to its first use; no row inserted means bound before.
-pub const CLAIM_IDEMPOTENCY_KEY: &str = "INSERT INTO idempotency_keys (client_id, idempotency_key, scope, reference, content_digest, first_message_id)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (client_id, idempotency_key) DO NOTHING";
+/// Claims `(client_id, nonce)` and, only if that succeeded, binds the idempotency key to its
+/// first use; answers which of the two were claimed (no row inserted means seen before).
+pub const CLAIM_NONCE_AND_KEY: &str = "WITH nonce AS (
+             INSERT INTO seen_nonces (client_id, nonce, request_fingerprint, message_id, request_timestamp)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client_id, nonce) DO NOTHING
+             RETURNING 1),
+         idempotency_key AS (
+             INSERT INTO idempotency_keys (client_id, idempotency_key, scope, reference, content_digest, first_message_id)
+             SELECT $1, $6, $7, $8, $9, $4 WHERE EXISTS (SELECT FROM nonce)
+             ON CONFLICT (client_id, idempotency_key) DO NOTHING
+             RETURNING 1)
+         SELECT EXISTS (SELECT FROM nonce), EXISTS (SELECT FROM idempotency_key)";
 
 /// Locks the notified orders in reference order (no deadlock between batches).
 pub const LOCK_ORDERS: &str = "SELECT reference, client_id, status FROM orders
@@ -20,6 +24,17 @@ pub const INSERT_ORDERS: &str = "INSERT INTO orders (reference, client_id, statu
          FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
               AS u(reference, status, bank_reference, reason_code, reason_message, processed_at)
          ON CONFLICT (reference) DO NOTHING";
+
+/// Applies the new statuses, from column arrays. `reference = ANY($1)` is redundant with the
+/// join but gives the scan of `orders` an index condition, so that even a generic plan built
+/// while the table was small reads only the notified rows (see `apply::GROUP_SETTINGS`).
+pub const UPDATE_ORDERS: &str = "UPDATE orders o
+         SET status = u.status, bank_reference = COALESCE(u.bank_reference, o.bank_reference),
+             reason_code = u.reason_code, reason_message = u.reason_message,
+             bank_processed_at = u.processed_at, updated_at = now()
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+              AS u(reference, status, bank_reference, reason_code, reason_message, processed_at)
+         WHERE o.reference = ANY($1) AND o.reference = u.reference";
 
 /// Appends every notified order to its history, from column arrays.
 pub const INSERT_HISTORY: &str =

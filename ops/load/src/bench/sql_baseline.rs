@@ -15,7 +15,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use connector_workers::audit::RECORD_RECEIVED;
 use connector_workers::corelink::statements::{
-    CLAIM_IDEMPOTENCY_KEY, CLAIM_NONCE, INSERT_HISTORY, INSERT_ORDERS, LOCK_ORDERS,
+    CLAIM_NONCE_AND_KEY, INSERT_HISTORY, INSERT_ORDERS, LOCK_ORDERS,
 };
 use connector_workers::outbox::{self, EventColumns};
 
@@ -160,22 +160,17 @@ async fn measure(
 /// One message's transaction: the statements a worker runs for a first-seen message.
 async fn apply(pool: &PgPool, r: &Rows) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::query(CLAIM_NONCE)
+    let _claimed: (bool, bool) = sqlx::query_as(CLAIM_NONCE_AND_KEY)
         .bind(&r.client_id)
         .bind(&r.nonce)
         .bind(&r.fingerprint)
         .bind(r.message_id)
         .bind(r.request_timestamp)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(CLAIM_IDEMPOTENCY_KEY)
-        .bind(&r.client_id)
         .bind(&r.idempotency_key)
         .bind(r.scope)
         .bind(r.unit_reference.as_deref())
         .bind(r.content_digest.as_deref())
-        .bind(r.message_id)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
     let _locked: Vec<(String, String, String)> = sqlx::query_as(LOCK_ORDERS)
         .bind(&r.references)
