@@ -9,6 +9,12 @@ use connector_ingress::config::Settings;
 use connector_ingress::startup::Application;
 use connector_runtime::{shutdown, telemetry};
 
+/// Buffers move between the tokio workers and lapin's I/O thread, which glibc's allocator
+/// handles poorly (ops/BENCHMARKS.md: 8 % of the ingress's CPU). In the binary only, so the
+/// tests and load tools that link the library keep the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The connector's HTTP ingress: authenticates bank (mTLS + JWS), BNC (SNAP RSA) and Paysafe
 /// (HMAC) callbacks and answers 200 only once each is durably on RabbitMQ. SIGHUP reloads the
 /// banks and their keys; SIGTERM or Ctrl-C stops it gracefully.
