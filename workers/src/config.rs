@@ -215,6 +215,9 @@ pub struct PaysafeSettings {
     /// Items claimed at once by one poller, and polled concurrently.
     pub claim_batch: i64,
     pub concurrency: usize,
+    /// Answers recorded at most in one transaction: those in hand when the previous group
+    /// committed, so a group costs one commit however many items it holds.
+    pub record_group_size: usize,
     /// A claimed item is not due again for this long, so another poller never polls it at the
     /// same time, and a poller that dies mid-poll only delays it.
     pub claim_lease_secs: u64,
@@ -256,6 +259,7 @@ impl Default for PaysafeSettings {
             credit_deadline_secs: 30 * 24 * 3_600,
             claim_batch: 32,
             concurrency: 8,
+            record_group_size: 64,
             claim_lease_secs: 120,
             idle_interval_ms: 1_000,
             auth_pause_secs: 300,
@@ -378,6 +382,10 @@ impl Settings {
                 self.paysafe.claim_batch.max(0) as u64,
             ),
             ("paysafe.concurrency", self.paysafe.concurrency as u64),
+            (
+                "paysafe.record_group_size",
+                self.paysafe.record_group_size as u64,
+            ),
             ("paysafe.claim_lease_secs", self.paysafe.claim_lease_secs),
             ("paysafe.idle_interval_ms", self.paysafe.idle_interval_ms),
         ];
@@ -499,6 +507,13 @@ mod tests {
         let mut settings = development();
         settings.apply.max_hold_secs = 0;
         assert_eq!(settings.validate().unwrap_err().key, "apply.max_hold_secs");
+        let mut settings = development();
+        settings.paysafe.record_group_size = 0;
+        let error = settings.validate().unwrap_err();
+        assert_eq!(
+            (error.key.as_str(), error.message.as_str()),
+            ("paysafe.record_group_size", "must be greater than 0")
+        );
         let mut settings = development();
         settings.database.url = "mysql://x".into();
         assert_eq!(settings.validate().unwrap_err().key, "database.url");

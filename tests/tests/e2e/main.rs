@@ -25,6 +25,7 @@ mod log_pipes;
 mod mtls;
 mod paysafe_amounts;
 mod paysafe_https;
+mod paysafe_poll_groups;
 mod paysafe_tracking;
 mod paysafe_webhooks;
 mod production_mode;

@@ -58,7 +58,7 @@ pub(crate) async fn spawn(configure: impl FnOnce(&mut PaysafeSettings)) -> Track
     }
 }
 
-fn script(kind: TrackedKind, id: &str, steps: &[(&str, Option<u32>)]) -> ItemScript {
+pub(crate) fn script(kind: TrackedKind, id: &str, steps: &[(&str, Option<u32>)]) -> ItemScript {
     ItemScript::new(
         kind,
         id,

@@ -5,8 +5,11 @@
 //!   concurrency, with nothing else: what HTTP and the simulator allow.
 //! - **Poller**: `N` items inserted as due into a throw-away database; one poller (then two,
 //!   side by side) runs `run_once` until none is left polling. Every item answers COMPLETED at
-//!   its first poll, so each is one claim, one GET and one apply transaction with its outbox
-//!   event. The poller's rate limit is lifted so its own work is what is measured.
+//!   its first poll, so each is one claim, one GET and one apply with its outbox event. The
+//!   poller's rate limit is lifted so its own work is what is measured.
+//! - **Group commit**: one poller recording one answer per transaction
+//!   (`paysafe.record_group_size` = 1, as before group commit), then up to
+//!   `--record-group-size` answers per transaction.
 //!
 //! The database is created as `bench_<uuid>` and dropped afterwards.
 
@@ -41,6 +44,9 @@ struct Cli {
     /// Items claimed per round (`paysafe.claim_batch`).
     #[arg(long, default_value_t = 32)]
     claim_batch: i64,
+    /// Answers recorded per transaction at most (`paysafe.record_group_size`).
+    #[arg(long, default_value_t = 64)]
+    record_group_size: usize,
     /// The PostgreSQL maintenance database the bench creates its database from.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     database_admin_url: String,
@@ -87,15 +93,20 @@ async fn run(cli: &Cli) -> anyhow::Result<String> {
         .await
         .context("connecting to PostgreSQL")?;
     let mut report = format!(
-        "poller-bench: {} items, concurrency {} per poller, claim batch {}\n\n\
+        "poller-bench: {} items, concurrency {} per poller, claim batch {}, record group size {}\n\n\
          | Run | items/s | ratio to baseline |\n|---|---|---|\n\
          | baseline: GETs to the simulator, nothing else | {:.0} | 1.00 |\n",
-        cli.items, cli.concurrency, cli.claim_batch, baseline
+        cli.items, cli.concurrency, cli.claim_batch, cli.record_group_size, baseline
     );
-    for pollers in [1, 2] {
-        let rate = poll_run(cli, &admin, &sim, &ids, pollers).await?;
+    // One answer per transaction first: the figure group commit is measured against.
+    for (pollers, group_size) in [
+        (1, 1),
+        (1, cli.record_group_size),
+        (2, cli.record_group_size),
+    ] {
+        let rate = poll_run(cli, &admin, &sim, &ids, pollers, group_size).await?;
         report.push_str(&format!(
-            "| {pollers} poller(s): claim, GET, apply with outbox event | {rate:.0} | {:.2} |\n",
+            "| {pollers} poller(s), up to {group_size} answer(s) per transaction: claim, GET, apply with outbox event | {rate:.0} | {:.2} |\n",
             rate / baseline
         ));
     }
@@ -132,13 +143,14 @@ async fn baseline(sim: &SimHandle, ids: &[String], concurrency: usize) -> anyhow
     Ok(ids.len() as f64 / started.elapsed().as_secs_f64())
 }
 
-/// `pollers` pollers settle every item of a fresh database: items per second.
+/// `pollers` pollers, recording up to `record_group_size` answers per transaction, settle every item of a fresh database: items per second.
 async fn poll_run(
     cli: &Cli,
     admin: &PgPool,
     sim: &SimHandle,
     ids: &[String],
     pollers: usize,
+    record_group_size: usize,
 ) -> anyhow::Result<f64> {
     let name = format!("bench_{}", Uuid::new_v4().simple());
     sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -173,6 +185,7 @@ async fn poll_run(
             rate_limit_per_second: 1_000_000,
             concurrency: cli.concurrency,
             claim_batch: cli.claim_batch,
+            record_group_size,
             ..PaysafeSettings::default()
         };
         let started = Instant::now();

@@ -8,6 +8,8 @@
 //!   back off; 401/403 pause all polling (our credentials are wrong: say so, and alert).
 //! - At its deadline a non-final item becomes STALE: counted and alerted, never given an
 //!   invented final status. A webhook that made the item final stops its polling.
+//! - Answers are recorded by groups as they arrive, one transaction per group
+//!   (`paysafe.record_group_size` answers at most; see [`record`]).
 
 use std::num::NonZeroU32;
 use std::sync::Mutex;
@@ -23,9 +25,12 @@ use tokio_util::sync::CancellationToken;
 use connector_schema::paysafe::{PaysafeStatus, PaysafeTransaction, TrackedKind};
 
 use crate::config::PaysafeSettings;
-use crate::outcome::ApplyError;
-use crate::paysafe::{Effect, FactSource, Observation, Observed, observe, poll_delay};
+use crate::paysafe::poll_delay;
 use crate::{Step, metrics};
+
+mod record;
+
+use record::{Answer, Polled, Recorded};
 
 /// How one call to Paysafe went, the `outcome` label of the poll metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,14 +136,34 @@ impl Poller {
                 Step::Idle
             });
         }
-        futures_util::stream::iter(claimed)
-            .for_each_concurrent(self.settings.concurrency, |item| async move {
-                if let Err(error) = self.poll(&item).await {
-                    // The lease expires and the item is polled again: nothing is lost.
-                    tracing::warn!(id = %item.id, error = %format!("{error:#}"), "poll not recorded");
-                }
-            })
-            .await;
+        // The calls feed a channel that the recorder drains by groups of what is in hand: a
+        // slow call never holds back answers already received, and calls go on while a group
+        // commits (`ready_chunks` on the same stream would pause them). The channel holds every
+        // claimed item, so a send never waits.
+        let (answers, mut in_hand) = tokio::sync::mpsc::channel(claimed.len());
+        let polls = async move {
+            futures_util::stream::iter(claimed)
+                .map(|item| self.poll(item))
+                .buffer_unordered(self.settings.concurrency)
+                .for_each(|polled| {
+                    let answers = &answers;
+                    async move {
+                        // Cannot fail: the receiver outlives this block.
+                        let _ = answers.send(polled).await;
+                    }
+                })
+                .await;
+            // `answers` is dropped here: the recorder drains what is left, then stops.
+        };
+        let record = async {
+            // Validated > 0; a zero limit would make `recv_many` return 0 and drop answers.
+            let size = self.settings.record_group_size.max(1);
+            let mut group = Vec::with_capacity(size);
+            while in_hand.recv_many(&mut group, size).await > 0 {
+                self.record_group(std::mem::take(&mut group)).await;
+            }
+        };
+        tokio::join!(polls, record);
         Ok(Step::Processed)
     }
 
@@ -236,8 +261,8 @@ impl Poller {
             .collect()
     }
 
-    /// Calls Paysafe about one claimed item and records the answer.
-    async fn poll(&self, item: &Claimed) -> anyhow::Result<()> {
+    /// Calls Paysafe about one claimed item: what is left to record about it.
+    async fn poll(&self, item: Claimed) -> Polled {
         self.limiter.until_ready().await;
         let started = Instant::now();
         let url = format!(
@@ -261,11 +286,17 @@ impl Poller {
             Ok(response) => classify(response).await,
         };
         metrics::paysafe_poll(item.kind.as_str(), outcome.as_str(), started.elapsed());
-        match (outcome, transaction) {
-            (PollOutcome::Pending | PollOutcome::Final, Some(transaction)) => {
-                self.record_answer(item, &transaction).await
+        let status = transaction
+            .as_ref()
+            .and_then(PaysafeTransaction::parsed_status);
+        let answer = match (outcome, transaction, status) {
+            (PollOutcome::Pending | PollOutcome::Final, Some(transaction), Some(status)) => {
+                Answer::Status {
+                    status,
+                    transaction: Box::new(transaction),
+                }
             }
-            (PollOutcome::Unauthorized, _) => {
+            (PollOutcome::Unauthorized, _, _) => {
                 let pause = Duration::from_secs(self.settings.auth_pause_secs);
                 *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(Instant::now() + pause);
@@ -275,118 +306,64 @@ impl Poller {
                     ?pause,
                     "Paysafe refused our API key (401/403): polling paused; check paysafe.api_username and paysafe.api_password"
                 );
-                self.reschedule(item, pause, outcome, false).await
+                Answer::Backoff {
+                    delay: pause,
+                    outcome,
+                    count_attempt: false,
+                }
             }
-            (outcome, _) => {
-                let delay =
-                    poll_delay(&self.settings, attempts(item)).max(retry_after.unwrap_or_default());
+            (outcome, _, _) => {
+                let delay = poll_delay(&self.settings, attempts(&item))
+                    .max(retry_after.unwrap_or_default());
                 if outcome == PollOutcome::Tls {
                     tracing::error!(id = %item.id, outcome = outcome.as_str(), ?delay, "TLS with the Paysafe API failed (its certificate is not trusted, expired or not for that host); backing off: check paysafe.base_url and paysafe.ca_file");
                 } else {
                     tracing::warn!(id = %item.id, outcome = outcome.as_str(), ?delay, "poll failed; backing off");
                 }
-                self.reschedule(item, delay, outcome, true).await
-            }
-        }
-    }
-
-    /// Applies Paysafe's answer in one transaction, unless the item stopped being polled
-    /// meanwhile (a webhook made it final: that fact stands).
-    async fn record_answer(
-        &self,
-        item: &Claimed,
-        transaction: &PaysafeTransaction,
-    ) -> anyhow::Result<()> {
-        let Some(status) = transaction.parsed_status() else {
-            return self
-                .reschedule(
-                    item,
-                    poll_delay(&self.settings, attempts(item)),
-                    PollOutcome::Unexpected,
-                    true,
-                )
-                .await;
-        };
-        let mut tx = self.pool.begin().await?;
-        let tracking: Option<String> =
-            sqlx::query_scalar("SELECT tracking FROM paysafe_items WHERE id = $1 FOR UPDATE")
-                .bind(&item.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if tracking.as_deref() != Some("polling") {
-            return Ok(());
-        }
-        let observation = Observation {
-            kind: item.kind,
-            id: &item.id,
-            status,
-            status_at: transaction.status_changed_at(),
-            merchant_ref_num: transaction.merchant_ref_num.as_deref(),
-            amount: transaction.amount,
-            currency_code: transaction.currency_code.as_deref(),
-            source: FactSource::Poll,
-            event_name: None,
-            message_id: None,
-        };
-        let observed = match observe(&mut tx, &observation, &self.settings).await {
-            Ok(observed) => observed,
-            Err(ApplyError::Quarantine { detail, .. }) => {
-                // Cannot happen while the item is polled (non-final); kept loud if it does.
-                tracing::error!(id = %item.id, %detail, "Paysafe answer contradicts what we know");
-                Observed {
-                    effect: Effect::Unchanged,
-                    amount_mismatch: false,
+                Answer::Backoff {
+                    delay,
+                    outcome,
+                    count_attempt: true,
                 }
             }
-            Err(error) => return Err(error.into()),
         };
-        if !status.is_final() {
-            sqlx::query(
-                "UPDATE paysafe_items
-                 SET poll_attempts = poll_attempts + 1, last_polled_at = now(), last_poll_outcome = 'pending',
-                     next_poll_at = now() + $2 * interval '1 millisecond'
-                 WHERE id = $1",
-            )
-            .bind(&item.id)
-            .bind(poll_delay(&self.settings, attempts(item) + 1).as_millis() as f64)
-            .execute(&mut *tx)
-            .await?;
-        } else {
-            sqlx::query(
-                "UPDATE paysafe_items SET last_polled_at = now(), last_poll_outcome = 'final' WHERE id = $1",
-            )
-            .bind(&item.id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        if observed.amount_mismatch {
-            crate::metrics::paysafe_amount_mismatch();
-        }
-        tracing::info!(id = %item.id, %status, effect = ?observed.effect, "polled");
-        Ok(())
+        Polled { item, answer }
     }
 
-    async fn reschedule(
-        &self,
-        item: &Claimed,
-        delay: Duration,
-        outcome: PollOutcome,
-        count_attempt: bool,
-    ) -> anyhow::Result<()> {
-        sqlx::query(
-            "UPDATE paysafe_items
-             SET next_poll_at = now() + $2 * interval '1 millisecond', last_polled_at = now(),
-                 last_poll_outcome = $3, poll_attempts = poll_attempts + $4
-             WHERE id = $1 AND tracking = 'polling'",
-        )
-        .bind(&item.id)
-        .bind(delay.as_millis() as f64)
-        .bind(outcome.as_str())
-        .bind(i32::from(count_attempt))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    /// Records a group of answers in one transaction (see [`record`]), then reports each.
+    ///
+    /// When the group fails as a whole for a transient reason (most likely a deadlock with the
+    /// apply role, or the database going away), its answers are recorded again one item per
+    /// transaction: they cost a call to Paysafe each, and a lone item cannot be part of a lock
+    /// cycle. The first lone item that fails transiently too means the database is away: the
+    /// rest are left to their leases (polled again when those expire), as are the items of a
+    /// group failing for another reason (the commit refused).
+    async fn record_group(&self, mut group: Vec<Polled>) {
+        group.sort_unstable_by(|a, b| a.item.id.cmp(&b.item.id));
+        match record::group(&self.pool, &self.settings, &group).await {
+            Ok(recorded) => report(&group, recorded),
+            Err(failure) if failure.transient && group.len() > 1 => {
+                tracing::warn!(items = group.len(), error = %failure.error, "poll group not recorded; recording its items one at a time");
+                for polled in group {
+                    let alone = std::slice::from_ref(&polled);
+                    match record::group(&self.pool, &self.settings, alone).await {
+                        Ok(recorded) => report(alone, recorded),
+                        Err(failure) => {
+                            tracing::warn!(id = %polled.item.id, error = %failure.error, "poll not recorded; its lease brings it back");
+                            if failure.transient {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(failure) => {
+                // The leases expire and the items are polled again: nothing is lost.
+                for polled in &group {
+                    tracing::warn!(id = %polled.item.id, error = %failure.error, "poll not recorded; its lease brings it back");
+                }
+            }
+        }
     }
 
     /// Items by kind and tracking state, and the oldest still polled, for the dashboards.
@@ -446,6 +423,26 @@ fn is_tls_failure(error: &reqwest::Error) -> bool {
 
 fn attempts(item: &Claimed) -> u32 {
     u32::try_from(item.attempts).unwrap_or(0)
+}
+
+/// What a lone poll reported after its commit, for each member of a committed group.
+fn report(group: &[Polled], recorded: Vec<Recorded>) {
+    for (polled, recorded) in group.iter().zip(recorded) {
+        let id = &polled.item.id;
+        match recorded {
+            Recorded::Applied { status, observed } => {
+                if observed.amount_mismatch {
+                    metrics::paysafe_amount_mismatch();
+                }
+                tracing::info!(%id, %status, effect = ?observed.effect, "polled");
+            }
+            Recorded::BackedOff | Recorded::NotPolling => {}
+            // Rolled back alone: the lease expires and the item is polled again.
+            Recorded::Failed(error) => {
+                tracing::warn!(%id, %error, "poll not recorded; its lease brings it back");
+            }
+        }
+    }
 }
 
 /// What an HTTP answer means, with the transaction when there is one and Paysafe's
