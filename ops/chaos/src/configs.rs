@@ -18,6 +18,11 @@ id = "chaos"
 key = "fault-harness-seal-key-0123456789abcdef"
 "#;
 
+/// The `application_name` workers process `index` (0-based) connects to PostgreSQL with.
+pub fn workers_application_name(index: usize) -> String {
+    format!("chaos-workers-{}", index + 1)
+}
+
 /// The workers' nonce retention and purge interval, when a run sets them (the soak does, so
 /// that the purge reaches its steady state within the run).
 #[derive(Debug, Clone, Copy)]

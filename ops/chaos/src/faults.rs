@@ -7,11 +7,15 @@ use std::time::{Duration, Instant};
 use crate::console::out;
 use crate::harness::{Harness, Link, Role};
 use crate::load::Bank;
+use crate::mid_group::kill_mid_group;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     KillIngress(usize),
     KillWorkers(usize),
+    /// SIGKILL a workers process while its group transactions are provably open (see
+    /// `mid_group`): every delivery of those groups must come back and be applied once.
+    KillWorkersMidGroup(usize),
     CutBroker,
     CutDatabase,
     /// Single node: `rabbitmqctl stop` and start (graceful) or SIGKILL and start (crash).
@@ -52,6 +56,12 @@ impl Fault {
         match self {
             Self::KillIngress(i) => format!("SIGKILL ingress-{}", i + 1),
             Self::KillWorkers(i) => format!("SIGKILL workers-{} (apply+relay)", i + 1),
+            Self::KillWorkersMidGroup(i) => {
+                format!(
+                    "SIGKILL workers-{} mid-group (2+ messages in an open transaction)",
+                    i + 1
+                )
+            }
             Self::CutBroker => "cut broker connections 2s".into(),
             Self::CutDatabase => "cut database connections 2s".into(),
             Self::RestartRabbit { node, crash: _ } if cluster => {
@@ -84,12 +94,13 @@ impl Fault {
             Self::LongDatabaseOutage => "long-db-outage",
             Self::KillIngress(_) => "kill-ingress",
             Self::KillWorkers(_) => "kill-workers",
+            Self::KillWorkersMidGroup(_) => "kill-workers-mid-group",
         }
     }
 
-    /// The two faults of round `round` (0-based); `only`, when not empty, restricts the
+    /// The faults of round `round` (0-based); `only`, when not empty, restricts the
     /// infrastructure faults to those names (in rotation order).
-    pub fn schedule(round: usize, cluster: bool, only: &[String]) -> [Fault; 2] {
+    pub fn schedule(round: usize, cluster: bool, only: &[String]) -> RoundFaults {
         let process = if round.is_multiple_of(2) {
             Fault::KillIngress((round / 2) % 2)
         } else {
@@ -103,7 +114,17 @@ impl Fault {
             [] => Fault::CutBroker,
             faults => faults[round % faults.len()],
         };
-        [process, infra]
+        // The rounds that SIGKILL an ingress also kill a workers process mid-group, late in
+        // the round, the two workers in turn: the short form covers both, and no round kills
+        // a workers process twice.
+        let late = round
+            .is_multiple_of(2)
+            .then_some(Fault::KillWorkersMidGroup((round / 2) % 2));
+        RoundFaults {
+            process,
+            infra,
+            late,
+        }
     }
 
     /// The infrastructure faults in the order the rounds take them (`round` picks the node).
@@ -142,22 +163,46 @@ impl Fault {
     }
 }
 
+/// What one round injects: a process fault at its start, an infrastructure fault a third of
+/// the way in, and, in some rounds, a late fault two thirds of the way in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundFaults {
+    pub process: Fault,
+    pub infra: Fault,
+    pub late: Option<Fault>,
+}
+
+impl RoundFaults {
+    /// In the order a round injects them.
+    pub fn all(self) -> impl Iterator<Item = Fault> {
+        [Some(self.process), Some(self.infra), self.late]
+            .into_iter()
+            .flatten()
+    }
+}
+
 /// What the injections leave for the final report.
 #[derive(Debug, Default)]
 pub struct FaultLog {
     pub injected: usize,
     /// What happened while a cluster node was down, one line per node loss.
     pub node_losses: Vec<String>,
+    /// What each mid-group kill proved, one line each.
+    pub mid_group: Vec<String>,
+    /// Faults that could not prove their point (a mid-group kill that found no open group):
+    /// each fails the run.
+    pub unproven: Vec<String>,
 }
 
 /// Injects `fault` and waits until it is over (the process, link or service back); `bank`'s
-/// counters measure what the clients saw while a node was down.
+/// counters measure what the clients saw while a node was down. Returns what the fault
+/// proved, for the round line, when it has something to say.
 pub async fn inject(
     harness: &mut Harness,
     bank: &Bank,
     fault: Fault,
     log: &mut FaultLog,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
     log.injected += 1;
     match fault {
         Fault::KillIngress(i) => {
@@ -168,6 +213,20 @@ pub async fn inject(
             harness.kill_process(Role::Workers, i).await;
             harness.tick(Duration::from_secs(1)).await;
             harness.start_process(Role::Workers, i)?;
+        }
+        Fault::KillWorkersMidGroup(i) => {
+            let said = match kill_mid_group(harness, i).await? {
+                Ok(proof) => {
+                    let line = proof.line();
+                    log.mid_group.push(format!("workers-{}: {line}", i + 1));
+                    line
+                }
+                Err(problem) => {
+                    log.unproven.push(problem.clone());
+                    format!("mid-group NOT PROVEN: {problem}")
+                }
+            };
+            return Ok(Some(said));
         }
         Fault::CutBroker | Fault::CutDatabase => {
             let link = if fault == Fault::CutBroker {
@@ -211,7 +270,7 @@ pub async fn inject(
             log.node_losses.push(line);
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// SIGKILLs cluster node `node` under load, restarts it 4 s later, and says what the clients
@@ -248,13 +307,15 @@ mod tests {
     #[test]
     fn the_short_form_injects_every_kind_of_fault() {
         let faults: Vec<Fault> = (0..4)
-            .flat_map(|r| Fault::schedule(r, false, &[]))
+            .flat_map(|r| Fault::schedule(r, false, &[]).all())
             .collect();
         for wanted in [
             Fault::KillIngress(0),
             Fault::KillIngress(1),
             Fault::KillWorkers(0),
             Fault::KillWorkers(1),
+            Fault::KillWorkersMidGroup(0),
+            Fault::KillWorkersMidGroup(1),
             Fault::CutBroker,
             Fault::CutDatabase,
             Fault::RestartPostgres,
@@ -275,7 +336,7 @@ mod tests {
     fn infra_selects_the_alarm_and_the_long_outage() {
         let only = ["memory-alarm".to_owned(), "long-db-outage".to_owned()];
         let faults: Vec<Fault> = (0..4)
-            .map(|r| Fault::schedule(r, false, &only)[1])
+            .map(|r| Fault::schedule(r, false, &only).infra)
             .collect();
         assert_eq!(
             faults,
@@ -291,7 +352,7 @@ mod tests {
     #[test]
     fn the_cluster_form_loses_every_node_in_turn() {
         let faults: Vec<Fault> = (0..24)
-            .flat_map(|r| Fault::schedule(r, true, &[]))
+            .flat_map(|r| Fault::schedule(r, true, &[]).all())
             .collect();
         for node in 0..3 {
             assert!(
@@ -299,5 +360,40 @@ mod tests {
                 "node {node} never killed"
             );
         }
+    }
+
+    #[test]
+    fn the_mid_group_kill_is_late_in_rounds_that_kill_no_workers_process_at_their_start() {
+        for cluster in [false, true] {
+            let rounds: Vec<_> = (0..24).map(|r| Fault::schedule(r, cluster, &[])).collect();
+            let mut late = Vec::new();
+            for plan in &rounds {
+                for fault in [plan.process, plan.infra] {
+                    assert!(
+                        !matches!(fault, Fault::KillWorkersMidGroup(_)),
+                        "{fault:?} outside the late slot"
+                    );
+                }
+                if let Some(fault) = plan.late {
+                    assert!(
+                        matches!(plan.process, Fault::KillIngress(_)),
+                        "{plan:?}: a workers process killed twice in one round"
+                    );
+                    late.push(fault);
+                }
+            }
+            // Every other round, the two workers processes in turn.
+            assert_eq!(late.len(), 12);
+            let expected: Vec<Fault> = (0..12).map(|i| Fault::KillWorkersMidGroup(i % 2)).collect();
+            assert_eq!(late, expected);
+        }
+        // The short form: one mid-group kill for each workers process.
+        let short: Vec<Fault> = (0..4)
+            .filter_map(|r| Fault::schedule(r, false, &[]).late)
+            .collect();
+        assert_eq!(
+            short,
+            [Fault::KillWorkersMidGroup(0), Fault::KillWorkersMidGroup(1)]
+        );
     }
 }

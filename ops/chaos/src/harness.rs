@@ -21,7 +21,8 @@ use connector_schema::topology::{Topology, TopologySettings};
 use crate::binaries::run_to_end;
 use crate::broker;
 use crate::configs::{
-    CLIENT_ID, KID, NoncePurge, PREFIX, ingress_config, rabbit_advanced_config, workers_config,
+    CLIENT_ID, KID, NoncePurge, PREFIX, ingress_config, rabbit_advanced_config,
+    workers_application_name, workers_config,
 };
 use crate::console::out;
 use crate::load::Bank;
@@ -68,6 +69,8 @@ pub struct Harness {
     topology: Topology,
     /// `connector-workers` and the first workers' configuration, for admin commands.
     admin: Option<(PathBuf, PathBuf)>,
+    /// The harness's own pool on the database (straight, not through the proxy).
+    db: Option<PgPool>,
 }
 
 impl Harness {
@@ -94,6 +97,7 @@ impl Harness {
             }
             .topology(),
             admin: None,
+            db: None,
         }
     }
 
@@ -107,6 +111,11 @@ impl Harness {
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// The harness's own pool on its database (not through the proxy), once started.
+    pub fn db(&self) -> anyhow::Result<&PgPool> {
+        self.db.as_ref().context("the database is not started yet")
     }
 
     /// Connector processes that exited on their own and were restarted.
@@ -186,6 +195,7 @@ impl Harness {
         let db = PgPool::connect(&format!("postgres://postgres@{pg_addr}/connector"))
             .await
             .context("connecting to our PostgreSQL")?;
+        self.db = Some(db.clone());
         for process in self.ingress.iter_mut().chain(self.workers.iter_mut()) {
             process.spawn()?;
         }
@@ -237,9 +247,12 @@ impl Harness {
         for i in 0..2 {
             let ops = free_port()?;
             let config = self.dir.join(format!("workers-{}.toml", i + 1));
+            // Its own application_name, so that its backends can be told apart in
+            // pg_stat_activity (the mid-group kill must find those of the process it kills).
+            let db_url = format!("{db_url}?application_name={}", workers_application_name(i));
             std::fs::write(
                 &config,
-                workers_config(ops, broker_url, db_url, nonces, &self.dir.join("evidence")),
+                workers_config(ops, broker_url, &db_url, nonces, &self.dir.join("evidence")),
             )?;
             if i == 0 {
                 self.admin = Some((bin_dir.join("connector-workers"), config.clone()));

@@ -18,6 +18,7 @@ mod faults;
 mod harness;
 mod ledger_collector;
 mod load;
+mod mid_group;
 mod proxy;
 mod quarantine_review;
 mod rounds;

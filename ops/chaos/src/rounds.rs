@@ -37,28 +37,36 @@ pub async fn run(harness: &mut Harness, cli: &Cli, bank: &Arc<Bank>) -> anyhow::
     for round in 0..cli.rounds {
         let round_started = Instant::now();
         let length = Duration::from_secs(cli.round_secs);
-        let [process_fault, infra_fault] = Fault::schedule(round, cli.cluster, &cli.infra);
-        inject(harness, bank, process_fault, &mut faults).await?;
+        let plan = Fault::schedule(round, cli.cluster, &cli.infra);
+        let mut proved = Vec::new();
+        proved.extend(inject(harness, bank, plan.process, &mut faults).await?);
         harness.tick_until(round_started + length / 3).await;
-        inject(harness, bank, infra_fault, &mut faults).await?;
+        proved.extend(inject(harness, bank, plan.infra, &mut faults).await?);
+        if let Some(late) = plan.late {
+            harness.tick_until(round_started + length * 2 / 3).await;
+            proved.extend(inject(harness, bank, late, &mut faults).await?);
+        }
         harness.tick_until(round_started + length).await;
         let now = bank.counters.snapshot();
         let delta = now.minus(before);
         before = now;
         out(format!(
-            "{:<6} {:<75} {:>6} {:>6} {:>5} {:>5} {:>6}   ({:.1} s)",
+            "{:<6} {:<75} {:>6} {:>6} {:>5} {:>5} {:>6}   ({:.1} s){}",
             format!("{}/{}", round + 1, cli.rounds),
-            format!(
-                "{} + {}",
-                process_fault.label(harness.is_cluster()),
-                infra_fault.label(harness.is_cluster())
-            ),
+            plan.all()
+                .map(|fault| fault.label(harness.is_cluster()))
+                .collect::<Vec<_>>()
+                .join(" + "),
             delta.sent,
             delta.ok,
             delta.unavailable,
             delta.timeouts,
             delta.transport,
-            round_started.elapsed().as_secs_f64()
+            round_started.elapsed().as_secs_f64(),
+            proved
+                .iter()
+                .map(|line| format!("   {line}"))
+                .collect::<String>()
         ));
     }
     let load_secs = load_started.elapsed().as_secs_f64();

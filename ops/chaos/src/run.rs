@@ -128,6 +128,9 @@ pub async fn run(harness: &mut Harness, cli: &Cli) -> anyhow::Result<Report> {
             report.run_failure(problem.clone());
         }
     }
+    for problem in &faults.unproven {
+        report.run_failure(problem.clone());
+    }
     if let Some(gap) = journal.gaps() {
         report.run_failure(gap);
     }

@@ -183,7 +183,7 @@ impl Summary<'_> {
                 format!("{} / {}", report.refused_in_alarm, report.refused_applied),
             ),
             (
-                "failed run verdicts (soak sizes and memory, journal)".into(),
+                "failed run verdicts (soak sizes and memory, journal, mid-group proof)".into(),
                 report.run_failures.to_string(),
             ),
         ];
@@ -193,6 +193,9 @@ impl Summary<'_> {
         }
         for line in &faults.node_losses {
             out(format!("  node loss: {line}"));
+        }
+        for line in &faults.mid_group {
+            out(format!("  killed mid-group: {line}"));
         }
         for note in &report.notes {
             out(format!("  note: {note}"));

@@ -42,7 +42,8 @@ pub struct Report {
     /// ... that were applied all the same (must be none: a 503 is a total rejection).
     pub refused_applied: usize,
     /// Failed verdicts of the run itself, outside the counters above: a soak's table that
-    /// keeps growing, a process whose memory does, a gap in the journal of purged tables.
+    /// keeps growing, a process whose memory does, a gap in the journal of purged tables, a
+    /// mid-group kill that could not prove its group open.
     pub run_failures: usize,
     /// What went wrong, one line each (the table prints the first ones).
     pub problems: Vec<String>,
