@@ -1,8 +1,6 @@
-//! Group commit: the admitted messages of a group applied in ONE transaction, so that a group
-//! costs one commit (one WAL flush) however many messages it holds. The common case, every
-//! message applying cleanly, needs nothing more. As soon as one does not, the transaction is
-//! rolled back and the group applied again with each message inside its own savepoint, where
-//! every message keeps the outcome it would have had alone:
+//! Group commit: the admitted messages of a group applied in ONE transaction, each inside its
+//! own savepoint, so that a group costs one commit (one WAL flush) however many messages it
+//! holds, while every message keeps the outcome it would have had alone:
 //!
 //! - applied, duplicate, replay or ignored → its savepoint is released;
 //! - quarantined → rolled back to its savepoint, then held in quarantine (a savepoint of its
@@ -95,10 +93,7 @@ pub(super) async fn apply(
     paysafe: &PaysafeSettings,
     members: &[&Admitted],
 ) -> Result<Vec<Disposition>, GroupFailure> {
-    let done = match apply_without_savepoints(pool, paysafe, members).await? {
-        Some(done) => done,
-        None => apply_in_savepoints(pool, paysafe, members).await?,
-    };
+    let done = apply_in_savepoints(pool, paysafe, members).await?;
     // Durable now: what a lone apply reported after its commit.
     Ok(members
         .iter()
@@ -119,43 +114,6 @@ pub(super) async fn apply(
             done.disposition
         })
         .collect())
-}
-
-/// The common case first: when every message of the group applies cleanly (applied,
-/// duplicate, replay or ignored), no savepoint is needed, which saves two round trips per
-/// message. `None` as soon as one message does not: the transaction is rolled back, and the
-/// caller applies the group again in savepoints, where each message gets its own disposition.
-async fn apply_without_savepoints(
-    pool: &PgPool,
-    paysafe: &PaysafeSettings,
-    members: &[&Admitted],
-) -> Result<Option<Vec<Done>>, GroupFailure> {
-    let mut tx = begin(pool).await?;
-    let mut done = Vec::with_capacity(members.len());
-    for admitted in members {
-        let envelope = &admitted.envelope;
-        match dispatch(&mut tx, envelope, paysafe)
-            .instrument(span(envelope))
-            .await
-        {
-            Ok((outcome, amount_mismatch)) => done.push(Done {
-                amount_mismatch,
-                ..Done::of(Disposition::Ack(outcome.label()))
-            }),
-            Err(ApplyError::Database(error)) if db::is_transient(&error) => {
-                return Err(GroupFailure::database(&error));
-            }
-            Err(error) => {
-                tracing::debug!(message_id = %envelope.message_id, %error, "group applied again in savepoints");
-                tx.rollback()
-                    .await
-                    .map_err(|e| GroupFailure::database(&e))?;
-                return Ok(None);
-            }
-        }
-    }
-    tx.commit().await.map_err(|e| GroupFailure::database(&e))?;
-    Ok(Some(done))
 }
 
 /// Every message in a savepoint of its own, so that one that fails is undone alone.
