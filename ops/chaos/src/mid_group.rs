@@ -2,22 +2,16 @@
 //! provably open, several messages into its group, and proven afterwards to have been rolled
 //! back.
 //!
-//! The apply role writes a group in ONE transaction. Two signs in `pg_locks` and
-//! `pg_stat_activity` tell that the group is under way past its first message:
-//!
-//! - a group applied without savepoints (the common case) holds the lock its first message's
-//!   audit record took on `received_messages` (each message's last write) while its current
-//!   statement is already another one (the next message's): at least one message written and
-//!   the next under way, counted as 2;
-//! - a group applied in savepoints (after a message failed) gets a transaction id per
-//!   savepoint that writes, which PostgreSQL keeps as a lock of the transaction once the
-//!   savepoint is released: their number is the number of messages written.
-//!
-//! The harness polls for a transaction of the target process (by its `application_name`) with
-//! at least [`MIN_MESSAGES`] so counted, SIGKILLs the process at once, and then requires
-//! `txid_status` of that transaction to read `aborted`: it was open at the kill, and none of it
-//! committed. Its deliveries, acknowledged only after a commit, come back from the broker; the
-//! end-of-run checks prove each was applied exactly once.
+//! The apply role writes a group in ONE transaction, one savepoint per message. Each savepoint
+//! that writes gets a transaction id of its own, which PostgreSQL keeps as a lock of the
+//! transaction once the savepoint is released (and drops when it is rolled back). So
+//! `pg_locks` tells how many messages of the group have their rows in the open transaction.
+//! The harness polls `pg_stat_activity` and `pg_locks` for a transaction of the target
+//! process (by its `application_name`) with rows written and at least [`MIN_MESSAGES`] such
+//! savepoints, SIGKILLs the process at once, and then requires `txid_status` of that
+//! transaction to read `aborted`: it was open at the kill, and none of it committed. Its
+//! deliveries, acknowledged only after a commit, come back from the broker; the end-of-run
+//! checks prove each was applied exactly once.
 //!
 //! Nothing is locked or slowed down: an earlier version held `LOCK TABLE received_messages
 //! IN SHARE MODE` to freeze the groups, but any hold long enough to also read the broker
@@ -33,9 +27,8 @@ use sqlx::PgPool;
 use crate::configs::workers_application_name;
 use crate::harness::{Harness, Role};
 
-/// Messages the open transaction must have written (see the module): the group's first
-/// message written, the next one under way, so that the kill falls inside the group, not at
-/// its start.
+/// Savepoints with writes the open transaction must hold: the group's first message written,
+/// the next one under way, so that the kill falls inside the group, not at its start.
 const MIN_MESSAGES: i64 = 2;
 /// How long the harness keeps trying (the workers may still be reconnecting after the
 /// round's infrastructure fault) before the kill counts as unproven.
@@ -45,21 +38,13 @@ const END_WITHIN: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
 
 /// The open transactions of one process with rows written, the most messages first: the
-/// backend, its transaction id (with its epoch, for `txid_status`), and how many messages of
-/// its group are written (see the module).
+/// backend, its transaction id (with its epoch, for `txid_status`), and how many transaction
+/// ids it holds beyond its own (one per savepoint with writes).
 const OPEN_GROUPS: &str = "SELECT a.pid,
             ((txid_snapshot_xmax(txid_current_snapshot()) >> 32) << 32) + a.backend_xid::text::bigint,
-            GREATEST(
-              (SELECT count(*) FROM pg_locks l
-                WHERE l.pid = a.pid AND l.locktype = 'transactionid' AND l.granted
-                  AND l.mode = 'ExclusiveLock') - 1,
-              CASE WHEN EXISTS (SELECT FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-                                 WHERE l.pid = a.pid AND l.locktype = 'relation'
-                                   AND c.relname = 'received_messages'
-                                   AND l.mode = 'RowExclusiveLock')
-                        AND a.query NOT LIKE 'INSERT INTO received_messages%'
-                        AND a.query NOT IN ('COMMIT', 'ROLLBACK')
-                   THEN 2 ELSE 0 END)
+            (SELECT count(*) FROM pg_locks l
+              WHERE l.pid = a.pid AND l.locktype = 'transactionid' AND l.granted
+                AND l.mode = 'ExclusiveLock') - 1
        FROM pg_stat_activity a
       WHERE a.application_name = $1
         AND a.xact_start IS NOT NULL
@@ -81,7 +66,7 @@ impl Proof {
     /// The round line's account of it.
     pub fn line(&self) -> String {
         format!(
-            "mid-group: {}+ messages in the open transaction at the kill, rolled back (+{} other open transactions; attempt {})",
+            "mid-group: {} messages written in the open transaction at the kill, rolled back (+{} other open transactions; attempt {})",
             self.messages, self.others, self.attempts
         )
     }
