@@ -23,6 +23,7 @@ use connector_schema::corelink::body_sha256;
 use connector_schema::events::{EventType, LedgerEvent, Source};
 
 use crate::audit::{self, Received};
+use crate::locks::GroupKeys;
 use crate::outbox;
 use crate::outcome::{ApplyError, Outcome};
 use crate::quarantine::QuarantineReason;
@@ -87,6 +88,20 @@ fn content_digest(c: &AccountBindingCallback) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// What [`apply`] can write under, for a group's lock (see `crate::locks`): the binding's
+/// reference and its `(X-CLIENT-KEY, X-EXTERNAL-ID)`.
+pub fn lock_keys(envelope: &IntakeEnvelope, keys: &mut GroupKeys) {
+    if let Some(external_id) = envelope.header(headers::X_EXTERNAL_ID) {
+        keys.bnc_external_id(
+            envelope.client_id.as_deref().unwrap_or_default(),
+            external_id,
+        );
+    }
+    if let Ok(callback) = bnc::parse_account_binding(&envelope.body) {
+        keys.bnc_binding(&callback.partner_reference_no);
+    }
 }
 
 /// Applies `envelope` on `conn`, inside the caller's transaction or savepoint: on `Err` the

@@ -14,6 +14,7 @@ pub mod evidence;
 pub mod gauges;
 pub mod intake;
 pub mod lifecycle;
+pub mod locks;
 pub mod metrics;
 pub mod outbox;
 pub mod outcome;

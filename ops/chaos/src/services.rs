@@ -133,13 +133,8 @@ impl Postgres {
             .arg("-l")
             .arg(self.dir.join("postgres.log"))
             .arg("-o")
-            // `deadlock_timeout` scaled down with the broker's consumer timeout (2 s here, 30 min
-            // in production): two apply groups holding copies of the same requests can deadlock
-            // (PostgreSQL breaks it and the loser is retried), and at the default 1 s the wait
-            // alone made groups outlast the consumer timeout, whose requeues then dead-lettered
-            // accepted messages past the delivery limit.
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c deadlock_timeout=100ms",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
                 self.port,
                 self.dir.display()
             ))

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use lapin::BasicProperties;
+use sqlx::Connection;
 
 use connector_e2e_tests::pipeline::{Pipeline, spawn_pipeline, worker_settings};
 use connector_e2e_tests::{batch_body, unit_body};
@@ -291,6 +292,104 @@ async fn a_group_whose_commit_fails_acks_nothing_and_is_applied_once_after_redel
     assert_eq!(p.ledger_events().await.len(), 5);
     assert_eq!(p.depth(&p.app.topology.intake_queue).await, 0);
     p.teardown().await;
+}
+
+/// Two groups holding the same two orders in opposite delivery order. Group A is held inside
+/// its transaction after it wrote its first order; were rows locked only as each message
+/// reaches them, group B would take the second order and wait for the first, and A, released,
+/// would wait for B: a deadlock. Groups lock their keys first, in one global order, so B waits
+/// at its start on an advisory lock, and both apply once A commits.
+#[tokio::test]
+async fn groups_sharing_orders_in_opposite_order_wait_instead_of_deadlocking() {
+    let p = spawn_pipeline().await;
+    let a = [
+        intake_message(&p, UNIT, &unit_body("PAY-L1", "PENDING"), "PAY-L1").await,
+        intake_message(&p, UNIT, &unit_body("PAY-L2", "PENDING"), "PAY-L2").await,
+    ];
+    let b = [
+        intake_message(&p, UNIT, &unit_body("PAY-L2", "SUCCESS"), "PAY-L2").await,
+        intake_message(&p, UNIT, &unit_body("PAY-L1", "SUCCESS"), "PAY-L1").await,
+    ];
+    sqlx::raw_sql(
+        "CREATE FUNCTION hold_after_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_advisory_xact_lock_shared(7356); RETURN NULL; END $$;
+         CREATE TRIGGER hold_after_insert AFTER INSERT ON orders FOR EACH ROW
+         WHEN (NEW.reference = 'PAY-L1') EXECUTE FUNCTION hold_after_insert();",
+    )
+    .execute(&p.db.pool)
+    .await
+    .unwrap();
+    let mut holder = sqlx::PgConnection::connect(&p.db.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(7356)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    for message in &a {
+        publish(&p, &message.routing_key, message).await;
+    }
+    let group_a = p.worker.run_group_once(&p.worker_channel, 2);
+    let group_b = async {
+        assert!(
+            until_waiting(&p.db.pool, 1).await,
+            "group A holds PAY-L1 in its trigger"
+        );
+        for message in &b {
+            publish(&p, &message.routing_key, message).await;
+        }
+        let group_b = p.worker.run_group_once(&p.worker_channel, 2);
+        let observe = async {
+            assert!(until_waiting(&p.db.pool, 2).await, "group B waits");
+            let mut locks = waiting_locks(&p.db.pool).await;
+            locks.sort();
+            sqlx::query("SELECT pg_advisory_unlock(7356)")
+                .execute(&mut holder)
+                .await
+                .unwrap();
+            locks
+        };
+        tokio::join!(group_b, observe)
+    };
+    let (a_done, (b_done, locks)) = tokio::join!(group_a, group_b);
+    let group_lock_class = i64::from(0x6170_706c_i32);
+    assert_eq!(
+        locks,
+        [
+            ("advisory".to_owned(), Some(1), Some(0)),
+            ("advisory".to_owned(), Some(2), Some(group_lock_class)),
+        ],
+        "A waits in its trigger; B waits at its start for a key A holds, not for a row"
+    );
+    assert_eq!(a_done.unwrap(), vec![Disposition::Ack("applied"); 2]);
+    assert_eq!(b_done.unwrap(), vec![Disposition::Ack("applied"); 2]);
+    for reference in ["PAY-L1", "PAY-L2"] {
+        assert_eq!(p.order_status(reference).await.as_deref(), Some("SUCCESS"));
+    }
+    assert_eq!(
+        p.db.count("SELECT count(*) FROM order_history").await,
+        4,
+        "each message applied once"
+    );
+    p.teardown().await;
+}
+
+/// The locks this database's transactions wait for: lock type, and for advisory locks which
+/// key space (`objsubid`: 1 one `bigint`, 2 two `int4`) and first key.
+async fn waiting_locks(pool: &sqlx::PgPool) -> Vec<(String, Option<i16>, Option<i64>)> {
+    sqlx::query_as(
+        "SELECT locktype, objsubid, classid::bigint FROM pg_locks
+         WHERE NOT granted
+           AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn until_waiting(pool: &sqlx::PgPool, count: usize) -> bool {
+    connector_e2e_tests::eventually(Duration::from_secs(30), || async {
+        waiting_locks(pool).await.len() >= count
+    })
+    .await
 }
 
 /// A small deterministic generator (xorshift), so a failing case can be run again by its seed.

@@ -12,8 +12,10 @@
 //!   transaction: the group fails as a whole and the caller retries it.
 //!
 //! Messages are applied in delivery order, so two notifications of one order in a group apply
-//! as they would one after the other. Nothing here talks to the broker: the caller settles the
-//! deliveries once [`apply`] returned, i.e. after the commit.
+//! as they would one after the other. Before any of them, the transaction locks every key its
+//! members can write, in one global order (`crate::locks`): groups sharing an order or a nonce
+//! wait for each other instead of deadlocking. Nothing here talks to the broker: the caller
+//! settles the deliveries once [`apply`] returned, i.e. after the commit.
 
 use sqlx::{Connection, PgConnection, PgPool};
 use tracing::Instrument;
@@ -22,6 +24,7 @@ use connector_schema::{IntakeEnvelope, IntakeKind};
 
 use crate::config::PaysafeSettings;
 use crate::intake::Admitted;
+use crate::locks::GroupKeys;
 use crate::outcome::{ApplyError, Outcome};
 use crate::quarantine::{self, QuarantineReason};
 use crate::{bnc, corelink, db, metrics, paysafe};
@@ -122,7 +125,7 @@ async fn apply_in_savepoints(
     paysafe: &PaysafeSettings,
     members: &[&Admitted],
 ) -> Result<Vec<Done>, GroupFailure> {
-    let mut tx = begin(pool).await?;
+    let mut tx = begin(pool, members).await?;
     let mut done = Vec::with_capacity(members.len());
     for admitted in members {
         let span = span(&admitted.envelope);
@@ -136,11 +139,34 @@ async fn apply_in_savepoints(
     Ok(done)
 }
 
-/// Opens a group's transaction in the settings of [`GROUP_SETTINGS`].
-async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, GroupFailure> {
-    pool.begin_with(format!("BEGIN; {GROUP_SETTINGS}"))
+/// Opens a group's transaction in the settings of [`GROUP_SETTINGS`], holding the locks of
+/// its members' keys.
+async fn begin(
+    pool: &PgPool,
+    members: &[&Admitted],
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, GroupFailure> {
+    let mut keys = GroupKeys::default();
+    for admitted in members {
+        let envelope = &admitted.envelope;
+        keys.message(envelope.message_id);
+        match envelope.kind {
+            IntakeKind::CorelinkStatus | IntakeKind::CorelinkStatusBatch => {
+                corelink::lock_keys(envelope, &mut keys);
+            }
+            IntakeKind::BncAccountBinding => bnc::lock_keys(envelope, &mut keys),
+            IntakeKind::PaysafeWebhook | IntakeKind::PaysafeTrack => {
+                paysafe::lock_keys(envelope, &mut keys);
+            }
+        }
+    }
+    let mut tx = pool
+        .begin_with(format!("BEGIN; {GROUP_SETTINGS}"))
         .await
-        .map_err(|e| GroupFailure::database(&e))
+        .map_err(|e| GroupFailure::database(&e))?;
+    keys.lock(&mut tx)
+        .await
+        .map_err(|e| GroupFailure::database(&e))?;
+    Ok(tx)
 }
 
 /// One message inside the group's transaction, in savepoints of its own. `Err` only for what

@@ -1,12 +1,13 @@
 //! Applying one Corelink notification, unit or batch, atomically (DESIGN.md §3.4, in the
-//! caller's transaction or savepoint): replay and idempotency checks, the order state machine, history, outbox events and
-//! the audit record commit together or not at all. Here: the transaction, with its replay and
+//! caller's transaction or savepoint): replay and idempotency checks, the order state
+//! machine, history, outbox events and the audit record commit together or not at all. Here: the transaction, with its replay and
 //! idempotency checks; `decode` reads the message first, `orders` moves the orders inside it.
 //!
-//! Concurrency: the nonce and idempotency-key rows are claimed by primary key, so two workers
-//! handling copies of one message serialise on them; existing orders are locked with
-//! `FOR UPDATE` in reference order and new ones inserted in reference order, so two batches
-//! touching the same orders cannot deadlock.
+//! Concurrency: a group's transaction first locks every key its messages can write, in one
+//! global order ([`lock_keys`], `crate::locks`), so groups holding copies of one message, or
+//! the same orders in another delivery order, wait for each other instead of deadlocking.
+//! Inside a message, orders are still locked and inserted in reference order: a transaction
+//! outside that protocol touching several of them cannot deadlock with it either.
 
 mod decode;
 mod orders;
@@ -15,11 +16,13 @@ pub mod statements;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use connector_schema::IntakeEnvelope;
+use connector_schema::corelink::{self as schema, headers};
+use connector_schema::{IntakeEnvelope, IntakeKind};
 
 use crate::audit::{self, Received};
 use crate::corelink::decode::{Notification, decode};
 use crate::corelink::orders::apply_orders;
+use crate::locks::GroupKeys;
 use crate::outcome::{ApplyError, Outcome};
 use crate::quarantine::QuarantineReason;
 
@@ -44,6 +47,34 @@ pub async fn apply(
     };
     record_message(conn, envelope, &notification, outcome).await?;
     Ok(outcome)
+}
+
+/// What [`apply`] can write under, for a group's lock (see `crate::locks`). A message that
+/// cannot be read adds what it can: it is dead-lettered without writing anything.
+pub fn lock_keys(envelope: &IntakeEnvelope, keys: &mut GroupKeys) {
+    let client_id = envelope.client_id.as_deref().unwrap_or_default();
+    if let Some(nonce) = envelope.header(headers::NONCE) {
+        keys.nonce(client_id, nonce);
+    }
+    let idempotency_key = envelope
+        .header(headers::IDEMPOTENCY_KEY)
+        .unwrap_or_default();
+    keys.idempotency_key(client_id, idempotency_key);
+    match envelope.kind {
+        IntakeKind::CorelinkStatus => {
+            if let Ok(order) = schema::parse_unit(&envelope.body) {
+                keys.order(&order.reference);
+            }
+        }
+        IntakeKind::CorelinkStatusBatch => {
+            if let Ok(batch) = schema::parse_batch(&envelope.body, idempotency_key, usize::MAX) {
+                for order in &batch.orders {
+                    keys.order(&order.reference);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// What claiming the nonce and the idempotency key found.

@@ -16,6 +16,7 @@ use connector_schema::{IntakeEnvelope, IntakeKind};
 
 use crate::audit::{self, Received};
 use crate::config::PaysafeSettings;
+use crate::locks::GroupKeys;
 use crate::outcome::{ApplyError, Outcome};
 
 pub use observe::{FactSource, Observation, Observed, observe};
@@ -27,6 +28,24 @@ pub struct Applied {
     pub outcome: Outcome,
     /// The message revealed an amount mismatch (see [`Observed`]).
     pub amount_mismatch: bool,
+}
+
+/// What [`apply`] can write under, for a group's lock (see `crate::locks`): the item a webhook
+/// or track command is about (nothing for a message that cannot be read: it writes nothing).
+pub fn lock_keys(envelope: &IntakeEnvelope, keys: &mut GroupKeys) {
+    match envelope.kind {
+        IntakeKind::PaysafeWebhook => {
+            if let Ok(webhook) = paysafe::parse_webhook(&envelope.body) {
+                keys.paysafe_item(&webhook.resource_id);
+            }
+        }
+        IntakeKind::PaysafeTrack => {
+            if let Ok(command) = paysafe::parse_track_command(&envelope.body) {
+                keys.paysafe_item(&command.id);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Applies a `paysafe.webhook` or `paysafe.track` intake message on `conn`, inside the

@@ -332,14 +332,12 @@ impl Poller {
 
     /// Records a group of answers in one transaction (see [`record`]), then reports each.
     ///
-    /// When the group fails as a whole for a transient reason (most likely a deadlock with the
-    /// apply role, or the database going away), its answers are recorded again one item per
-    /// transaction: they cost a call to Paysafe each, and a lone item cannot be part of a lock
-    /// cycle. The first lone item that fails transiently too means the database is away: the
+    /// When the group fails as a whole for a transient reason (most likely the database going
+    /// away), its answers are recorded again one item per transaction: they cost a call to
+    /// Paysafe each. The first lone item that fails transiently too means the database is away: the
     /// rest are left to their leases (polled again when those expire), as are the items of a
     /// group failing for another reason (the commit refused).
-    async fn record_group(&self, mut group: Vec<Polled>) {
-        group.sort_unstable_by(|a, b| a.item.id.cmp(&b.item.id));
+    async fn record_group(&self, group: Vec<Polled>) {
         match record::group(&self.pool, &self.settings, &group).await {
             Ok(recorded) => report(&group, recorded),
             Err(failure) if failure.transient && group.len() > 1 => {

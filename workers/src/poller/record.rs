@@ -11,7 +11,7 @@
 //! - a transient failure (connection lost, deadlock, lock timeout) aborts the whole transaction:
 //!   the group fails as a whole and the caller decides what to retry.
 //!
-//! Members are applied sorted by item id: see [`group`] for the lock order.
+//! See [`group`] for the lock order.
 
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use connector_schema::paysafe::{PaysafeStatus, PaysafeTransaction};
 use super::{Claimed, PollOutcome, attempts};
 use crate::config::PaysafeSettings;
 use crate::db;
+use crate::locks::GroupKeys;
 use crate::outcome::ApplyError;
 use crate::paysafe::{Effect, FactSource, Observation, Observed, observe, poll_delay};
 
@@ -84,17 +85,22 @@ impl GroupFailure {
 /// order of `members`. On `Err` nothing was written.
 ///
 /// Lock order: pollers never hold the same item (claims are leases taken with `SKIP LOCKED`),
-/// but the apply role can lock a member's row concurrently (a webhook or a track command about
-/// it), and an apply group locks several items in delivery order. The caller sorts `members`
-/// by id, so two poller groups could never wait on each other in a cycle, and a cycle with an
-/// apply group, still possible since delivery order is arbitrary, is broken by PostgreSQL's
-/// deadlock detection: a transient failure of one side, which then retries.
+/// but the apply role can write a member's row concurrently (a webhook or a track command about
+/// it) in a group of its own. Both take the items' locks first, in one global order
+/// (`crate::locks`), so they wait for each other and never deadlock.
 pub(super) async fn group(
     pool: &PgPool,
     settings: &PaysafeSettings,
     members: &[Polled],
 ) -> Result<Vec<Recorded>, GroupFailure> {
+    let mut keys = GroupKeys::default();
+    for polled in members {
+        keys.paysafe_item(&polled.item.id);
+    }
     let mut tx = pool.begin().await.map_err(|e| GroupFailure::database(&e))?;
+    keys.lock(&mut tx)
+        .await
+        .map_err(|e| GroupFailure::database(&e))?;
     let mut recorded = Vec::with_capacity(members.len());
     for polled in members {
         recorded.push(one(&mut tx, settings, polled).await?);
