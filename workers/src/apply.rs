@@ -44,6 +44,7 @@ use connector_schema::seal::SealKeys;
 use connector_schema::{IntakeKind, Topology};
 
 use crate::config::{ApplySettings, BrokerSettings, PaysafeSettings};
+use crate::group_transaction::GroupFailure;
 use crate::intake::{self, Admitted, Refusal};
 use crate::{Step, broker, db, metrics};
 
@@ -51,8 +52,6 @@ mod group;
 mod grouping;
 
 use grouping::{GroupLimits, groups};
-
-use group::GroupFailure;
 
 /// While consuming, how often the apply role checks that the database answers; when it does
 /// not, the role stops consuming before it takes messages it would only have to give back.

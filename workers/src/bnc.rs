@@ -23,7 +23,7 @@ use connector_schema::corelink::body_sha256;
 use connector_schema::events::{EventType, LedgerEvent, Source};
 
 use crate::audit::{self, Received};
-use crate::locks::GroupKeys;
+use crate::group_transaction::GroupKeys;
 use crate::outbox;
 use crate::outcome::{ApplyError, Outcome};
 use crate::quarantine::QuarantineReason;
@@ -90,7 +90,7 @@ fn content_digest(c: &AccountBindingCallback) -> String {
         .collect()
 }
 
-/// What [`apply`] can write under, for a group's lock (see `crate::locks`): the binding's
+/// What [`apply`] can write under, for a group's lock (see `crate::group_transaction`): the binding's
 /// reference and its `(X-CLIENT-KEY, X-EXTERNAL-ID)`.
 pub fn lock_keys(envelope: &IntakeEnvelope, keys: &mut GroupKeys) {
     if let Some(external_id) = envelope.header(headers::X_EXTERNAL_ID) {

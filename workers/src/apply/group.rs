@@ -13,7 +13,7 @@
 //!
 //! Messages are applied in delivery order, so two notifications of one order in a group apply
 //! as they would one after the other. Before any of them, the transaction locks every key its
-//! members can write, in one global order (`crate::locks`): groups sharing an order or a nonce
+//! members can write, in one global order (`crate::group_transaction`): groups sharing an order or a nonce
 //! wait for each other instead of deadlocking. Nothing here talks to the broker: the caller
 //! settles the deliveries once [`apply`] returned, i.e. after the commit.
 
@@ -23,8 +23,8 @@ use tracing::Instrument;
 use connector_schema::{IntakeEnvelope, IntakeKind};
 
 use crate::config::PaysafeSettings;
+use crate::group_transaction::{self, GroupFailure, GroupKeys};
 use crate::intake::Admitted;
-use crate::locks::GroupKeys;
 use crate::outcome::{ApplyError, Outcome};
 use crate::quarantine::{self, QuarantineReason};
 use crate::{bnc, corelink, db, metrics, paysafe};
@@ -34,30 +34,6 @@ use super::{Disposition, GROUP_SETTINGS};
 /// How often a message meeting a concurrent creation of its order is tried again inside the
 /// group before the group as a whole is retried.
 const CONTENTION_ATTEMPTS: usize = 3;
-
-/// Why a group's transaction did not commit: nothing of it was written.
-#[derive(Debug)]
-pub(super) struct GroupFailure {
-    /// Worth retrying as it is (database unreachable, deadlock, serialization failure).
-    pub transient: bool,
-    pub error: String,
-}
-
-impl GroupFailure {
-    fn database(error: &sqlx::Error) -> Self {
-        Self {
-            transient: db::is_transient(error),
-            error: error.to_string(),
-        }
-    }
-
-    fn transient(error: String) -> Self {
-        Self {
-            transient: true,
-            error,
-        }
-    }
-}
 
 /// What a committed group did to one message: its disposition, and what to report about it
 /// now that it is durable.
@@ -159,14 +135,7 @@ async fn begin(
             }
         }
     }
-    let mut tx = pool
-        .begin_with(format!("BEGIN; {GROUP_SETTINGS}"))
-        .await
-        .map_err(|e| GroupFailure::database(&e))?;
-    keys.lock(&mut tx)
-        .await
-        .map_err(|e| GroupFailure::database(&e))?;
-    Ok(tx)
+    group_transaction::begin(pool, format!("BEGIN; {GROUP_SETTINGS}"), keys).await
 }
 
 /// One message inside the group's transaction, in savepoints of its own. `Err` only for what

@@ -4,7 +4,7 @@
 //! idempotency checks; `decode` reads the message first, `orders` moves the orders inside it.
 //!
 //! Concurrency: a group's transaction first locks every key its messages can write, in one
-//! global order ([`lock_keys`], `crate::locks`), so groups holding copies of one message, or
+//! global order ([`lock_keys`], `crate::group_transaction`), so groups holding copies of one message, or
 //! the same orders in another delivery order, wait for each other instead of deadlocking.
 //! Inside a message, orders are still locked and inserted in reference order: a transaction
 //! outside that protocol touching several of them cannot deadlock with it either.
@@ -22,7 +22,7 @@ use connector_schema::{IntakeEnvelope, IntakeKind};
 use crate::audit::{self, Received};
 use crate::corelink::decode::{Notification, decode};
 use crate::corelink::orders::apply_orders;
-use crate::locks::GroupKeys;
+use crate::group_transaction::GroupKeys;
 use crate::outcome::{ApplyError, Outcome};
 use crate::quarantine::QuarantineReason;
 
@@ -49,7 +49,7 @@ pub async fn apply(
     Ok(outcome)
 }
 
-/// What [`apply`] can write under, for a group's lock (see `crate::locks`). A message that
+/// What [`apply`] can write under, for a group's lock (see `crate::group_transaction`). A message that
 /// cannot be read adds what it can: it is dead-lettered without writing anything.
 pub fn lock_keys(envelope: &IntakeEnvelope, keys: &mut GroupKeys) {
     let client_id = envelope.client_id.as_deref().unwrap_or_default();

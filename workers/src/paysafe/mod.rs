@@ -16,7 +16,7 @@ use connector_schema::{IntakeEnvelope, IntakeKind};
 
 use crate::audit::{self, Received};
 use crate::config::PaysafeSettings;
-use crate::locks::GroupKeys;
+use crate::group_transaction::GroupKeys;
 use crate::outcome::{ApplyError, Outcome};
 
 pub use observe::{FactSource, Observation, Observed, observe};
@@ -30,7 +30,7 @@ pub struct Applied {
     pub amount_mismatch: bool,
 }
 
-/// What [`apply`] can write under, for a group's lock (see `crate::locks`): the item a webhook
+/// What [`apply`] can write under, for a group's lock (see `crate::group_transaction`): the item a webhook
 /// or track command is about (nothing for a message that cannot be read: it writes nothing).
 pub fn lock_keys(envelope: &IntakeEnvelope, keys: &mut GroupKeys) {
     match envelope.kind {

@@ -22,7 +22,7 @@ use connector_schema::paysafe::{PaysafeStatus, PaysafeTransaction};
 use super::{Claimed, PollOutcome, attempts};
 use crate::config::PaysafeSettings;
 use crate::db;
-use crate::locks::GroupKeys;
+use crate::group_transaction::{self, GroupFailure, GroupKeys};
 use crate::outcome::ApplyError;
 use crate::paysafe::{Effect, FactSource, Observation, Observed, observe, poll_delay};
 
@@ -64,30 +64,13 @@ pub(super) enum Recorded {
     Failed(String),
 }
 
-/// Why a group's transaction did not commit: nothing of it was written.
-#[derive(Debug)]
-pub(super) struct GroupFailure {
-    /// Worth retrying (database unreachable, deadlock, lock or serialization failure).
-    pub transient: bool,
-    pub error: String,
-}
-
-impl GroupFailure {
-    fn database(error: &sqlx::Error) -> Self {
-        Self {
-            transient: db::is_transient(error),
-            error: error.to_string(),
-        }
-    }
-}
-
 /// Records `members` in one transaction and commits it; returns each member's result, in the
 /// order of `members`. On `Err` nothing was written.
 ///
 /// Lock order: pollers never hold the same item (claims are leases taken with `SKIP LOCKED`),
 /// but the apply role can write a member's row concurrently (a webhook or a track command about
 /// it) in a group of its own. Both take the items' locks first, in one global order
-/// (`crate::locks`), so they wait for each other and never deadlock.
+/// (`crate::group_transaction`), so they wait for each other and never deadlock.
 pub(super) async fn group(
     pool: &PgPool,
     settings: &PaysafeSettings,
@@ -97,10 +80,7 @@ pub(super) async fn group(
     for polled in members {
         keys.paysafe_item(&polled.item.id);
     }
-    let mut tx = pool.begin().await.map_err(|e| GroupFailure::database(&e))?;
-    keys.lock(&mut tx)
-        .await
-        .map_err(|e| GroupFailure::database(&e))?;
+    let mut tx = group_transaction::begin(pool, "BEGIN".to_owned(), keys).await?;
     let mut recorded = Vec::with_capacity(members.len());
     for polled in members {
         recorded.push(one(&mut tx, settings, polled).await?);

@@ -1,11 +1,14 @@
-//! Deadlock-free groups. A group transaction (the apply role's, the poller's) writes the rows
-//! of several messages, in the order they came; two groups holding the same order, nonce or
-//! Paysafe item in opposite orders would wait on each other. So before it touches a row, a
-//! group takes a transaction-scoped advisory lock on every business key its members can
-//! write, all in one statement, in one global order (by the keys' hashes). Two groups sharing
-//! keys meet on the first shared key before either holds a row the other needs: they wait,
-//! they never deadlock. (Ordered acquisition is what prevents the cycle; PostgreSQL's deadlock
-//! detection then only guards transactions outside this protocol.)
+//! What the apply role's and the poller's group transactions share: how one is opened, with
+//! its locks, and why one failed.
+//!
+//! Deadlock-free groups. A group transaction writes the rows of several messages (or poll
+//! answers), in the order they came; two groups holding the same order, nonce or Paysafe item
+//! in opposite orders would wait on each other. So before it touches a row, a group takes a
+//! transaction-scoped advisory lock on every business key its members can write, all in one
+//! statement, in one global order (by the keys' hashes). Two groups sharing keys meet on the
+//! first shared key before either holds a row the other needs: they wait, they never
+//! deadlock. (Ordered acquisition is what prevents the cycle; PostgreSQL's deadlock detection
+//! then only guards transactions outside this protocol.)
 //!
 //! A key is every unique value a member writes under: the message id (audit, quarantine), the
 //! nonce and idempotency key of a Corelink request, each order reference (the order, its
@@ -14,12 +17,55 @@
 //! need it.
 
 use sha2::{Digest, Sha256};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
+
+use crate::db;
 
 /// The first key of the two-key advisory locks taken here ("appl"); the single-`bigint`
 /// advisory locks of migrations and partition maintenance are a separate key space.
 const LOCK_CLASS: i32 = 0x6170_706c;
+
+/// Why a group's transaction did not commit: nothing of it was written.
+#[derive(Debug)]
+pub struct GroupFailure {
+    /// Worth retrying as it is (database unreachable, deadlock, lock or serialization failure).
+    pub transient: bool,
+    pub error: String,
+}
+
+impl GroupFailure {
+    pub fn database(error: &sqlx::Error) -> Self {
+        Self {
+            transient: db::is_transient(error),
+            error: error.to_string(),
+        }
+    }
+
+    pub fn transient(error: String) -> Self {
+        Self {
+            transient: true,
+            error,
+        }
+    }
+}
+
+/// Opens a group's transaction with `begin` (`BEGIN` and its settings), then takes the locks
+/// of `keys`.
+pub async fn begin(
+    pool: &PgPool,
+    begin: String,
+    keys: GroupKeys,
+) -> Result<Transaction<'static, Postgres>, GroupFailure> {
+    let mut tx = pool
+        .begin_with(begin)
+        .await
+        .map_err(|e| GroupFailure::database(&e))?;
+    keys.lock(&mut tx)
+        .await
+        .map_err(|e| GroupFailure::database(&e))?;
+    Ok(tx)
+}
 
 /// The keys a group will lock, gathered member by member.
 #[derive(Debug, Default)]
