@@ -90,8 +90,8 @@ fn content_digest(c: &AccountBindingCallback) -> String {
         .collect()
 }
 
-/// What [`apply`] can write under, for a group's lock (see `crate::group_transaction`): the binding's
-/// reference and its `(X-CLIENT-KEY, X-EXTERNAL-ID)`.
+/// What [`apply`] can write under, for a group's lock (see `crate::group_transaction`): the
+/// binding's reference and its `(X-CLIENT-KEY, X-EXTERNAL-ID)`.
 pub fn lock_keys(envelope: &IntakeEnvelope, keys: &mut GroupKeys) {
     if let Some(external_id) = envelope.header(headers::X_EXTERNAL_ID) {
         keys.bnc_external_id(

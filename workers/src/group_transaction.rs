@@ -119,7 +119,7 @@ impl GroupKeys {
     /// transaction. (Not appended to its `BEGIN`, which would save a round trip: a `BEGIN`
     /// that fails or is cancelled after it opened the transaction, as one waiting for a lock
     /// can be, would leave the connection in that transaction when it goes back to the pool.)
-    pub async fn lock(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    async fn lock(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         let hashes = self.sorted();
         if hashes.is_empty() {
             return Ok(());

@@ -13,9 +13,9 @@
 //!
 //! Messages are applied in delivery order, so two notifications of one order in a group apply
 //! as they would one after the other. Before any of them, the transaction locks every key its
-//! members can write, in one global order (`crate::group_transaction`): groups sharing an order or a nonce
-//! wait for each other instead of deadlocking. Nothing here talks to the broker: the caller
-//! settles the deliveries once [`apply`] returned, i.e. after the commit.
+//! members can write, in one global order (`crate::group_transaction`): groups sharing an order
+//! or a nonce wait for each other instead of deadlocking. Nothing here talks to the broker: the
+//! caller settles the deliveries once [`apply`] returned, i.e. after the commit.
 
 use sqlx::{Connection, PgConnection, PgPool};
 use tracing::Instrument;

@@ -4,10 +4,10 @@
 //! idempotency checks; `decode` reads the message first, `orders` moves the orders inside it.
 //!
 //! Concurrency: a group's transaction first locks every key its messages can write, in one
-//! global order ([`lock_keys`], `crate::group_transaction`), so groups holding copies of one message, or
-//! the same orders in another delivery order, wait for each other instead of deadlocking.
-//! Inside a message, orders are still locked and inserted in reference order: a transaction
-//! outside that protocol touching several of them cannot deadlock with it either.
+//! global order ([`lock_keys`], `crate::group_transaction`), so groups holding copies of one
+//! message, or the same orders in another delivery order, wait for each other instead of
+//! deadlocking. Inside a message, orders are still locked and inserted in reference order: a
+//! transaction outside that protocol touching several of them cannot deadlock with it either.
 
 mod decode;
 mod orders;
@@ -49,8 +49,8 @@ pub async fn apply(
     Ok(outcome)
 }
 
-/// What [`apply`] can write under, for a group's lock (see `crate::group_transaction`). A message that
-/// cannot be read adds what it can: it is dead-lettered without writing anything.
+/// What [`apply`] can write under, for a group's lock (see `crate::group_transaction`). A
+/// message that cannot be read adds what it can: it is dead-lettered without writing anything.
 pub fn lock_keys(envelope: &IntakeEnvelope, keys: &mut GroupKeys) {
     let client_id = envelope.client_id.as_deref().unwrap_or_default();
     if let Some(nonce) = envelope.header(headers::NONCE) {

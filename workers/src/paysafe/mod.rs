@@ -30,8 +30,9 @@ pub struct Applied {
     pub amount_mismatch: bool,
 }
 
-/// What [`apply`] can write under, for a group's lock (see `crate::group_transaction`): the item a webhook
-/// or track command is about (nothing for a message that cannot be read: it writes nothing).
+/// What [`apply`] can write under, for a group's lock (see `crate::group_transaction`): the
+/// item a webhook or track command is about (nothing for a message that cannot be read: it
+/// writes nothing).
 pub fn lock_keys(envelope: &IntakeEnvelope, keys: &mut GroupKeys) {
     match envelope.kind {
         IntakeKind::PaysafeWebhook => {
