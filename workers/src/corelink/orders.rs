@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgConnection, Postgres};
 use time::OffsetDateTime;
 
 use connector_schema::IntakeEnvelope;
@@ -165,6 +167,21 @@ impl OrderColumns {
         }
         columns
     }
+
+    /// Binds the six columns, in this order, as the next parameters of `query` (the order the
+    /// statements of `statements` take them in).
+    fn bind<'q>(
+        &'q self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        query
+            .bind(&self.reference)
+            .bind(&self.status)
+            .bind(&self.bank_reference)
+            .bind(&self.reason_code)
+            .bind(&self.reason_message)
+            .bind(&self.processed_at)
+    }
 }
 
 async fn insert_orders(
@@ -176,14 +193,8 @@ async fn insert_orders(
         return Ok(());
     }
     let c = OrderColumns::of(orders.iter().copied());
-    let inserted = sqlx::query(statements::INSERT_ORDERS)
-        .bind(client_id)
-        .bind(&c.reference)
-        .bind(&c.status)
-        .bind(&c.bank_reference)
-        .bind(&c.reason_code)
-        .bind(&c.reason_message)
-        .bind(&c.processed_at)
+    let inserted = c
+        .bind(sqlx::query(statements::INSERT_ORDERS).bind(client_id))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -203,13 +214,7 @@ async fn update_orders(
         return Ok(());
     }
     let c = OrderColumns::of(orders.iter().copied());
-    sqlx::query(statements::UPDATE_ORDERS)
-        .bind(&c.reference)
-        .bind(&c.status)
-        .bind(&c.bank_reference)
-        .bind(&c.reason_code)
-        .bind(&c.reason_message)
-        .bind(&c.processed_at)
+    c.bind(sqlx::query(statements::UPDATE_ORDERS))
         .execute(&mut *tx)
         .await?;
     Ok(())
@@ -227,13 +232,7 @@ async fn insert_history(
         .map(|(_, p, _)| p.map(OrderStatus::as_str))
         .collect();
     let effect: Vec<&str> = effects.iter().map(|(_, _, e)| e.as_str()).collect();
-    sqlx::query(statements::INSERT_HISTORY)
-        .bind(&c.reference)
-        .bind(&c.status)
-        .bind(&c.bank_reference)
-        .bind(&c.reason_code)
-        .bind(&c.reason_message)
-        .bind(&c.processed_at)
+    c.bind(sqlx::query(statements::INSERT_HISTORY))
         .bind(&previous)
         .bind(&effect)
         .bind(envelope.message_id)

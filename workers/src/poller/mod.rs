@@ -121,20 +121,18 @@ impl Poller {
     /// `claim_batch`) and polls them. `Idle` when nothing was due (or polling is paused).
     pub async fn run_once(&self) -> anyhow::Result<Step> {
         let expired = self.expire_overdue().await?;
+        // What the round did when it polls nothing: only the expiry, if any.
+        let expired_only = if expired > 0 {
+            Step::Processed
+        } else {
+            Step::Idle
+        };
         if self.paused() {
-            return Ok(if expired > 0 {
-                Step::Processed
-            } else {
-                Step::Idle
-            });
+            return Ok(expired_only);
         }
         let claimed = self.claim().await?;
         if claimed.is_empty() {
-            return Ok(if expired > 0 {
-                Step::Processed
-            } else {
-                Step::Idle
-            });
+            return Ok(expired_only);
         }
         // The calls feed a channel that the recorder drains by groups of what is in hand: a
         // slow call never holds back answers already received, and calls go on while a group
