@@ -237,6 +237,15 @@ impl Pipeline {
             .message_count()
     }
 
+    /// Whether `queue` comes to hold `depth` messages within 5 s. Nacks and rejects have no
+    /// reply: the broker requeues or dead-letters after the worker has moved on.
+    pub async fn depth_reaches(&self, queue: &str, depth: u32) -> bool {
+        crate::eventually(std::time::Duration::from_secs(5), || async {
+            self.depth(queue).await == depth
+        })
+        .await
+    }
+
     /// (reason, message id) of every quarantined message.
     pub async fn quarantined(&self) -> Vec<(String, Uuid)> {
         sqlx::query_as(

@@ -188,12 +188,9 @@ async fn each_message_of_a_group_gets_its_own_disposition_and_the_others_commit(
             "PAY-G6 order.succeeded"
         ]
     );
-    let dlq = p.app.topology.intake_dead_letter_queue.clone();
     assert!(
-        connector_e2e_tests::eventually(Duration::from_secs(5), || async {
-            p.depth(&dlq).await == 2
-        })
-        .await,
+        p.depth_reaches(&p.app.topology.intake_dead_letter_queue, 2)
+            .await,
         "the unreadable and the forged message are dead-lettered"
     );
     assert_eq!(p.depth(&p.app.topology.intake_queue).await, 0);
@@ -266,9 +263,9 @@ async fn a_group_whose_commit_fails_acks_nothing_and_is_applied_once_after_redel
         p.db.count("SELECT count(*) FROM received_messages").await,
         0
     );
-    assert_eq!(
-        p.depth(&p.app.topology.intake_queue).await,
-        references.len() as u32,
+    assert!(
+        p.depth_reaches(&p.app.topology.intake_queue, references.len() as u32)
+            .await,
         "nothing was acknowledged: every message is back on the queue"
     );
 
