@@ -580,7 +580,7 @@ async fn watch_database(pool: PgPool, give_back: CancellationToken, shutdown: Ca
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(DATABASE_CHECK_INTERVAL) => {}
         }
-        if let Err(error) = sqlx::query("SELECT 1").execute(&pool).await
+        if let Err(error) = db::probe(&pool).await
             && db::is_unreachable(&error)
         {
             tracing::warn!(%error, "the database does not answer: consumption pauses");

@@ -20,7 +20,23 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .after_connect(|connection, _| Box::pin(refuse_standby(connection)))
         .connect_lazy_with(options))
+}
+
+/// Behind a failover proxy (HAProxy on Patroni's health checks), a new connection can still
+/// reach a demoted primary for a check interval: such a connection is refused at once, as
+/// unreachable, instead of staying in the pool and failing every write with 25006.
+async fn refuse_standby(connection: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(connection)
+        .await?;
+    if standby {
+        return Err(sqlx::Error::Protocol(
+            "connected to a standby (in recovery), not the primary".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Creates the database named in `url` if it does not exist yet (first start of a new
@@ -42,6 +58,26 @@ pub async fn migrate(pool: &PgPool, retention: &RetentionSettings) -> anyhow::Re
     crate::lifecycle::partitions::ensure_ahead(pool, retention, time::OffsetDateTime::now_utc())
         .await?;
     Ok(())
+}
+
+/// Asks the database for `SELECT 1` through `pool`. A pool timeout alone says nothing (every
+/// connection may be busy applying), so then one connection of its own is tried: behind a
+/// failover proxy with no primary up, that is where the outage shows (the proxy accepts, then
+/// closes), whereas the pool only reports that it timed out.
+pub async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
+    use sqlx::Connection as _;
+    match sqlx::query("SELECT 1").execute(pool).await {
+        Err(sqlx::Error::PoolTimedOut) => {
+            let options = pool.connect_options();
+            let connect = sqlx::PgConnection::connect_with(&options);
+            let within = pool.options().get_acquire_timeout();
+            match tokio::time::timeout(within, connect).await {
+                Ok(connected) => connected?.close().await,
+                Err(_) => Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())),
+            }
+        }
+        answered => answered.map(drop),
+    }
 }
 
 /// Whether `error` is a passing condition (database unreachable or restarting, deadlock,
@@ -70,11 +106,12 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
             let code = code.as_ref();
             // 08: connection exception; 40001 serialization failure; 40P01 deadlock;
             // 55P03 lock not available; 57P0x operator intervention (shutdown, restart);
-            // 53300 too many connections.
+            // 53300 too many connections; 25006 read-only transaction (a primary demoted
+            // during a failover, still reached until the proxy cuts it).
             code.starts_with("08")
                 || matches!(
                     code,
-                    "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300"
+                    "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300" | "25006"
                 )
         }),
         _ => false,

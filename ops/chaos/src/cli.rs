@@ -3,6 +3,7 @@
 
 use clap::Parser;
 
+use crate::harness::DatabaseKind;
 use crate::soak::SoakPlan;
 
 /// Fault-injection harness for the connector (loopback only, its own RabbitMQ and PostgreSQL).
@@ -19,12 +20,22 @@ pub struct Cli {
     pub round_secs: u64,
     /// Only these infrastructure faults, in rotation (comma-separated): cut-broker,
     /// cut-database, restart-rabbitmq, crash-rabbitmq, kill-node, restart-postgres,
-    /// memory-alarm, long-db-outage. Default: all of the mode (single node or cluster).
+    /// memory-alarm, long-db-outage; with --postgres-ha kill-primary, kill-patroni,
+    /// switchover, cut-dcs. Default: all of the mode.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::faults::INFRA_NAMES))]
     pub infra: Vec<String>,
     /// A three-node RabbitMQ cluster (quorum queues on all three) and node-loss rounds.
     #[arg(long)]
     pub cluster: bool,
+    /// PostgreSQL highly available: Patroni managing a primary and a synchronous standby,
+    /// etcd, HAProxy in front; the database faults become primary losses (SIGKILL of the
+    /// primary's PostgreSQL or of its Patroni, a switchover) and DCS cuts.
+    #[arg(long)]
+    pub postgres_ha: bool,
+    /// Negative control of the HA rounds: replication asynchronous (`synchronous_mode` off),
+    /// so that a primary loss may take acknowledged commits with it. The run may then fail.
+    #[arg(long, requires = "postgres_ha")]
+    pub postgres_async: bool,
     /// Keep the work directory (logs, data, the client's log of 200s) for inspection.
     #[arg(long)]
     pub keep: bool,
@@ -69,6 +80,15 @@ pub struct Cli {
 }
 
 impl Cli {
+    pub fn database_kind(&self) -> DatabaseKind {
+        match self.postgres_ha {
+            false => DatabaseKind::Single,
+            true => DatabaseKind::Ha {
+                synchronous: !self.postgres_async,
+            },
+        }
+    }
+
     /// The soak asked for, if any (`None`: fault rounds).
     pub fn soak_plan(&self) -> Option<SoakPlan> {
         Some(SoakPlan {

@@ -33,14 +33,35 @@ pub struct NoncePurge {
     pub data_retention_secs: Option<u64>,
 }
 
-/// The broker's consumer timeout in the harness: 2 s instead of 30 min, so that the
-/// long-database-outage round outlasts it many times (checked on a 250 ms channel tick).
-pub const CONSUMER_TIMEOUT_MS: u64 = 2_000;
+/// How long the broker waits for an ack, and how long the workers hold messages through
+/// database failures before giving them back, scaled from production's 30 min and minutes.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub consumer_ms: u64,
+    pub max_hold_secs: u64,
+}
+
+impl Timeouts {
+    /// 2 s instead of 30 min, so that the long-database-outage round outlasts the consumer
+    /// timeout many times (checked on a 250 ms channel tick); messages given back after 1 s.
+    pub const SCALED: Self = Self {
+        consumer_ms: 2_000,
+        max_hold_secs: 1,
+    };
+    /// With a Patroni cluster: a failover takes seconds (the leader key's 10 s TTL), which no
+    /// scaling shortens. As in production, the consumer timeout is far longer than a failover
+    /// and the workers hold their messages through one instead of giving them back.
+    pub const FAILOVER: Self = Self {
+        consumer_ms: 120_000,
+        max_hold_secs: 45,
+    };
+}
 
 /// `advanced.config` of every RabbitMQ node of the harness.
-pub fn rabbit_advanced_config() -> String {
+pub fn rabbit_advanced_config(timeouts: Timeouts) -> String {
     format!(
-        "[{{rabbit, [{{consumer_timeout, {CONSUMER_TIMEOUT_MS}}}, {{channel_tick_interval, 250}}]}}].\n"
+        "[{{rabbit, [{{consumer_timeout, {}}}, {{channel_tick_interval, 250}}]}}].\n",
+        timeouts.consumer_ms
     )
 }
 
@@ -85,6 +106,7 @@ pub fn workers_config(
     db_url: &str,
     nonces: Option<NoncePurge>,
     evidence_dir: &std::path::Path,
+    timeouts: Timeouts,
 ) -> String {
     // Short retentions drop raw-request partitions, which needs the evidence archive.
     let evidence = nonces
@@ -100,6 +122,7 @@ pub fn workers_config(
                 secs.max(nonce_secs)
             )
         });
+    let max_hold_secs = timeouts.max_hold_secs;
     // Minute partitions, so that they roll (are created, and with short retentions dropped)
     // during a run; the cycle well inside one partition, which also paces the nonce purge.
     let maintenance_secs = nonces.map_or(20, |purge| purge.interval_secs.min(20));
@@ -129,8 +152,8 @@ retry_max_ms = 2000
 prefix = "{PREFIX}"
 
 [apply]
-# Under the harness's 2 s consumer timeout: give a message back after 1 s of database failures.
-max_hold_secs = 1
+# Well under the harness's broker consumer timeout.
+max_hold_secs = {max_hold_secs}
 
 [relay]
 poll_interval_ms = 500

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::console::out;
+use crate::failover::{ClusterFault, Failover, fail_over};
 use crate::harness::{Harness, Link, Role};
 use crate::load::Bank;
 use crate::mid_group::kill_mid_group;
@@ -31,6 +32,8 @@ pub enum Fault {
     MemoryAlarm,
     /// The database cut for `LONG_OUTAGE`, many broker consumer timeouts long.
     LongDatabaseOutage,
+    /// `--postgres-ha` only: a fault of the Patroni cluster (`failover`).
+    Cluster(ClusterFault),
 }
 
 /// How long the memory alarm is held.
@@ -40,7 +43,7 @@ const MEMORY_ALARM: Duration = Duration::from_secs(3);
 const LONG_OUTAGE: Duration = Duration::from_secs(25);
 
 /// The infrastructure faults' names, for `--infra`.
-pub const INFRA_NAMES: [&str; 8] = [
+pub const INFRA_NAMES: [&str; 12] = [
     "cut-broker",
     "cut-database",
     "restart-rabbitmq",
@@ -49,6 +52,10 @@ pub const INFRA_NAMES: [&str; 8] = [
     "restart-postgres",
     "memory-alarm",
     "long-db-outage",
+    "kill-primary",
+    "kill-patroni",
+    "switchover",
+    "cut-dcs",
 ];
 
 impl Fault {
@@ -78,6 +85,12 @@ impl Fault {
             Self::LongDatabaseOutage => {
                 format!("cut database connections {}s", LONG_OUTAGE.as_secs())
             }
+            Self::Cluster(ClusterFault::KillPrimary) => "SIGKILL the primary's PostgreSQL".into(),
+            Self::Cluster(ClusterFault::KillPrimaryPatroni) => {
+                "SIGKILL the primary's Patroni".into()
+            }
+            Self::Cluster(ClusterFault::Switchover) => "Patroni switchover".into(),
+            Self::Cluster(ClusterFault::CutDcs) => "etcd (the DCS) down 12s".into(),
         }
     }
 
@@ -92,6 +105,10 @@ impl Fault {
             Self::RestartPostgres => "restart-postgres",
             Self::MemoryAlarm => "memory-alarm",
             Self::LongDatabaseOutage => "long-db-outage",
+            Self::Cluster(ClusterFault::KillPrimary) => "kill-primary",
+            Self::Cluster(ClusterFault::KillPrimaryPatroni) => "kill-patroni",
+            Self::Cluster(ClusterFault::Switchover) => "switchover",
+            Self::Cluster(ClusterFault::CutDcs) => "cut-dcs",
             Self::KillIngress(_) => "kill-ingress",
             Self::KillWorkers(_) => "kill-workers",
             Self::KillWorkersMidGroup(_) => "kill-workers-mid-group",
@@ -100,13 +117,13 @@ impl Fault {
 
     /// The faults of round `round` (0-based); `only`, when not empty, restricts the
     /// infrastructure faults to those names (in rotation order).
-    pub fn schedule(round: usize, cluster: bool, only: &[String]) -> RoundFaults {
+    pub fn schedule(round: usize, cluster: bool, ha: bool, only: &[String]) -> RoundFaults {
         let process = if round.is_multiple_of(2) {
             Fault::KillIngress((round / 2) % 2)
         } else {
             Fault::KillWorkers((round / 2) % 2)
         };
-        let rotation: Vec<Fault> = Self::rotation(round, cluster)
+        let rotation: Vec<Fault> = Self::rotation(round, cluster, ha)
             .into_iter()
             .filter(|f| only.is_empty() || only.iter().any(|name| name == f.name()))
             .collect();
@@ -130,9 +147,24 @@ impl Fault {
     }
 
     /// The infrastructure faults in the order the rounds take them (`round` picks the node).
-    fn rotation(round: usize, cluster: bool) -> Vec<Fault> {
+    fn rotation(round: usize, cluster: bool, ha: bool) -> Vec<Fault> {
         let cycle = round / 7;
-        if cluster {
+        if ha {
+            // Four primary losses in seven rounds; the DCS cut and a link cut in between.
+            vec![
+                Fault::Cluster(ClusterFault::KillPrimary),
+                if cluster {
+                    Fault::KillNode(cycle % 3)
+                } else {
+                    Fault::CutBroker
+                },
+                Fault::Cluster(ClusterFault::KillPrimaryPatroni),
+                Fault::Cluster(ClusterFault::Switchover),
+                Fault::CutDatabase,
+                Fault::Cluster(ClusterFault::KillPrimary),
+                Fault::Cluster(ClusterFault::CutDcs),
+            ]
+        } else if cluster {
             vec![
                 Fault::CutBroker,
                 Fault::CutDatabase,
@@ -194,6 +226,8 @@ pub struct FaultLog {
     /// Faults that could not prove their point (a mid-group kill that found no open group):
     /// each fails the run.
     pub unproven: Vec<String>,
+    /// What each fault of the Patroni cluster did.
+    pub failovers: Vec<Failover>,
 }
 
 /// Injects `fault` and waits until it is over (the process, link or service back); `bank`'s
@@ -271,6 +305,12 @@ pub async fn inject(
             let line = lose_node(harness, bank, node).await?;
             log.node_losses.push(line);
         }
+        Fault::Cluster(fault) => {
+            let failover = fail_over(harness, fault).await?;
+            let line = failover.line();
+            log.failovers.push(failover);
+            return Ok(Some(line));
+        }
     }
     Ok(None)
 }
@@ -309,7 +349,7 @@ mod tests {
     #[test]
     fn the_short_form_injects_every_kind_of_fault() {
         let faults: Vec<Fault> = (0..4)
-            .flat_map(|r| Fault::schedule(r, false, &[]).all())
+            .flat_map(|r| Fault::schedule(r, false, false, &[]).all())
             .collect();
         for wanted in [
             Fault::KillIngress(0),
@@ -337,7 +377,7 @@ mod tests {
     fn infra_selects_the_alarm_and_the_long_outage() {
         let only = ["memory-alarm".to_owned(), "long-db-outage".to_owned()];
         let faults: Vec<Fault> = (0..4)
-            .map(|r| Fault::schedule(r, false, &only).infra)
+            .map(|r| Fault::schedule(r, false, false, &only).infra)
             .collect();
         assert_eq!(
             faults,
@@ -353,7 +393,7 @@ mod tests {
     #[test]
     fn the_cluster_form_loses_every_node_in_turn() {
         let faults: Vec<Fault> = (0..24)
-            .flat_map(|r| Fault::schedule(r, true, &[]).all())
+            .flat_map(|r| Fault::schedule(r, true, false, &[]).all())
             .collect();
         for node in 0..3 {
             assert!(
@@ -366,7 +406,9 @@ mod tests {
     #[test]
     fn the_mid_group_kill_is_late_in_rounds_that_kill_no_workers_process_at_their_start() {
         for cluster in [false, true] {
-            let rounds: Vec<_> = (0..24).map(|r| Fault::schedule(r, cluster, &[])).collect();
+            let rounds: Vec<_> = (0..24)
+                .map(|r| Fault::schedule(r, cluster, false, &[]))
+                .collect();
             let mut late = Vec::new();
             for plan in &rounds {
                 for fault in [plan.process, plan.infra] {
@@ -390,7 +432,7 @@ mod tests {
         }
         // The short form: one mid-group kill.
         let short: Vec<Fault> = (0..4)
-            .filter_map(|r| Fault::schedule(r, false, &[]).late)
+            .filter_map(|r| Fault::schedule(r, false, false, &[]).late)
             .collect();
         assert_eq!(short, [Fault::KillWorkersMidGroup(0)]);
     }

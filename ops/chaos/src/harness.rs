@@ -21,13 +21,14 @@ use connector_schema::topology::{Topology, TopologySettings};
 use crate::binaries::run_to_end;
 use crate::broker;
 use crate::configs::{
-    CLIENT_ID, KID, NoncePurge, PREFIX, ingress_config, rabbit_advanced_config,
+    CLIENT_ID, KID, NoncePurge, PREFIX, Timeouts, ingress_config, rabbit_advanced_config,
     workers_application_name, workers_config,
 };
 use crate::console::out;
 use crate::load::Bank;
 use crate::proxy::Balancer;
 use crate::services::{Postgres, Proc, RabbitNode, free_port};
+use connector_chaos::postgres_ha::PgCluster;
 
 /// The two kinds of connector process, two of each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,23 @@ pub enum Link {
     Database,
 }
 
+/// The harness's PostgreSQL: one server, or a Patroni cluster behind HAProxy.
+#[derive(Debug)]
+pub enum Database {
+    Single(Postgres),
+    Ha(PgCluster),
+}
+
+/// Which PostgreSQL to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Single,
+    /// Patroni: two members; `synchronous: false` is the negative control.
+    Ha {
+        synchronous: bool,
+    },
+}
+
 /// What a started harness hands to the run: the client, a direct pool on the database (not
 /// through the proxy) for the checks, and the poison messages the dead-letter check expects.
 #[derive(Debug)]
@@ -56,7 +74,8 @@ pub struct Started {
 pub struct Harness {
     dir: PathBuf,
     cluster: bool,
-    pg: Option<Postgres>,
+    database_kind: DatabaseKind,
+    pg: Option<Database>,
     nodes: Vec<RabbitNode>,
     broker_proxy: Option<Balancer>,
     db_proxy: Option<Balancer>,
@@ -75,10 +94,11 @@ pub struct Harness {
 
 impl Harness {
     /// Nothing started yet: everything lives under `dir`.
-    pub fn new(dir: PathBuf, cluster: bool) -> Self {
+    pub fn new(dir: PathBuf, cluster: bool, database_kind: DatabaseKind) -> Self {
         Self {
             dir,
             cluster,
+            database_kind,
             pg: None,
             nodes: Vec::new(),
             broker_proxy: None,
@@ -107,6 +127,14 @@ impl Harness {
 
     pub fn is_cluster(&self) -> bool {
         self.cluster
+    }
+
+    /// The broker's and the workers' timeouts for this harness's database.
+    fn timeouts(&self) -> Timeouts {
+        match self.database_kind {
+            DatabaseKind::Single => Timeouts::SCALED,
+            DatabaseKind::Ha { .. } => Timeouts::FAILOVER,
+        }
     }
 
     pub fn topology(&self) -> &Topology {
@@ -139,14 +167,33 @@ impl Harness {
         nonces: Option<NoncePurge>,
     ) -> anyhow::Result<Started> {
         // PostgreSQL and RabbitMQ of our own.
-        let pg = Postgres::init(&self.dir.join("postgres")).await?;
-        out(format!("postgresql: 127.0.0.1:{}", pg.port));
-        let pg_addr = pg.addr();
+        let (pg, pg_addr) = match self.database_kind {
+            DatabaseKind::Single => {
+                let pg = Postgres::init(&self.dir.join("postgres")).await?;
+                out(format!("postgresql: 127.0.0.1:{}", pg.port));
+                let addr = pg.addr();
+                (Database::Single(pg), addr)
+            }
+            DatabaseKind::Ha { synchronous } => {
+                let cluster = PgCluster::start(&self.dir.join("postgres-ha"), synchronous).await?;
+                out(format!(
+                    "postgresql: Patroni cluster of two ({}), etcd, HAProxy on {}",
+                    if synchronous {
+                        "synchronous_mode on"
+                    } else {
+                        "asynchronous replication: the negative control"
+                    },
+                    cluster.addr()
+                ));
+                let addr = cluster.addr();
+                (Database::Ha(cluster), addr)
+            }
+        };
         self.pg = Some(pg);
         let node_count = if self.cluster { 3 } else { 1 };
         for index in 1..=node_count {
             let mut node = RabbitNode::new(&self.dir.join("rabbitmq"), index)?;
-            node.set_advanced_config(&rabbit_advanced_config())?;
+            node.set_advanced_config(&rabbit_advanced_config(self.timeouts()))?;
             node.start().await?;
             out(format!(
                 "rabbitmq: {} on 127.0.0.1:{}",
@@ -252,7 +299,14 @@ impl Harness {
             let db_url = format!("{db_url}?application_name={}", workers_application_name(i));
             std::fs::write(
                 &config,
-                workers_config(ops, broker_url, &db_url, nonces, &self.dir.join("evidence")),
+                workers_config(
+                    ops,
+                    broker_url,
+                    &db_url,
+                    nonces,
+                    &self.dir.join("evidence"),
+                    self.timeouts(),
+                ),
             )?;
             if i == 0 {
                 self.admin = Some((bin_dir.join("connector-workers"), config.clone()));
@@ -399,7 +453,18 @@ impl Harness {
 
     /// `pg_ctl restart -m fast`.
     pub async fn restart_postgres(&mut self) -> anyhow::Result<()> {
-        self.pg.as_mut().context("postgres")?.restart().await
+        match self.pg.as_mut().context("postgres")? {
+            Database::Single(pg) => pg.restart().await,
+            Database::Ha(_) => anyhow::bail!("restart-postgres is a fault of the single server"),
+        }
+    }
+
+    /// The Patroni cluster, when the harness runs one.
+    pub fn pg_cluster(&mut self) -> anyhow::Result<&mut PgCluster> {
+        match self.pg.as_mut() {
+            Some(Database::Ha(cluster)) => Ok(cluster),
+            _ => anyhow::bail!("this fault needs --postgres-ha"),
+        }
     }
 
     /// Purges the intake queue on a running node; returns what `rabbitmqctl` said.
@@ -518,8 +583,10 @@ impl Harness {
         for node in self.nodes.iter_mut().rev() {
             node.stop().await;
         }
-        if let Some(mut pg) = self.pg.take() {
-            pg.stop();
+        match self.pg.take() {
+            Some(Database::Single(mut pg)) => pg.stop(),
+            Some(Database::Ha(mut cluster)) => cluster.stop().await,
+            None => {}
         }
     }
 }

@@ -2,4 +2,5 @@
 //! ports (a PostgreSQL instance, RabbitMQ nodes), so a test that must raise a broker alarm or
 //! shorten a broker timeout does it on a node of its own, never on the shared one.
 
+pub mod postgres_ha;
 pub mod services;

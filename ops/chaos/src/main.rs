@@ -14,6 +14,7 @@ mod broker;
 mod cli;
 mod configs;
 mod console;
+mod failover;
 mod faults;
 mod harness;
 mod ledger_collector;
@@ -53,7 +54,7 @@ async fn main() -> ExitCode {
         ));
         return ExitCode::from(2);
     }
-    let mut harness = Harness::new(dir.clone(), cli.cluster);
+    let mut harness = Harness::new(dir.clone(), cli.cluster, cli.database_kind());
     let started = Instant::now();
     let outcome = {
         let mut terminate =

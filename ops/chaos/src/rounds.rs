@@ -37,7 +37,7 @@ pub async fn run(harness: &mut Harness, cli: &Cli, bank: &Arc<Bank>) -> anyhow::
     for round in 0..cli.rounds {
         let round_started = Instant::now();
         let length = Duration::from_secs(cli.round_secs);
-        let plan = Fault::schedule(round, cli.cluster, &cli.infra);
+        let plan = Fault::schedule(round, cli.cluster, cli.postgres_ha, &cli.infra);
         let mut proved = Vec::new();
         proved.extend(inject(harness, bank, plan.process, &mut faults).await?);
         harness.tick_until(round_started + length / 3).await;

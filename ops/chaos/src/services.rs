@@ -23,7 +23,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Runs a command to completion; its output is returned, a failure carries it.
-async fn run(command: &mut Command, what: &str) -> anyhow::Result<String> {
+pub async fn run(command: &mut Command, what: &str) -> anyhow::Result<String> {
     let output = command
         .stdin(Stdio::null())
         .output()
@@ -40,7 +40,7 @@ async fn run(command: &mut Command, what: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -49,7 +49,7 @@ fn is_root() -> bool {
 }
 
 /// Sends `signal` to a whole process group.
-fn signal_group(pgid: u32, signal: &str) {
+pub fn signal_group(pgid: u32, signal: &str) {
     let _ = std::process::Command::new("kill")
         .args(["-s", signal, "--", &format!("-{pgid}")])
         .stdout(Stdio::null())
@@ -187,7 +187,7 @@ impl Drop for Postgres {
     }
 }
 
-fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
+pub fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
     if let Ok(dir) = std::env::var("CHAOS_PG_BIN") {
         return Ok(dir.into());
     }

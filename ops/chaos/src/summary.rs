@@ -4,6 +4,7 @@
 
 use crate::cli::Cli;
 use crate::console::out;
+use crate::failover::Failover;
 use crate::faults::FaultLog;
 use crate::load::Snapshot;
 use crate::soak::SoakSummary;
@@ -197,6 +198,15 @@ impl Summary<'_> {
         for line in &faults.mid_group {
             out(format!("  killed mid-group: {line}"));
         }
+        if !faults.failovers.is_empty() {
+            out(format!(
+                "  postgresql: {}",
+                failover_summary(&faults.failovers)
+            ));
+            for failover in &faults.failovers {
+                out(format!("  {:?}: {}", failover.fault, failover.line()));
+            }
+        }
         for note in &report.notes {
             out(format!("  note: {note}"));
         }
@@ -206,5 +216,29 @@ impl Summary<'_> {
                 out(format!("  - {problem}"));
             }
         }
+    }
+}
+
+/// The primary losses and their failover times as the workers saw them.
+fn failover_summary(failovers: &[Failover]) -> String {
+    let losses: Vec<&Failover> = failovers.iter().filter(|f| f.primary_lost()).collect();
+    let mut seconds: Vec<f64> = losses
+        .iter()
+        .filter_map(|f| f.first_commit.map(|d| d.as_secs_f64()))
+        .collect();
+    seconds.sort_by(f64::total_cmp);
+    let unseen = losses.len() - seconds.len();
+    match (seconds.first(), seconds.last()) {
+        (Some(min), Some(max)) => format!(
+            "{} primary losses; from the fault to the first commit on the new primary: min {min:.1} s, median {:.1} s, max {max:.1} s{}",
+            losses.len(),
+            seconds[seconds.len() / 2],
+            if unseen > 0 {
+                format!("; {unseen} without a commit seen")
+            } else {
+                String::new()
+            }
+        ),
+        _ => format!("{} primary losses, no commit seen after any", losses.len()),
     }
 }

@@ -291,6 +291,72 @@ async fn a_group_whose_commit_fails_acks_nothing_and_is_applied_once_after_redel
     p.teardown().await;
 }
 
+/// A database that refuses writes, as a primary demoted in a failover does until the proxy
+/// cuts it (25006, read-only transaction): the group is held, then given back; nothing is
+/// acknowledged or dead-lettered, and it applies once writes are accepted again.
+#[tokio::test]
+async fn a_group_meeting_a_read_only_database_is_given_back_and_applied_later() {
+    let p = spawn_pipeline().await;
+    for reference in ["PAY-R1", "PAY-R2"] {
+        let response = p
+            .app
+            .post_signed(UNIT, &unit_body(reference, "SUCCESS"), reference)
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    let read_only = |on: bool| {
+        let (name, value) = (p.db.name.clone(), if on { "on" } else { "off" });
+        let pool = p.db.pool.clone();
+        async move {
+            sqlx::query(&format!(
+                "ALTER DATABASE {name} SET default_transaction_read_only = {value}"
+            ))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    read_only(true).await;
+    let mut settings = worker_settings(&p.app, &p.db.url);
+    settings.apply.max_hold_secs = 1;
+    // A fresh pool: its connections take the database's new default.
+    let worker_on = |settings: &connector_workers::config::Settings| {
+        ApplyWorker::new(
+            connector_workers::db::pool(&settings.database).unwrap(),
+            p.app.topology.clone(),
+            settings.broker.clone(),
+            settings.apply.clone(),
+            connector_e2e_tests::test_seal_keys(),
+            p.shutdown.clone(),
+        )
+    };
+    let dispositions = worker_on(&settings)
+        .run_group_once(&p.worker_channel, 64)
+        .await
+        .unwrap();
+    assert_eq!(dispositions.len(), 2);
+    assert!(
+        dispositions
+            .iter()
+            .all(|d| matches!(d, Disposition::GiveBack(reason) if reason.contains("read-only"))),
+        "{dispositions:?}"
+    );
+    assert!(
+        p.depth_reaches(&p.app.topology.intake_queue, 2).await,
+        "both messages are back on the queue"
+    );
+    assert_eq!(p.depth(&p.app.topology.intake_dead_letter_queue).await, 0);
+
+    read_only(false).await;
+    let dispositions = worker_on(&settings)
+        .run_group_once(&p.worker_channel, 64)
+        .await
+        .unwrap();
+    assert_eq!(dispositions, vec![Disposition::Ack("applied"); 2]);
+    assert_eq!(p.db.count("SELECT count(*) FROM order_history").await, 2);
+    p.teardown().await;
+}
+
 /// Two groups holding the same two orders in opposite delivery order. Group A is held inside
 /// its transaction after it wrote its first order; were rows locked only as each message
 /// reaches them, group B would take the second order and wait for the first, and A, released,

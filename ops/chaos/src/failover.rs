@@ -1,0 +1,162 @@
+//! The PostgreSQL cluster's faults under load (`--postgres-ha`): the primary lost (its
+//! PostgreSQL or its Patroni SIGKILLed), a planned switchover, the DCS cut. Each is timed as
+//! the workers see it: from the fault to the first commit on the new primary, seen through
+//! HAProxy as the count of applied messages growing once Patroni names the new leader. The
+//! round then waits until the cluster is whole again (a synchronous standby streaming), so
+//! that no fault lands on a cluster still missing its standby.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+
+use crate::console::out;
+use crate::harness::Harness;
+
+/// How long the primary's Patroni stays dead, and the DCS stays cut: beyond the leader key's
+/// TTL (10 s), so that the key expires.
+const DOWN: Duration = Duration::from_secs(12);
+/// A failover not done within this is reported as such (the run goes on; the checks decide).
+const FIRST_COMMIT_WITHIN: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterFault {
+    KillPrimary,
+    KillPrimaryPatroni,
+    Switchover,
+    CutDcs,
+}
+
+/// What one cluster fault did, for the round line and the summary.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    pub fault: ClusterFault,
+    pub from: String,
+    pub to: String,
+    /// From the fault (for the DCS cut: from the DCS's return) to the first commit seen on the
+    /// primary after it; `None` when none came within `FIRST_COMMIT_WITHIN`.
+    pub first_commit: Option<Duration>,
+    /// From the fault until the cluster was whole again.
+    pub whole: Duration,
+}
+
+impl Failover {
+    /// Whether the primary changed hands.
+    pub fn primary_lost(&self) -> bool {
+        self.from != self.to
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "primary {} -> {}: first commit {} after the {}, cluster whole after {:.1} s",
+            self.from,
+            self.to,
+            self.first_commit.map_or_else(
+                || "NOT SEEN".into(),
+                |d| format!("{:.1} s", d.as_secs_f64())
+            ),
+            match self.fault {
+                ClusterFault::CutDcs => "DCS came back",
+                _ => "fault",
+            },
+            self.whole.as_secs_f64()
+        )
+    }
+}
+
+/// Injects `fault` on the harness's Patroni cluster and times the way back.
+pub async fn fail_over(harness: &mut Harness, fault: ClusterFault) -> anyhow::Result<Failover> {
+    let db = harness.db()?.clone();
+    let from = harness
+        .pg_cluster()?
+        .wait_healthy(Duration::from_secs(120))
+        .await?;
+    let started = Instant::now();
+    let cluster = harness.pg_cluster()?;
+    let mut measured_from = started;
+    match fault {
+        ClusterFault::KillPrimary => {
+            cluster.kill_primary_postgres().await?;
+        }
+        ClusterFault::KillPrimaryPatroni => {
+            cluster.kill_primary_patroni().await?;
+        }
+        ClusterFault::Switchover => {
+            cluster.switchover().await?;
+        }
+        ClusterFault::CutDcs => {
+            cluster.stop_dcs().await;
+            harness.tick(DOWN).await;
+            harness.pg_cluster()?.start_dcs()?;
+            measured_from = Instant::now();
+        }
+    }
+    let first_commit = first_commit_after(harness, &db, &from, fault).await?;
+    let first_commit = first_commit.map(|at| at - measured_from);
+    if fault == ClusterFault::KillPrimaryPatroni {
+        // Its Patroni back: it demotes and rewinds the old primary, which becomes the standby.
+        let since = started.elapsed();
+        if since < DOWN {
+            harness.tick(DOWN - since).await;
+        }
+        harness.pg_cluster()?.start_stopped_patroni()?;
+    }
+    let to = harness
+        .pg_cluster()?
+        .wait_healthy(Duration::from_secs(180))
+        .await
+        .context("after the fault")?;
+    let failover = Failover {
+        fault,
+        from,
+        to,
+        first_commit,
+        whole: started.elapsed(),
+    };
+    out(format!("  {}", failover.line()));
+    Ok(failover)
+}
+
+/// When a commit was first seen after `fault`: once Patroni names a leader (for a primary loss
+/// or a switchover, a new one), the applied messages counted through HAProxy, every 100 ms,
+/// until the count grows.
+async fn first_commit_after(
+    harness: &mut Harness,
+    db: &PgPool,
+    from: &str,
+    fault: ClusterFault,
+) -> anyhow::Result<Option<Instant>> {
+    let deadline = Instant::now() + FIRST_COMMIT_WITHIN;
+    let must_change = fault != ClusterFault::CutDcs;
+    let mut baseline = None;
+    while Instant::now() < deadline {
+        harness.tick(Duration::from_millis(100)).await;
+        let Some(state) = harness.pg_cluster()?.state().await else {
+            continue;
+        };
+        let Some(leader) = state.leader else {
+            continue;
+        };
+        if must_change && leader == from {
+            continue;
+        }
+        let Some(count) = applied(db).await else {
+            continue;
+        };
+        match baseline {
+            None => baseline = Some(count),
+            Some(first) if count > first => return Ok(Some(Instant::now())),
+            Some(_) => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Messages applied so far, or `None` while the database does not answer.
+async fn applied(db: &PgPool) -> Option<i64> {
+    let query = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM received_messages");
+    tokio::time::timeout(Duration::from_secs(1), query.fetch_one(db))
+        .await
+        .ok()?
+        .ok()
+}
