@@ -391,6 +391,28 @@ mod tests {
     }
 
     #[test]
+    fn the_ha_long_form_loses_the_primary_at_least_ten_times_in_every_way() {
+        use crate::failover::ClusterFault;
+        let faults: Vec<Fault> = (0..18)
+            .map(|r| Fault::schedule(r, false, true, &[]).infra)
+            .collect();
+        let losses = faults
+            .iter()
+            .filter(|f| matches!(f, Fault::Cluster(c) if *c != ClusterFault::CutDcs))
+            .count();
+        assert!(losses >= 10, "{losses} primary losses in {faults:?}");
+        for wanted in [
+            ClusterFault::KillPrimary,
+            ClusterFault::KillPrimaryPatroni,
+            ClusterFault::Switchover,
+            ClusterFault::CutDcs,
+        ] {
+            assert!(faults.contains(&Fault::Cluster(wanted)), "{wanted:?}");
+        }
+        assert!(!faults.contains(&Fault::RestartPostgres));
+    }
+
+    #[test]
     fn the_cluster_form_loses_every_node_in_turn() {
         let faults: Vec<Fault> = (0..24)
             .flat_map(|r| Fault::schedule(r, true, false, &[]).all())

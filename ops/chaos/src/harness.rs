@@ -48,7 +48,7 @@ pub enum Link {
 #[derive(Debug)]
 pub enum Database {
     Single(Postgres),
-    Ha(PgCluster),
+    Ha(Box<PgCluster>),
 }
 
 /// Which PostgreSQL to start.
@@ -129,6 +129,17 @@ impl Harness {
         self.cluster
     }
 
+    /// How long the backlog may take to drain once the load stops. The ingress accepts faster
+    /// than the workers apply, and each failover pauses them while the queue grows; with the
+    /// Patroni cluster's replication and daemons on the same two cores, the workers are slower
+    /// still.
+    pub fn drain_within(&self) -> Duration {
+        match self.database_kind {
+            DatabaseKind::Single => Duration::from_secs(180),
+            DatabaseKind::Ha { .. } => Duration::from_secs(900),
+        }
+    }
+
     /// The broker's and the workers' timeouts for this harness's database.
     fn timeouts(&self) -> Timeouts {
         match self.database_kind {
@@ -186,7 +197,7 @@ impl Harness {
                     cluster.addr()
                 ));
                 let addr = cluster.addr();
-                (Database::Ha(cluster), addr)
+                (Database::Ha(Box::new(cluster)), addr)
             }
         };
         self.pg = Some(pg);

@@ -86,7 +86,7 @@ pub async fn run(harness: &mut Harness, cli: &Cli) -> anyhow::Result<Report> {
     ));
 
     // Drain: the intake queue empty and every outbox event published.
-    harness.drain(&db, Duration::from_secs(180)).await?;
+    harness.drain(&db, harness.drain_within()).await?;
     harness.stop_connector(Duration::from_secs(15)).await;
 
     // Consume the ledger queue and the dead-letter queues, then check.

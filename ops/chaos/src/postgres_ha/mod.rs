@@ -21,6 +21,9 @@ use tokio::process::{Child, Command};
 
 use crate::services::{free_port, is_root, postgres_bin_dir, run, signal_group};
 
+mod config_files;
+use config_files::{etcd_argv, haproxy_config, patroni_config};
+
 /// The Debian packages, and a binary each installs.
 const PACKAGES: [(&str, &str); 3] = [
     ("patroni", "/usr/bin/patroni"),
@@ -464,16 +467,15 @@ impl PgCluster {
             }
         }
         for member in &mut self.members {
-            if let Some(mut child) = member.patroni.child.take() {
-                if tokio::time::timeout(Duration::from_secs(30), child.wait())
+            if let Some(mut child) = member.patroni.child.take()
+                && tokio::time::timeout(Duration::from_secs(30), child.wait())
                     .await
                     .is_err()
-                {
-                    if let Some(pid) = child.id() {
-                        signal_group(pid, "KILL");
-                    }
-                    let _ = child.wait().await;
+            {
+                if let Some(pid) = child.id() {
+                    signal_group(pid, "KILL");
                 }
+                let _ = child.wait().await;
             }
             // A postmaster orphaned by a killed Patroni.
             if let Some(pid) = member.postmaster_pid() {
@@ -509,109 +511,4 @@ async fn wait_port(port: u16, within: Duration, what: &str) -> anyhow::Result<()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
-}
-
-fn etcd_argv(dir: &Path, client: u16, peer: u16) -> Vec<OsString> {
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    [
-        "/usr/bin/etcd".to_owned(),
-        "--name=dcs".to_owned(),
-        format!("--data-dir={}", dir.join("etcd").display()),
-        format!("--listen-client-urls={client_url}"),
-        format!("--advertise-client-urls={client_url}"),
-        format!("--listen-peer-urls={peer_url}"),
-        format!("--initial-advertise-peer-urls={peer_url}"),
-        format!("--initial-cluster=dcs={peer_url}"),
-    ]
-    .map(OsString::from)
-    .into()
-}
-
-fn patroni_config(
-    name: &str,
-    pg_port: u16,
-    api_port: u16,
-    etcd_port: u16,
-    dir: &Path,
-    bin: &Path,
-    synchronous: bool,
-) -> String {
-    let dir = dir.display();
-    let bin = bin.display();
-    format!(
-        "scope: chaos
-name: {name}
-restapi:
-  listen: 127.0.0.1:{api_port}
-  connect_address: 127.0.0.1:{api_port}
-etcd3:
-  hosts: 127.0.0.1:{etcd_port}
-bootstrap:
-  dcs:
-    ttl: {TTL}
-    loop_wait: {LOOP_WAIT}
-    retry_timeout: {RETRY_TIMEOUT}
-    # A primary whose PostgreSQL died is replaced at once, not restarted in place.
-    primary_start_timeout: 0
-    synchronous_mode: {synchronous}
-    postgresql:
-      use_pg_rewind: true
-      parameters:
-        max_connections: 200
-        wal_log_hints: 'on'
-  initdb:
-  - encoding: UTF8
-  - auth: trust
-  - username: postgres
-  pg_hba:
-  - local all all trust
-  - host all all 127.0.0.1/32 trust
-  - host replication all 127.0.0.1/32 trust
-postgresql:
-  listen: 127.0.0.1:{pg_port}
-  connect_address: 127.0.0.1:{pg_port}
-  data_dir: {dir}/{name}-data
-  bin_dir: {bin}
-  pgpass: {dir}/{name}.pgpass
-  authentication:
-    replication:
-      username: postgres
-    superuser:
-      username: postgres
-  parameters:
-    unix_socket_directories: {dir}
-"
-    )
-}
-
-/// HAProxy in TCP mode: a member is in rotation only while its Patroni answers `GET /primary`
-/// with 200; once marked down, its sessions are cut, so no connection stays on a demoted or
-/// orphaned primary.
-fn haproxy_config(port: u16, members: &[Member]) -> String {
-    let servers: String = members
-        .iter()
-        .map(|m| {
-            format!(
-                "    server {} 127.0.0.1:{} maxconn 200 check port {}\n",
-                m.name, m.pg_port, m.api_port
-            )
-        })
-        .collect();
-    format!(
-        "global
-    maxconn 1000
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 30m
-    timeout server 30m
-    timeout check 1s
-listen primary
-    bind 127.0.0.1:{port}
-    option httpchk GET /primary
-    http-check expect status 200
-    default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions
-{servers}"
-    )
 }
