@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sqlx::PgPool;
 
-use crate::console::out;
 use crate::harness::Harness;
 
 /// How long the primary's Patroni stays dead, and the DCS stays cut: beyond the leader key's
@@ -113,7 +112,6 @@ pub async fn fail_over(harness: &mut Harness, fault: ClusterFault) -> anyhow::Re
         first_commit,
         whole: started.elapsed(),
     };
-    out(format!("  {}", failover.line()));
     Ok(failover)
 }
 

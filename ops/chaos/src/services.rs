@@ -50,11 +50,54 @@ pub fn is_root() -> bool {
 
 /// Sends `signal` to a whole process group.
 pub fn signal_group(pgid: u32, signal: &str) {
-    let _ = std::process::Command::new("kill")
-        .args(["-s", signal, "--", &format!("-{pgid}")])
+    let _ = signal_process(&format!("-{pgid}"), signal);
+}
+
+/// Sends `signal` to `target` (a pid, or `-pgid` for a group); whether `kill` succeeded.
+pub fn signal_process(target: &str, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-s", signal, "--", target])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status();
+        .status()?;
+    if !status.success() {
+        bail!("kill -s {signal} {target}: {status}");
+    }
+    Ok(())
+}
+
+/// Starts `command` in a process group of its own (so that a kill reaches its helpers too),
+/// stdout and stderr appended to `log`.
+pub fn spawn_logged(command: &mut Command, log: &Path, what: &str) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {what}"))
+}
+
+/// SIGKILL to the process group `child` leads, then waits for it.
+pub async fn kill_group(child: Option<Child>) {
+    if let Some(mut child) = child {
+        if let Some(pid) = child.id() {
+            signal_group(pid, "KILL");
+        }
+        let _ = child.wait().await;
+    }
+}
+
+/// SIGKILL to the process group `child` leads, from a `Drop`, which cannot wait.
+pub fn kill_group_now(child: Option<Child>) {
+    if let Some(pid) = child.as_ref().and_then(Child::id) {
+        signal_group(pid, "KILL");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -342,10 +385,6 @@ impl RabbitNode {
 
     /// Starts the node (in its own process group) and waits until it has booted.
     pub async fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("stdout.log"))?;
         let mut command = Command::new(format!("{RABBITMQ_SBIN}/rabbitmq-server"));
         self.env(&mut command);
         command
@@ -360,13 +399,9 @@ impl RabbitNode {
             .env(
                 "RABBITMQ_ADVANCED_CONFIG_FILE",
                 self.dir.join("advanced.config"),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(true);
-        self.child = Some(command.spawn().context("starting rabbitmq-server")?);
+            );
+        let log = self.dir.join("stdout.log");
+        self.child = Some(spawn_logged(&mut command, &log, "rabbitmq-server")?);
         self.await_startup(Duration::from_secs(120)).await
     }
 
@@ -396,12 +431,7 @@ impl RabbitNode {
 
     /// SIGKILL to the node's whole process group (the start script, beam and its helpers).
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                signal_group(pid, "KILL");
-            }
-            let _ = child.wait().await;
-        }
+        kill_group(self.child.take()).await;
     }
 
     /// A clean stop (`rabbitmqctl stop`), falling back to SIGKILL.
@@ -421,11 +451,7 @@ impl RabbitNode {
 
 impl Drop for RabbitNode {
     fn drop(&mut self) {
-        if let Some(child) = self.child.take()
-            && let Some(pid) = child.id()
-        {
-            signal_group(pid, "KILL");
-        }
+        kill_group_now(self.child.take());
     }
 }
 
@@ -465,10 +491,6 @@ impl Proc {
     }
 
     pub fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
         let mut command = Command::new(&self.program);
         // Only the configuration file counts: a CONNECTOR_* variable of the caller's
         // environment (say, the shared broker's URL) must not reach the processes under test.
@@ -477,16 +499,9 @@ impl Proc {
                 command.env_remove(name);
             }
         }
-        let child = command
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", self.program.display()))?;
-        self.child = Some(child);
+        command.args(&self.args);
+        let what = self.program.display().to_string();
+        self.child = Some(spawn_logged(&mut command, &self.log, &what)?);
         self.starts += 1;
         Ok(())
     }

@@ -13,13 +13,15 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio::process::{Child, Command};
 
-use crate::services::{free_port, is_root, postgres_bin_dir, run, signal_group};
+use crate::services::{
+    free_port, is_root, kill_group, kill_group_now, postgres_bin_dir, run, signal_group,
+    signal_process, spawn_logged,
+};
 
 mod config_files;
 use config_files::{etcd_argv, haproxy_config, patroni_config};
@@ -92,41 +94,21 @@ impl Daemon {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(&self.argv[0])
-            .args(&self.argv[1..])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", self.what))?;
-        self.child = Some(child);
+        let mut command = Command::new(&self.argv[0]);
+        command.args(&self.argv[1..]);
+        self.child = Some(spawn_logged(&mut command, &self.log, &self.what)?);
         Ok(())
     }
 
     /// SIGKILL to its whole process group.
     async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                signal_group(pid, "KILL");
-            }
-            let _ = child.wait().await;
-        }
+        kill_group(self.child.take()).await;
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(child) = self.child.take()
-            && let Some(pid) = child.id()
-        {
-            signal_group(pid, "KILL");
-        }
+        kill_group_now(self.child.take());
     }
 }
 
@@ -141,15 +123,18 @@ struct Member {
 }
 
 impl Member {
-    /// The postmaster's pid, from the data directory (`None` while it is down).
+    /// The running postmaster's pid, from the data directory; `None` while it is down (a
+    /// killed postmaster leaves its file behind: the pid is checked to be a live `postgres`).
     fn postmaster_pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.data.join("postmaster.pid"))
+        let pid: u32 = std::fs::read_to_string(self.data.join("postmaster.pid"))
             .ok()?
             .lines()
             .next()?
             .trim()
             .parse()
-            .ok()
+            .ok()?;
+        let command = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (command.trim() == "postgres").then_some(pid)
     }
 }
 
@@ -158,7 +143,6 @@ impl Member {
 pub struct ClusterState {
     pub leader: Option<String>,
     pub sync_standby: Option<String>,
-    pub timeline: Option<u64>,
 }
 
 /// The cluster: etcd, the Patroni members, HAProxy.
@@ -268,10 +252,6 @@ impl PgCluster {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The members' view of the cluster, from the first REST API that answers.
     pub async fn state(&self) -> Option<ClusterState> {
         for member in &self.members {
@@ -290,14 +270,9 @@ impl PgCluster {
                     .and_then(|m| m["name"].as_str().map(str::to_owned))
             };
             let leader = named("leader");
-            let timeline = members
-                .iter()
-                .find(|m| m["role"] == "leader")
-                .and_then(|m| m["timeline"].as_u64());
             return Some(ClusterState {
                 leader,
                 sync_standby: named("sync_standby"),
-                timeline,
             });
         }
         None
@@ -387,12 +362,8 @@ impl PgCluster {
         let member = &self.members[leader];
         let pid = member
             .postmaster_pid()
-            .with_context(|| format!("{} has no postmaster.pid", member.name))?;
-        run(
-            Command::new("kill").args(["-s", "KILL", &pid.to_string()]),
-            "kill postmaster",
-        )
-        .await?;
+            .with_context(|| format!("{} has no running postmaster", member.name))?;
+        signal_process(&pid.to_string(), "KILL")?;
         Ok(member.name.clone())
     }
 
@@ -479,10 +450,7 @@ impl PgCluster {
             }
             // A postmaster orphaned by a killed Patroni.
             if let Some(pid) = member.postmaster_pid() {
-                let _ = Command::new("kill")
-                    .args(["-s", "KILL", &pid.to_string()])
-                    .status()
-                    .await;
+                let _ = signal_process(&pid.to_string(), "KILL");
             }
         }
         self.etcd.kill().await;
