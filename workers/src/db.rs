@@ -61,9 +61,10 @@ pub async fn migrate(pool: &PgPool, retention: &RetentionSettings) -> anyhow::Re
 }
 
 /// Asks the database for `SELECT 1` through `pool`. A pool timeout alone says nothing (every
-/// connection may be busy applying), so then one connection of its own is tried: behind a
-/// failover proxy with no primary up, that is where the outage shows (the proxy accepts, then
-/// closes), whereas the pool only reports that it timed out.
+/// connection may be busy applying), so then one connection of its own is tried, held to the
+/// pool's rule (a standby is refused): behind a failover proxy with no primary up, that is
+/// where the outage shows (the proxy accepts, then closes, or a standby answers), whereas the
+/// pool only reports that it timed out.
 pub async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
     use sqlx::Connection as _;
     match sqlx::query("SELECT 1").execute(pool).await {
@@ -71,10 +72,13 @@ pub async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
             let options = pool.connect_options();
             let connect = sqlx::PgConnection::connect_with(&options);
             let within = pool.options().get_acquire_timeout();
-            match tokio::time::timeout(within, connect).await {
-                Ok(connected) => connected?.close().await,
-                Err(_) => Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())),
-            }
+            let mut connection = match tokio::time::timeout(within, connect).await {
+                Ok(connected) => connected?,
+                Err(_) => return Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())),
+            };
+            let primary = refuse_standby(&mut connection).await;
+            let _ = connection.close().await;
+            primary
         }
         answered => answered.map(drop),
     }

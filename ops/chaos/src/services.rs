@@ -115,24 +115,7 @@ pub struct Postgres {
 
 impl Postgres {
     pub async fn init(dir: &Path) -> anyhow::Result<Self> {
-        let bin = postgres_bin_dir()?;
-        std::fs::create_dir_all(dir)?;
-        let as_postgres = is_root();
-        if as_postgres {
-            // initdb refuses to run as root: the data belong to the `postgres` user.
-            run(
-                Command::new("chown").arg("postgres:postgres").arg(dir),
-                "chown",
-            )
-            .await?;
-        }
-        let mut pg = Self {
-            bin,
-            dir: dir.to_owned(),
-            port: free_port()?,
-            as_postgres,
-            running: false,
-        };
+        let mut pg = Self::prepare(dir).await?;
         let data = pg.data();
         run(
             pg.command("initdb").arg("-D").arg(&data).args([
@@ -149,6 +132,55 @@ impl Postgres {
         .await?;
         pg.start().await?;
         Ok(pg)
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R`), started: a server in recovery,
+    /// as a primary demoted in a failover is.
+    pub async fn standby_of(primary: &Postgres, dir: &Path) -> anyhow::Result<Self> {
+        let mut pg = Self::prepare(dir).await?;
+        let data = pg.data();
+        run(
+            pg.command("pg_basebackup")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-p",
+                ])
+                .arg(primary.port.to_string())
+                .arg("-D")
+                .arg(&data),
+            "pg_basebackup",
+        )
+        .await?;
+        pg.start().await?;
+        Ok(pg)
+    }
+
+    /// A directory the server's user owns, and a port; nothing started.
+    async fn prepare(dir: &Path) -> anyhow::Result<Self> {
+        let bin = postgres_bin_dir()?;
+        std::fs::create_dir_all(dir)?;
+        let as_postgres = is_root();
+        if as_postgres {
+            // PostgreSQL refuses to run as root: the data belong to the `postgres` user.
+            run(
+                Command::new("chown").arg("postgres:postgres").arg(dir),
+                "chown",
+            )
+            .await?;
+        }
+        Ok(Self {
+            bin,
+            dir: dir.to_owned(),
+            port: free_port()?,
+            as_postgres,
+            running: false,
+        })
     }
 
     fn data(&self) -> PathBuf {

@@ -31,6 +31,7 @@ mod paysafe_webhooks;
 mod production_mode;
 mod quarantine_review;
 mod slow_clients;
+mod standby;
 mod trust_boundaries;
 mod verification_facts;
 mod worker_faults;
