@@ -20,7 +20,7 @@ pub struct Cli {
     pub round_secs: u64,
     /// Only these infrastructure faults, in rotation (comma-separated): cut-broker,
     /// cut-database, restart-rabbitmq, crash-rabbitmq, kill-node, restart-postgres,
-    /// memory-alarm, long-db-outage; with --postgres-ha kill-primary, kill-patroni,
+    /// memory-alarm, long-db-outage; with --postgres-ha kill-primary, kill-primary-ahead, kill-patroni,
     /// switchover, cut-dcs. Default: all of the mode.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::faults::INFRA_NAMES))]
     pub infra: Vec<String>,

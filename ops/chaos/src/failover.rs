@@ -15,12 +15,16 @@ use crate::harness::Harness;
 /// How long the primary's Patroni stays dead, and the DCS stays cut: beyond the leader key's
 /// TTL (10 s), so that the key expires.
 const DOWN: Duration = Duration::from_secs(12);
+/// How long the standby's WAL receiver is stopped before the primary is killed.
+const BEHIND: Duration = Duration::from_secs(1);
 /// A failover not done within this is reported as such (the run goes on; the checks decide).
 const FIRST_COMMIT_WITHIN: Duration = Duration::from_secs(90);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClusterFault {
     KillPrimary,
+    /// The primary killed after its WAL sender was stopped for a second.
+    KillPrimaryAheadOfStandby,
     KillPrimaryPatroni,
     Switchover,
     CutDcs,
@@ -77,6 +81,9 @@ pub async fn fail_over(harness: &mut Harness, fault: ClusterFault) -> anyhow::Re
         ClusterFault::KillPrimary => {
             cluster.kill_primary_postgres().await?;
         }
+        ClusterFault::KillPrimaryAheadOfStandby => {
+            cluster.kill_primary_ahead_of_standby(BEHIND).await?;
+        }
         ClusterFault::KillPrimaryPatroni => {
             cluster.kill_primary_patroni().await?;
         }
@@ -115,9 +122,12 @@ pub async fn fail_over(harness: &mut Harness, fault: ClusterFault) -> anyhow::Re
     Ok(failover)
 }
 
-/// When a commit was first seen after `fault`: once Patroni names a leader (for a primary loss
-/// or a switchover, a new one), the applied messages counted through HAProxy, every 100 ms,
-/// until the count grows.
+/// When a commit was first seen after `fault`: once Patroni names a leader, the applied
+/// messages counted through HAProxy, every 100 ms, until the count grows. Where the old primary
+/// can still commit for a while (a switchover, an orphaned primary until HAProxy cuts it),
+/// only a new leader counts; a primary whose PostgreSQL was killed may also be restarted in
+/// place by Patroni (when it finds the standby too far behind), and then its first commit
+/// counts.
 async fn first_commit_after(
     harness: &mut Harness,
     db: &PgPool,
@@ -125,7 +135,10 @@ async fn first_commit_after(
     fault: ClusterFault,
 ) -> anyhow::Result<Option<Instant>> {
     let deadline = Instant::now() + FIRST_COMMIT_WITHIN;
-    let must_change = fault != ClusterFault::CutDcs;
+    let must_change = matches!(
+        fault,
+        ClusterFault::Switchover | ClusterFault::KillPrimaryPatroni
+    );
     let mut baseline = None;
     while Instant::now() < deadline {
         harness.tick(Duration::from_millis(100)).await;

@@ -43,7 +43,7 @@ const MEMORY_ALARM: Duration = Duration::from_secs(3);
 const LONG_OUTAGE: Duration = Duration::from_secs(25);
 
 /// The infrastructure faults' names, for `--infra`.
-pub const INFRA_NAMES: [&str; 12] = [
+pub const INFRA_NAMES: [&str; 13] = [
     "cut-broker",
     "cut-database",
     "restart-rabbitmq",
@@ -53,6 +53,7 @@ pub const INFRA_NAMES: [&str; 12] = [
     "memory-alarm",
     "long-db-outage",
     "kill-primary",
+    "kill-primary-ahead",
     "kill-patroni",
     "switchover",
     "cut-dcs",
@@ -86,6 +87,9 @@ impl Fault {
                 format!("cut database connections {}s", LONG_OUTAGE.as_secs())
             }
             Self::Cluster(ClusterFault::KillPrimary) => "SIGKILL the primary's PostgreSQL".into(),
+            Self::Cluster(ClusterFault::KillPrimaryAheadOfStandby) => {
+                "SIGKILL the primary's PostgreSQL, its WAL sender stopped 1s before".into()
+            }
             Self::Cluster(ClusterFault::KillPrimaryPatroni) => {
                 "SIGKILL the primary's Patroni".into()
             }
@@ -106,6 +110,7 @@ impl Fault {
             Self::MemoryAlarm => "memory-alarm",
             Self::LongDatabaseOutage => "long-db-outage",
             Self::Cluster(ClusterFault::KillPrimary) => "kill-primary",
+            Self::Cluster(ClusterFault::KillPrimaryAheadOfStandby) => "kill-primary-ahead",
             Self::Cluster(ClusterFault::KillPrimaryPatroni) => "kill-patroni",
             Self::Cluster(ClusterFault::Switchover) => "switchover",
             Self::Cluster(ClusterFault::CutDcs) => "cut-dcs",
@@ -161,7 +166,7 @@ impl Fault {
                 Fault::Cluster(ClusterFault::KillPrimaryPatroni),
                 Fault::Cluster(ClusterFault::Switchover),
                 Fault::CutDatabase,
-                Fault::Cluster(ClusterFault::KillPrimary),
+                Fault::Cluster(ClusterFault::KillPrimaryAheadOfStandby),
                 Fault::Cluster(ClusterFault::CutDcs),
             ]
         } else if cluster {
@@ -403,6 +408,7 @@ mod tests {
         assert!(losses >= 10, "{losses} primary losses in {faults:?}");
         for wanted in [
             ClusterFault::KillPrimary,
+            ClusterFault::KillPrimaryAheadOfStandby,
             ClusterFault::KillPrimaryPatroni,
             ClusterFault::Switchover,
             ClusterFault::CutDcs,

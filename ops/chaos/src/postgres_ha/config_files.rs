@@ -33,6 +33,7 @@ pub(super) fn patroni_config(
 ) -> String {
     let dir = dir.display();
     let bin = bin.display();
+    let max_lag: u64 = if synchronous { 1 << 20 } else { 1 << 30 };
     format!(
         "scope: chaos
 name: {name}
@@ -49,6 +50,9 @@ bootstrap:
     # A primary whose PostgreSQL died is replaced at once, not restarted in place.
     primary_start_timeout: 0
     synchronous_mode: {synchronous}
+    # Asynchronous (the negative control): a standby behind by up to 1 GiB may still be
+    # promoted, so that what asynchronous replication loses shows.
+    maximum_lag_on_failover: {max_lag}
     postgresql:
       use_pg_rewind: true
       parameters:

@@ -142,7 +142,8 @@ impl Member {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterState {
     pub leader: Option<String>,
-    pub sync_standby: Option<String>,
+    /// A standby that runs, and whether it is the synchronous one.
+    pub standby: Option<(String, bool)>,
 }
 
 /// The cluster: etcd, the Patroni members, HAProxy.
@@ -263,17 +264,20 @@ impl PgCluster {
                 continue;
             };
             let members = body["members"].as_array().cloned().unwrap_or_default();
-            let named = |role: &str| {
-                members
-                    .iter()
-                    .find(|m| m["role"] == role && m["state"] == "running")
-                    .and_then(|m| m["name"].as_str().map(str::to_owned))
-            };
-            let leader = named("leader");
-            return Some(ClusterState {
-                leader,
-                sync_standby: named("sync_standby"),
-            });
+            let running =
+                |m: &&serde_json::Value| m["state"] == "running" || m["state"] == "streaming";
+            let name = |m: &serde_json::Value| m["name"].as_str().map(str::to_owned);
+            let leader = members
+                .iter()
+                .filter(running)
+                .find(|m| m["role"] == "leader")
+                .and_then(name);
+            let standby = members
+                .iter()
+                .filter(running)
+                .find(|m| m["role"] == "sync_standby" || m["role"] == "replica")
+                .and_then(|m| Some((name(m)?, m["role"] == "sync_standby")));
+            return Some(ClusterState { leader, standby });
         }
         None
     }
@@ -298,18 +302,17 @@ impl PgCluster {
         }
     }
 
-    /// Waits until the cluster is whole again: a leader that takes writes through HAProxy,
-    /// every Patroni running, and (synchronous mode) a synchronous standby. Returns the leader.
+    /// Waits until the cluster is whole again: a leader that takes writes through HAProxy and
+    /// a running standby, the synchronous one in synchronous mode. Returns the leader.
     pub async fn wait_healthy(&mut self, within: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + within;
         loop {
             let state = self.state().await;
             if let Some(ClusterState {
                 leader: Some(leader),
-                sync_standby,
-                ..
+                standby: Some((_, synchronous)),
             }) = &state
-                && (!self.synchronous || sync_standby.is_some())
+                && (*synchronous || !self.synchronous)
                 && self.writable().await
             {
                 return Ok(leader.clone());
@@ -365,6 +368,41 @@ impl PgCluster {
             .with_context(|| format!("{} has no running postmaster", member.name))?;
         signal_process(&pid.to_string(), "KILL")?;
         Ok(member.name.clone())
+    }
+
+    /// The primary's WAL sender stopped (SIGSTOP), then after `behind` the primary's
+    /// PostgreSQL SIGKILLed (the stopped sender too, which cannot see its postmaster die): the
+    /// standby is promoted without the WAL the primary wrote meanwhile. Synchronous, no commit
+    /// returned in that time (each waits for the standby's flush), so nothing acknowledged is
+    /// missing; asynchronous, the commits of that time are gone. (Stopping the standby's
+    /// receiver instead loses nothing: the sender fills the receiver's socket buffer, read
+    /// when it resumes, or a new receiver starts at once.) Returns the member killed.
+    pub async fn kill_primary_ahead_of_standby(
+        &mut self,
+        behind: Duration,
+    ) -> anyhow::Result<String> {
+        let leader = self.leader_index().await?;
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            self.members[leader].pg_port
+        );
+        let senders: Vec<i32> = {
+            use sqlx::Connection as _;
+            let mut connection = sqlx::PgConnection::connect(&url).await?;
+            sqlx::query_scalar("SELECT pid FROM pg_stat_replication")
+                .fetch_all(&mut connection)
+                .await?
+        };
+        anyhow::ensure!(!senders.is_empty(), "the primary has no WAL sender");
+        for sender in &senders {
+            signal_process(&sender.to_string(), "STOP")?;
+        }
+        tokio::time::sleep(behind).await;
+        let killed = self.kill_primary_postgres().await;
+        for sender in &senders {
+            let _ = signal_process(&sender.to_string(), "KILL");
+        }
+        killed
     }
 
     /// SIGKILL the primary's Patroni (its PostgreSQL keeps running, still a primary): the
