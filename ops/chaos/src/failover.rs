@@ -1,15 +1,17 @@
 //! The PostgreSQL cluster's faults under load (`--postgres-ha`): the primary lost (its
 //! PostgreSQL or its Patroni SIGKILLed), a planned switchover, the DCS cut. Each is timed as
 //! the workers see it: from the fault to the first commit on the new primary, seen through
-//! HAProxy as the count of applied messages growing once Patroni names the new leader. The
-//! round then waits until the cluster is whole again (a synchronous standby streaming), so
-//! that no fault lands on a cluster still missing its standby.
+//! HAProxy as the count of applied messages growing once Patroni names the new leader; the
+//! workers' readiness and the relay are watched meanwhile (`failover_watch`). The round then
+//! waits until the cluster is whole again (a synchronous standby streaming), so that no fault
+//! lands on a cluster still missing its standby.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sqlx::PgPool;
 
+use crate::failover_watch::{Seen, Watch};
 use crate::harness::Harness;
 
 /// How long the primary's Patroni stays dead, and the DCS stays cut: beyond the leader key's
@@ -41,6 +43,8 @@ pub struct Failover {
     pub first_commit: Option<Duration>,
     /// From the fault until the cluster was whole again.
     pub whole: Duration,
+    /// The workers' readiness and the relay meanwhile.
+    pub seen: Seen,
 }
 
 impl Failover {
@@ -51,7 +55,7 @@ impl Failover {
 
     pub fn line(&self) -> String {
         format!(
-            "primary {} -> {}: first commit {} after the {}, cluster whole after {:.1} s",
+            "primary {} -> {}: first commit {} after the {}, cluster whole after {:.1} s; {}",
             self.from,
             self.to,
             self.first_commit.map_or_else(
@@ -62,7 +66,8 @@ impl Failover {
                 ClusterFault::CutDcs => "DCS came back",
                 _ => "fault",
             },
-            self.whole.as_secs_f64()
+            self.whole.as_secs_f64(),
+            self.seen.line()
         )
     }
 }
@@ -74,6 +79,12 @@ pub async fn fail_over(harness: &mut Harness, fault: ClusterFault) -> anyhow::Re
         .pg_cluster()?
         .wait_healthy(Duration::from_secs(120))
         .await?;
+    let watch = Watch::start(
+        harness.workers_ready_urls(),
+        harness.inspect_connection().await?,
+        harness.topology().ledger_queue.clone(),
+    )
+    .await?;
     let started = Instant::now();
     let cluster = harness.pg_cluster()?;
     let mut measured_from = started;
@@ -97,8 +108,8 @@ pub async fn fail_over(harness: &mut Harness, fault: ClusterFault) -> anyhow::Re
             measured_from = Instant::now();
         }
     }
-    let first_commit = first_commit_after(harness, &db, &from, fault).await?;
-    let first_commit = first_commit.map(|at| at - measured_from);
+    let first_commit_at = first_commit_after(harness, &db, &from, fault).await?;
+    let first_commit = first_commit_at.map(|at| at - measured_from);
     if fault == ClusterFault::KillPrimaryPatroni {
         // Its Patroni back: it demotes and rewinds the old primary, which becomes the standby.
         let since = started.elapsed();
@@ -112,14 +123,15 @@ pub async fn fail_over(harness: &mut Harness, fault: ClusterFault) -> anyhow::Re
         .wait_healthy(Duration::from_secs(180))
         .await
         .context("after the fault")?;
-    let failover = Failover {
+    let whole = started.elapsed();
+    Ok(Failover {
         fault,
         from,
         to,
         first_commit,
-        whole: started.elapsed(),
-    };
-    Ok(failover)
+        whole,
+        seen: watch.finish(started, first_commit_at).await,
+    })
 }
 
 /// When a commit was first seen after `fault`: once Patroni names a leader, the applied

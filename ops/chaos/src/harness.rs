@@ -374,6 +374,14 @@ impl Harness {
     }
 
     /// Process names and ids, ingress then workers, for sampling their memory.
+    /// Every workers process's `/readyz`.
+    pub fn workers_ready_urls(&self) -> Vec<String> {
+        self.workers
+            .iter()
+            .map(|w| w.ready_url().to_owned())
+            .collect()
+    }
+
     pub fn process_pids(&self) -> Vec<(String, Option<u32>)> {
         self.ingress
             .iter()

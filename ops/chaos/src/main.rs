@@ -15,6 +15,7 @@ mod cli;
 mod configs;
 mod console;
 mod failover;
+mod failover_watch;
 mod faults;
 mod harness;
 mod ledger_collector;

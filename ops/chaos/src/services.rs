@@ -571,6 +571,11 @@ impl Proc {
         }
     }
 
+    /// Its `/readyz`.
+    pub fn ready_url(&self) -> &str {
+        &self.ready_url
+    }
+
     /// The running process's id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref()?.id()

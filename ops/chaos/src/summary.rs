@@ -219,8 +219,45 @@ impl Summary<'_> {
     }
 }
 
-/// The primary losses and their failover times as the workers saw them.
+/// The primary losses and their failover times as the workers saw them, then what readiness
+/// and the relay showed through every cluster fault.
 fn failover_summary(failovers: &[Failover]) -> String {
+    format!(
+        "{}\n  {}",
+        first_commits(failovers),
+        readiness_and_relay(failovers)
+    )
+}
+
+fn readiness_and_relay(failovers: &[Failover]) -> String {
+    let spans: Vec<f64> = failovers
+        .iter()
+        .filter_map(|f| f.seen.not_ready.map(|(a, b)| (b - a).as_secs_f64()))
+        .collect();
+    let still = failovers.iter().filter(|f| !f.seen.ready_at_end).count();
+    let mut relay: Vec<f64> = failovers
+        .iter()
+        .filter_map(|f| f.seen.relay_after_commit.map(|d| d.as_secs_f64()))
+        .collect();
+    relay.sort_by(f64::total_cmp);
+    format!(
+        "/readyz said the database unreachable during {} of {} cluster faults (longest {:.1} s), {still} still so once the cluster was whole; the relay publishing again after the first commit: {}",
+        spans.len(),
+        failovers.len(),
+        spans.iter().copied().fold(0.0, f64::max),
+        match (relay.first(), relay.last()) {
+            (Some(min), Some(max)) => format!(
+                "min {min:.1} s, median {:.1} s, max {max:.1} s ({} of {})",
+                relay[relay.len() / 2],
+                relay.len(),
+                failovers.len()
+            ),
+            _ => "never seen".into(),
+        }
+    )
+}
+
+fn first_commits(failovers: &[Failover]) -> String {
     let losses: Vec<&Failover> = failovers.iter().filter(|f| f.primary_lost()).collect();
     let mut seconds: Vec<f64> = losses
         .iter()

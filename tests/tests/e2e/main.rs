@@ -27,6 +27,7 @@ mod paysafe_amounts;
 mod paysafe_https;
 mod paysafe_poll_groups;
 mod paysafe_tracking;
+mod paysafe_tracking_outage;
 mod paysafe_webhooks;
 mod production_mode;
 mod quarantine_review;

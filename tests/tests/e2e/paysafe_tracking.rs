@@ -74,12 +74,12 @@ pub(crate) fn script(kind: TrackedKind, id: &str, steps: &[(&str, Option<u32>)])
 
 impl Tracking {
     pub(crate) fn poller(&self) -> Poller {
-        Poller::new(
-            self.pipeline.db.pool.clone(),
-            self.settings.clone(),
-            CancellationToken::new(),
-        )
-        .unwrap()
+        self.poller_on(self.pipeline.db.pool.clone(), CancellationToken::new())
+    }
+
+    /// A poller on a pool of the caller's (e.g. through a proxy), stopped by `shutdown`.
+    pub(crate) fn poller_on(&self, pool: sqlx::PgPool, shutdown: CancellationToken) -> Poller {
+        Poller::new(pool, self.settings.clone(), shutdown).unwrap()
     }
 
     /// Publishes the merchant's `paysafe.track` command and applies it.
