@@ -33,6 +33,16 @@ pub const RECORD_RECEIVED: &str = "INSERT INTO received_messages (message_id, ki
                                         verification, processed_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, clock_timestamp())";
 
+/// [`RECORD_RECEIVED`] for several messages, one array per column (the unit notifications of
+/// a group applied together); each row gets its own `clock_timestamp()`.
+pub const RECORD_RECEIVED_MANY: &str = "INSERT INTO received_messages (message_id, kind, client_id, idempotency_key, nonce, body_sha256,
+                                        outcome, received_at, request_path, headers, body,
+                                        verification, processed_at)
+         SELECT u.*, clock_timestamp()
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::timestamptz[], $9::text[], $10::jsonb[], $11::bytea[],
+                     $12::jsonb[]) AS u";
+
 pub async fn record(
     tx: &mut PgConnection,
     envelope: &IntakeEnvelope,

@@ -68,7 +68,7 @@ pub async fn begin(
 }
 
 /// The keys a group will lock, gathered member by member.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct GroupKeys {
     hashes: Vec<i32>,
 }
@@ -100,6 +100,29 @@ impl GroupKeys {
 
     pub fn bnc_external_id(&mut self, client_key: &str, external_id: &str) {
         self.add("bnc-external-id", &[client_key, external_id]);
+    }
+
+    /// The keys of every member, for the group's lock.
+    pub fn merged(members: &[GroupKeys]) -> GroupKeys {
+        GroupKeys {
+            hashes: members
+                .iter()
+                .flat_map(|m| m.hashes.iter().copied())
+                .collect(),
+        }
+    }
+
+    /// For each member, whether it shares none of its keys with another member: what it writes
+    /// no other member reads or writes (collisions of the 32-bit hashes only say no wrongly).
+    pub fn alone(members: &[GroupKeys]) -> Vec<bool> {
+        let mut holders: std::collections::HashMap<i32, usize> = std::collections::HashMap::new();
+        let own: Vec<Vec<i32>> = members.iter().map(|m| m.clone().sorted()).collect();
+        for hash in own.iter().flatten() {
+            *holders.entry(*hash).or_default() += 1;
+        }
+        own.iter()
+            .map(|hashes| hashes.iter().all(|hash| holders[hash] == 1))
+            .collect()
     }
 
     fn add(&mut self, kind: &str, parts: &[&str]) {
@@ -158,6 +181,23 @@ mod tests {
         assert_eq!(hashes, reversed.sorted());
         assert_eq!(hashes.len(), 2);
         assert!(hashes[0] < hashes[1]);
+    }
+
+    #[test]
+    fn a_member_is_alone_when_no_other_holds_one_of_its_keys() {
+        let member = |nonce: &str, order: &str| {
+            let mut keys = GroupKeys::default();
+            keys.nonce("bank-a", nonce);
+            keys.order(order);
+            keys
+        };
+        let members = [
+            member("n1", "ORD-1"),
+            member("n2", "ORD-2"),
+            member("n3", "ORD-1"),
+        ];
+        assert_eq!(GroupKeys::alone(&members), [false, true, false]);
+        assert_eq!(GroupKeys::merged(&members).sorted().len(), 5);
     }
 
     #[test]

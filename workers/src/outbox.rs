@@ -50,43 +50,89 @@ pub async fn write(
     events: &[LedgerEvent],
     message_id: Option<Uuid>,
 ) -> Result<(), ApplyError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let mut event_ids = Vec::with_capacity(events.len());
-    let mut event_types = Vec::with_capacity(events.len());
-    let mut references = Vec::with_capacity(events.len());
-    let mut bodies = Vec::with_capacity(events.len());
-    for event in events {
-        event_ids.push(event.event_id);
-        event_types.push(event.event_type.clone());
-        references.push(event.reference.clone());
-        bodies.push(serde_json::to_string(event).map_err(|e| ApplyError::Invalid(e.to_string()))?);
-    }
-    let columns = EventColumns {
-        event_ids: &event_ids,
-        event_types: &event_types,
-        references: &references,
-        bodies: &bodies,
-        message_id,
-    };
-    write_columns(tx, columns).await?;
-    Ok(())
+    let caused: Vec<(&LedgerEvent, Option<Uuid>)> =
+        events.iter().map(|event| (event, message_id)).collect();
+    write_caused(tx, &caused).await
 }
 
-/// The statement behind [`write`], on events already in columns.
+/// [`write`] for the events of several messages at once, each with the message that caused it
+/// (the unit notifications of a group applied together).
+pub async fn write_caused(
+    tx: &mut PgConnection,
+    events: &[(&LedgerEvent, Option<Uuid>)],
+) -> Result<(), ApplyError> {
+    let columns = Columns::of(events)?;
+    Ok(insert(tx, &columns.borrowed(), &columns.message_ids).await?)
+}
+
+/// The columns [`write`] and [`write_caused`] bind, owned.
+struct Columns {
+    event_ids: Vec<Uuid>,
+    event_types: Vec<String>,
+    references: Vec<String>,
+    bodies: Vec<String>,
+    message_ids: Vec<Option<Uuid>>,
+}
+
+impl Columns {
+    fn of(events: &[(&LedgerEvent, Option<Uuid>)]) -> Result<Self, ApplyError> {
+        let mut columns = Self {
+            event_ids: Vec::new(),
+            event_types: Vec::new(),
+            references: Vec::new(),
+            bodies: Vec::new(),
+            message_ids: Vec::new(),
+        };
+        for &(event, message_id) in events {
+            columns.event_ids.push(event.event_id);
+            columns.event_types.push(event.event_type.clone());
+            columns.references.push(event.reference.clone());
+            columns.bodies.push(
+                serde_json::to_string(event).map_err(|e| ApplyError::Invalid(e.to_string()))?,
+            );
+            columns.message_ids.push(message_id);
+        }
+        Ok(columns)
+    }
+
+    fn borrowed(&self) -> EventColumns<'_> {
+        EventColumns {
+            event_ids: &self.event_ids,
+            event_types: &self.event_types,
+            references: &self.references,
+            bodies: &self.bodies,
+            message_id: None,
+        }
+    }
+}
+
+/// The statement behind [`write`], on events already in columns, all caused by
+/// `columns.message_id`.
 pub async fn write_columns(
     connection: &mut PgConnection,
     columns: EventColumns<'_>,
 ) -> sqlx::Result<()> {
-    // Only the events `emitted_ledger_events` did not know reach the outbox, in their order.
+    let message_ids = vec![columns.message_id; columns.event_ids.len()];
+    insert(connection, &columns, &message_ids).await
+}
+
+/// Only the events `emitted_ledger_events` did not know reach the outbox, in their order; each
+/// recorded there with its entry of `message_ids`.
+async fn insert(
+    connection: &mut PgConnection,
+    columns: &EventColumns<'_>,
+    message_ids: &[Option<Uuid>],
+) -> sqlx::Result<()> {
+    if columns.event_ids.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "WITH events AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
-                 WITH ORDINALITY AS e (event_id, event_type, reference, body, position)),
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[])
+                 WITH ORDINALITY AS e (event_id, event_type, reference, body, message_id, position)),
          new_events AS (
              INSERT INTO emitted_ledger_events (event_id, event_type, reference, message_id)
-             SELECT event_id, event_type, reference, $5 FROM events
+             SELECT event_id, event_type, reference, message_id FROM events
              ON CONFLICT (event_id) DO NOTHING
              RETURNING event_id)
          INSERT INTO ledger_outbox (event_id, event_type, reference, body)
@@ -97,7 +143,7 @@ pub async fn write_columns(
     .bind(columns.event_types)
     .bind(columns.references)
     .bind(columns.bodies)
-    .bind(columns.message_id)
+    .bind(message_ids)
     .execute(connection)
     .await?;
     Ok(())

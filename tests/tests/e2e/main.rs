@@ -6,6 +6,7 @@
 
 mod apply_groups;
 mod apply_plans;
+mod apply_units_together;
 mod bank_integration;
 mod behind_proxy;
 mod bnc_callbacks;

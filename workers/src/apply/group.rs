@@ -11,6 +11,11 @@
 //! - a transient failure (connection lost, deadlock, serialization failure) aborts the whole
 //!   transaction: the group fails as a whole and the caller retries it.
 //!
+//! Corelink unit notifications that share no key with another member (most of them, under a
+//! bank's steady flow) are first applied together, one statement per table for all of them
+//! (`corelink::units`): each only when it would be applied alone, the others left to their own
+//! savepoints; sharing nothing, they do not depend on the order of the two passes.
+//!
 //! Messages are applied in delivery order, so two notifications of one order in a group apply
 //! as they would one after the other. Before any of them, the transaction locks every key its
 //! members can write, in one global order (`crate::group_transaction`): groups sharing an order
@@ -95,15 +100,22 @@ pub(super) async fn apply(
         .collect())
 }
 
-/// Every message in a savepoint of its own, so that one that fails is undone alone.
+/// The units sharing nothing together, then every other message in a savepoint of its own, so
+/// that one that fails is undone alone.
 async fn apply_in_savepoints(
     pool: &PgPool,
     paysafe: &PaysafeSettings,
     members: &[&Admitted],
 ) -> Result<Vec<Done>, GroupFailure> {
-    let mut tx = begin(pool, members).await?;
+    let keys: Vec<GroupKeys> = members.iter().map(|m| keys_of(&m.envelope)).collect();
+    let mut tx = begin(pool, &keys).await?;
+    let together = apply_units_together(&mut tx, members, &keys).await?;
     let mut done = Vec::with_capacity(members.len());
-    for admitted in members {
+    for (admitted, together) in members.iter().zip(together) {
+        if let Some(applied) = together {
+            done.push(applied);
+            continue;
+        }
         let span = span(&admitted.envelope);
         done.push(
             apply_one(&mut tx, paysafe, admitted)
@@ -116,26 +128,76 @@ async fn apply_in_savepoints(
 }
 
 /// Opens a group's transaction in the settings of [`GROUP_SETTINGS`], holding the locks of
-/// its members' keys.
+/// its members' `keys`.
 async fn begin(
     pool: &PgPool,
-    members: &[&Admitted],
+    keys: &[GroupKeys],
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, GroupFailure> {
+    let begin = format!("BEGIN; {GROUP_SETTINGS}");
+    group_transaction::begin(pool, begin, GroupKeys::merged(keys)).await
+}
+
+/// Every key `envelope` can write under.
+fn keys_of(envelope: &IntakeEnvelope) -> GroupKeys {
     let mut keys = GroupKeys::default();
-    for admitted in members {
-        let envelope = &admitted.envelope;
-        keys.message(envelope.message_id);
-        match envelope.kind {
-            IntakeKind::CorelinkStatus | IntakeKind::CorelinkStatusBatch => {
-                corelink::lock_keys(envelope, &mut keys);
-            }
-            IntakeKind::BncAccountBinding => bnc::lock_keys(envelope, &mut keys),
-            IntakeKind::PaysafeWebhook | IntakeKind::PaysafeTrack => {
-                paysafe::lock_keys(envelope, &mut keys);
-            }
+    keys.message(envelope.message_id);
+    match envelope.kind {
+        IntakeKind::CorelinkStatus | IntakeKind::CorelinkStatusBatch => {
+            corelink::lock_keys(envelope, &mut keys);
+        }
+        IntakeKind::BncAccountBinding => bnc::lock_keys(envelope, &mut keys),
+        IntakeKind::PaysafeWebhook | IntakeKind::PaysafeTrack => {
+            paysafe::lock_keys(envelope, &mut keys);
         }
     }
-    group_transaction::begin(pool, format!("BEGIN; {GROUP_SETTINGS}"), keys).await
+    keys
+}
+
+/// The Corelink unit notifications of the group that share no key with another member,
+/// applied together in a savepoint (`corelink::units`): `Some` for each one applied there,
+/// `None` for every member left to [`apply_one`]. Should that fail for a reason other than a
+/// passing one, it is rolled back and all of them go one by one.
+async fn apply_units_together(
+    conn: &mut PgConnection,
+    members: &[&Admitted],
+    keys: &[GroupKeys],
+) -> Result<Vec<Option<Done>>, GroupFailure> {
+    let mut together: Vec<Option<Done>> = members.iter().map(|_| None).collect();
+    let positions: Vec<usize> = GroupKeys::alone(keys)
+        .into_iter()
+        .enumerate()
+        .filter(|&(i, alone)| alone && members[i].envelope.kind == IntakeKind::CorelinkStatus)
+        .map(|(i, _)| i)
+        .collect();
+    // One alone gains nothing over its own savepoint.
+    if positions.len() < 2 {
+        return Ok(together);
+    }
+    let envelopes: Vec<&IntakeEnvelope> = positions.iter().map(|&i| &members[i].envelope).collect();
+    let mut savepoint = conn.begin().await.map_err(|e| GroupFailure::database(&e))?;
+    match corelink::units::apply_together(&mut savepoint, &envelopes).await {
+        Ok(outcomes) => {
+            savepoint
+                .commit()
+                .await
+                .map_err(|e| GroupFailure::database(&e))?;
+            for (position, outcome) in positions.into_iter().zip(outcomes) {
+                together[position] = outcome.map(|o| Done::of(Disposition::Ack(o.label())));
+            }
+            Ok(together)
+        }
+        Err(ApplyError::Database(error)) if db::is_transient(&error) => {
+            Err(GroupFailure::database(&error))
+        }
+        Err(error) => {
+            savepoint
+                .rollback()
+                .await
+                .map_err(|e| GroupFailure::database(&e))?;
+            tracing::warn!(%error, units = envelopes.len(), "units not applied together; applying them one by one");
+            Ok(together)
+        }
+    }
 }
 
 /// One message inside the group's transaction, in savepoints of its own. `Err` only for what

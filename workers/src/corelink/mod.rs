@@ -12,6 +12,7 @@
 mod decode;
 mod orders;
 pub mod statements;
+pub mod units;
 
 use sqlx::PgConnection;
 use uuid::Uuid;

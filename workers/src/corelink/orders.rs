@@ -31,7 +31,7 @@ pub enum Effect {
 }
 
 impl Effect {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Self::Created => "created",
             Self::Applied => "applied",
@@ -132,13 +132,13 @@ pub(super) async fn apply_orders(
     })
 }
 
-fn parse_status(status: &str) -> Result<OrderStatus, ApplyError> {
+pub(super) fn parse_status(status: &str) -> Result<OrderStatus, ApplyError> {
     serde_json::from_value(serde_json::Value::String(status.to_owned()))
         .map_err(|_| ApplyError::Invalid(format!("stored order status {status} is unknown")))
 }
 
 /// Column arrays of `orders`, for one `UNNEST` statement whatever the batch size.
-struct OrderColumns {
+pub(super) struct OrderColumns {
     reference: Vec<String>,
     status: Vec<&'static str>,
     bank_reference: Vec<Option<String>>,
@@ -148,7 +148,7 @@ struct OrderColumns {
 }
 
 impl OrderColumns {
-    fn of<'a>(orders: impl IntoIterator<Item = &'a OrderStatusUpdate>) -> Self {
+    pub(super) fn of<'a>(orders: impl IntoIterator<Item = &'a OrderStatusUpdate>) -> Self {
         let mut columns = Self {
             reference: Vec::new(),
             status: Vec::new(),
@@ -170,7 +170,7 @@ impl OrderColumns {
 
     /// Binds the six columns, in this order, as the next parameters of `query` (the order the
     /// statements of `statements` take them in).
-    fn bind<'q>(
+    pub(super) fn bind<'q>(
         &'q self,
         query: Query<'q, Postgres, PgArguments>,
     ) -> Query<'q, Postgres, PgArguments> {
@@ -245,7 +245,7 @@ async fn insert_history(
     Ok(())
 }
 
-fn order_event(
+pub(super) fn order_event(
     order: &OrderStatusUpdate,
     n: &Notification,
     recorded_at: OffsetDateTime,

@@ -46,3 +46,47 @@ pub const INSERT_HISTORY: &str =
                      $7::text[], $8::text[])
               AS u(reference, status, bank_reference, reason_code, reason_message, processed_at,
                    previous_status, effect)";
+
+/// The unit notifications of a group applied together (`corelink::units`): for each (client,
+/// nonce, key), in order, whether the nonce was seen and what the key is bound to.
+pub const UNITS_SEEN: &str = "SELECT EXISTS (SELECT FROM seen_nonces s
+                       WHERE s.client_id = u.client_id AND s.nonce = u.nonce),
+                k.scope, k.reference
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
+              AS u(client_id, nonce, idempotency_key, position)
+         LEFT JOIN idempotency_keys k
+              ON k.client_id = u.client_id AND k.idempotency_key = u.idempotency_key
+         ORDER BY u.position";
+
+/// Claims the nonces of the units applied together.
+pub const CLAIM_NONCES: &str =
+    "INSERT INTO seen_nonces (client_id, nonce, request_fingerprint, message_id, request_timestamp)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[])
+         ON CONFLICT (client_id, nonce) DO NOTHING";
+
+/// Binds the new unit keys of the units applied together to their orders.
+pub const BIND_UNIT_KEYS: &str = "INSERT INTO idempotency_keys (client_id, idempotency_key, scope, reference, content_digest, first_message_id)
+         SELECT u.client_id, u.idempotency_key, 'unit', u.reference, NULL, u.message_id
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[])
+              AS u(client_id, idempotency_key, reference, message_id)
+         ON CONFLICT (client_id, idempotency_key) DO NOTHING";
+
+/// [`INSERT_ORDERS`] with each order's client.
+pub const INSERT_ORDERS_OF_CLIENTS: &str = "INSERT INTO orders (reference, client_id, status, bank_reference, reason_code, reason_message, bank_processed_at)
+         SELECT u.reference, u.client_id, u.status, u.bank_reference, u.reason_code, u.reason_message, u.processed_at
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+              AS u(client_id, reference, status, bank_reference, reason_code, reason_message, processed_at)
+         ON CONFLICT (reference) DO NOTHING";
+
+/// [`INSERT_HISTORY`] with each row's message, client, key and reception (no batch).
+pub const INSERT_UNITS_HISTORY: &str =
+    "INSERT INTO order_history (reference, status, bank_reference, reason_code, reason_message,
+                                    bank_processed_at, previous_status, effect,
+                                    message_id, client_id, idempotency_key, batch_id, received_at)
+         SELECT u.reference, u.status, u.bank_reference, u.reason_code, u.reason_message,
+                u.processed_at, u.previous_status, u.effect,
+                u.message_id, u.client_id, u.idempotency_key, NULL, u.received_at
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                     $7::text[], $8::text[], $9::uuid[], $10::text[], $11::text[], $12::timestamptz[])
+              AS u(reference, status, bank_reference, reason_code, reason_message, processed_at,
+                   previous_status, effect, message_id, client_id, idempotency_key, received_at)";
