@@ -1,5 +1,7 @@
 //! The statements a worker runs to apply a Corelink message, named and in one place, so that
-//! the load bench's SQL baseline (`ops/load`, part 2) runs exactly these and cannot drift.
+//! the load bench's SQL baseline (`ops/load`, part 2) runs exactly the one-by-one ones and
+//! cannot drift. The last five serve the units of a group applied together (`units`), which
+//! the baseline does not imitate.
 
 /// Claims `(client_id, nonce)` and, only if that succeeded, binds the idempotency key to its
 /// first use; answers which of the two were claimed (no row inserted means seen before).
