@@ -37,6 +37,26 @@ pub fn record_request(route: &'static str, code: &'static str, elapsed: Duration
     histogram!(REQUEST_DURATION_SECONDS, "route" => route).record(elapsed.as_secs_f64());
 }
 
+/// `route`'s request counter for `code`, at zero (an existing one keeps its value).
+pub fn request_at_zero(route: &'static str, code: &'static str) {
+    counter!(REQUESTS_TOTAL, "route" => route, "code" => code).increment(0);
+}
+
+/// The reasons of [`CONNECTIONS_REFUSED_TOTAL`].
+pub const REFUSAL_REASONS: [&str; 3] = [
+    "max_connections",
+    "max_connections_per_address",
+    "max_concurrent_handshakes",
+];
+
+/// The counters without a route, at zero from the start (see `routes::respond::Answer::CODES`).
+pub fn export_at_zero() {
+    counter!(BROKER_RECONNECTS_TOTAL).increment(0);
+    for reason in REFUSAL_REASONS {
+        counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(0);
+    }
+}
+
 pub fn record_confirm_latency(elapsed: Duration) {
     histogram!(PUBLISH_CONFIRM_SECONDS).record(elapsed.as_secs_f64());
 }
@@ -62,6 +82,10 @@ pub fn connection_closed() {
 }
 
 pub fn count_connection_refused(reason: &'static str) {
+    debug_assert!(
+        REFUSAL_REASONS.contains(&reason),
+        "reason {reason} not listed"
+    );
     counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(1);
 }
 

@@ -160,7 +160,14 @@ impl Application {
             public_listener,
             ops_listener,
             state,
-            metrics: metrics::install(),
+            metrics: {
+                let handle = metrics::install();
+                metrics::export_at_zero();
+                crate::routes::corelink::export_counters_at_zero();
+                crate::routes::paysafe::export_counters_at_zero();
+                crate::routes::bnc::export_counters_at_zero();
+                handle
+            },
             publisher_task,
             tls,
             publisher_shutdown,

@@ -41,6 +41,17 @@ pub enum EventType {
 }
 
 impl EventType {
+    pub const ALL: [EventType; 8] = [
+        Self::OrderSucceeded,
+        Self::OrderFailed,
+        Self::PaysafePaymentCompleted,
+        Self::PaysafePaymentFailed,
+        Self::PaysafeCreditCompleted,
+        Self::PaysafeCreditFailed,
+        Self::PaysafeCreditReversed,
+        Self::BncAccountBound,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OrderSucceeded => "order.succeeded",

@@ -48,6 +48,7 @@ use crate::group_transaction::GroupFailure;
 use crate::intake::{self, Admitted, Refusal};
 use crate::{Step, broker, db, metrics};
 
+pub mod counters;
 mod group;
 mod grouping;
 
@@ -591,7 +592,10 @@ async fn watch_database(pool: PgPool, give_back: CancellationToken, shutdown: Ca
 }
 
 /// The message's kind for metrics: its routing key, which is what decides its kind.
+/// The `kind` label of a message whose routing key is no known kind.
+const UNKNOWN_KIND: &str = "unknown";
+
 fn kind_label(delivery: &Delivery) -> &'static str {
     IntakeKind::from_routing_key(delivery.routing_key.as_str())
-        .map_or("unknown", IntakeKind::routing_key)
+        .map_or(UNKNOWN_KIND, IntakeKind::routing_key)
 }

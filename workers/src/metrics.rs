@@ -9,8 +9,8 @@ use time::OffsetDateTime;
 /// Intake messages by `kind` and `outcome` (applied, duplicate, replay, ignored, quarantined,
 /// dead_lettered, forged, requeued).
 pub const MESSAGES_TOTAL: &str = "connector_worker_messages_total";
-/// Intake messages refused as forged, by `reason` (type_mismatch, unknown_kind, seal_missing,
-/// seal_malformed, seal_unknown_key, seal_mismatch): dead-lettered, nothing applied.
+/// Intake messages refused as forged, by `reason` ([`FORGED_REASONS`]): dead-lettered,
+/// nothing applied.
 pub const FORGED_TOTAL: &str = "connector_worker_forged_total";
 /// Quarantined messages by `reason`.
 pub const QUARANTINED_TOTAL: &str = "connector_worker_quarantined_total";
@@ -69,12 +69,61 @@ pub fn install() -> PrometheusHandle {
     connector_runtime::metrics::prometheus()
 }
 
+// Every value a counter's labels can take, so that each role exports its counters at zero from
+// its start ([`at_zero`], called by each role's `export_counters`): a series born at its first
+// increment hides that increment from `increase()` and `rate()`, and a panel or an alert on it
+// misses the first forged message, STALE item or relay failure. The recording functions check
+// (in debug builds) that what they are given is listed here or in the role's own enums.
+
+/// `outcome` of [`MESSAGES_TOTAL`].
+pub const MESSAGE_OUTCOMES: [&str; 9] = [
+    "applied",
+    "duplicate",
+    "replay",
+    "ignored",
+    "quarantined",
+    "dead_lettered",
+    "forged",
+    "requeued",
+    "given_back",
+];
+/// `reason` of [`FORGED_TOTAL`].
+pub const FORGED_REASONS: [&str; 6] = [
+    "type_mismatch",
+    "unknown_kind",
+    "seal_missing",
+    "seal_malformed",
+    "seal_unknown_key",
+    "seal_mismatch",
+];
+/// `reason` of [`RELAY_FAILURES_TOTAL`].
+pub const RELAY_FAILURE_REASONS: [&str; 4] = ["nack", "unroutable", "timeout", "channel"];
+/// `table` of [`ROWS_PURGED_TOTAL`].
+pub const PURGED_TABLES: [&str; 3] = ["idempotency_keys", "seen_nonces", "quarantined_messages"];
+
+/// Exports counter `name` with `labels` at zero (an existing one keeps its value).
+pub fn at_zero(name: &'static str, labels: &[(&'static str, &'static str)]) {
+    let labels: Vec<metrics::Label> = labels
+        .iter()
+        .map(|(key, value)| metrics::Label::new(*key, *value))
+        .collect();
+    counter!(name, labels).increment(0);
+}
+
 pub fn message(kind: &'static str, outcome: &'static str, elapsed: Duration) {
+    debug_assert!(
+        MESSAGE_OUTCOMES.contains(&outcome),
+        "outcome {outcome} not listed"
+    );
     counter!(MESSAGES_TOTAL, "kind" => kind, "outcome" => outcome).increment(1);
     histogram!(APPLY_DURATION_SECONDS, "kind" => kind).record(elapsed.as_secs_f64());
 }
 
 pub fn forged(reason: &'static str) {
+    debug_assert!(
+        FORGED_REASONS.contains(&reason),
+        "reason {reason} not listed"
+    );
     counter!(FORGED_TOTAL, "reason" => reason).increment(1);
 }
 
@@ -111,6 +160,10 @@ pub fn relay_published(event_type: String) {
 }
 
 pub fn relay_failure(reason: &'static str) {
+    debug_assert!(
+        RELAY_FAILURE_REASONS.contains(&reason),
+        "reason {reason} not listed"
+    );
     counter!(RELAY_FAILURES_TOTAL, "reason" => reason).increment(1);
 }
 
@@ -194,6 +247,7 @@ pub fn partitions_ahead(table: &'static str, count: usize) {
 }
 
 pub fn rows_purged(table: &'static str, count: u64) {
+    debug_assert!(PURGED_TABLES.contains(&table), "table {table} not listed");
     counter!(ROWS_PURGED_TOTAL, "table" => table).increment(count);
 }
 /// Unix time (of the cycle's clock) of the last lifecycle cycle that completed without error.
@@ -216,4 +270,23 @@ pub fn evidence_archived(at: OffsetDateTime) {
 
 fn unix_seconds(at: OffsetDateTime) -> f64 {
     at.unix_timestamp_nanos() as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use connector_schema::seal::SealError;
+
+    use super::FORGED_REASONS;
+
+    #[test]
+    fn every_seal_failure_is_a_listed_forged_reason() {
+        for error in [
+            SealError::Missing,
+            SealError::Malformed,
+            SealError::UnknownKey("k".into()),
+            SealError::Mismatch,
+        ] {
+            assert!(FORGED_REASONS.contains(&error.label()), "{}", error.label());
+        }
+    }
 }

@@ -27,7 +27,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use connector_schema::Topology;
-use connector_schema::events::LedgerEvent;
+use connector_schema::events::{EventType, LedgerEvent};
 
 use crate::config::{BrokerSettings, RelaySettings};
 use crate::{Step, broker, metrics, outbox};
@@ -259,6 +259,19 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// The relay's counters, at zero (`metrics::at_zero` says why): events published by type,
+    /// failures by reason, retried marks.
+    pub fn export_counters_at_zero() {
+        for event_type in EventType::ALL {
+            let labels = [("event_type", event_type.as_str())];
+            metrics::at_zero(metrics::RELAY_PUBLISHED_TOTAL, &labels);
+        }
+        for reason in metrics::RELAY_FAILURE_REASONS {
+            metrics::at_zero(metrics::RELAY_FAILURES_TOTAL, &[("reason", reason)]);
+        }
+        metrics::at_zero(metrics::RELAY_RECORD_RETRIES_TOTAL, &[]);
     }
 
     fn set_connected(&self, connected: bool) {

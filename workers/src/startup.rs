@@ -90,7 +90,9 @@ impl Workers {
             trigger.cancel();
         });
 
-        // The roles, built now so `/readyz` can watch them from the start.
+        // The roles, built now so `/readyz` can watch them from the start, each with its
+        // counters exported at zero.
+        let metrics = metrics::install();
         let topology = self.settings.topology.topology();
         let mut roles: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
         let mut brokers = Vec::new();
@@ -108,6 +110,7 @@ impl Workers {
                         stop.clone(),
                     )
                     .with_paysafe(self.settings.paysafe.clone());
+                    crate::apply::counters::export_at_zero();
                     brokers.push(("apply", worker.connected_flag()));
                     roles.push(Box::pin(worker.run()));
                 }
@@ -119,6 +122,7 @@ impl Workers {
                         self.settings.relay.clone(),
                         stop.clone(),
                     );
+                    Relay::export_counters_at_zero();
                     brokers.push(("relay", relay.connected_flag()));
                     roles.push(Box::pin(relay.run()));
                 }
@@ -128,6 +132,7 @@ impl Workers {
                         self.settings.paysafe.clone(),
                         stop.clone(),
                     )?;
+                    Poller::export_counters_at_zero();
                     roles.push(Box::pin(poller.run()));
                 }
                 Role::Lifecycle => {
@@ -147,6 +152,7 @@ impl Workers {
                         self.settings.nonces.retention_secs,
                         archiver,
                     );
+                    Lifecycle::export_counters_at_zero();
                     roles.push(Box::pin(lifecycle.run(stop.clone())));
                 }
             }
@@ -158,12 +164,9 @@ impl Workers {
             brokers,
         };
         let ops = tokio::spawn(
-            axum::serve(
-                self.ops_listener,
-                probes::router(readiness, metrics::install()),
-            )
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
+            axum::serve(self.ops_listener, probes::router(readiness, metrics))
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .into_future(),
         );
 
         // The roles need the schema; wait for the database rather than crash-looping.

@@ -19,7 +19,7 @@ use tracing::field;
 use uuid::Uuid;
 
 use connector_schema::bnc::{
-    AccountBindingCallback, SnapFieldError, SnapHeaders, SnapResponse, headers as names,
+    AccountBindingCallback, SnapFieldError, SnapHeaders, SnapResponse, codes, headers as names,
     parse_account_binding, validate_headers,
 };
 use connector_schema::{IntakeEnvelope, IntakeKind, Verification, VerificationScheme};
@@ -128,6 +128,8 @@ impl IntoResponse for Accepted {
 }
 
 impl Answer for Accepted {
+    const CODES: &'static [&'static str] = &[codes::SUCCESS];
+
     fn code(&self) -> &'static str {
         SnapResponse::success().response_code
     }
@@ -178,6 +180,13 @@ impl IntoResponse for Refusal {
 }
 
 impl Answer for Refusal {
+    const CODES: &'static [&'static str] = &[
+        codes::INVALID_FIELD_FORMAT,
+        codes::INVALID_MANDATORY_FIELD,
+        codes::UNAUTHORIZED,
+        codes::GENERAL_ERROR,
+    ];
+
     fn code(&self) -> &'static str {
         self.response.response_code
     }
@@ -191,6 +200,11 @@ impl Answer for Refusal {
 fn snap_answer(response: &SnapResponse) -> Response {
     let status = StatusCode::from_u16(response.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     (status, Json(response)).into_response()
+}
+
+/// The route's request counters, at zero (`respond::Answer::CODES` says why).
+pub fn export_counters_at_zero() {
+    super::respond::export_at_zero::<Accepted, Refusal>(ROUTE_NAME);
 }
 
 /// The handler of the route: [`accept`], answered through [`respond`].

@@ -77,8 +77,17 @@ impl IntoResponse for Accepted {
 }
 
 impl Answer for Accepted {
+    const CODES: &'static [&'static str] = &["ACCEPTED"];
+
     fn code(&self) -> &'static str {
         "ACCEPTED"
+    }
+}
+
+/// Both Corelink routes' request counters, at zero (`respond::Answer::CODES` says why).
+pub fn export_counters_at_zero() {
+    for callback in [Callback::Unit, Callback::Batch] {
+        super::respond::export_at_zero::<Accepted, ApiError>(callback.route_name());
     }
 }
 

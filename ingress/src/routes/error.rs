@@ -97,6 +97,27 @@ impl ApiError {
         }
     }
 
+    /// Every code [`ApiError::code`] gives.
+    pub const CODES: [&'static str; 17] = [
+        "MALFORMED_JSON",
+        "VALIDATION_FAILED",
+        "MISSING_HEADER",
+        "INVALID_HEADER",
+        "SIGNATURE_MISSING",
+        "SIGNATURE_INVALID",
+        "TIMESTAMP_OUT_OF_WINDOW",
+        "UNKNOWN_CLIENT",
+        "CLIENT_CERT_REQUIRED",
+        "CLIENT_MISMATCH",
+        "NONCE_REPLAYED",
+        "PAYLOAD_TOO_LARGE",
+        "REQUEST_TIMEOUT",
+        "UNSUPPORTED_MEDIA_TYPE",
+        "RATE_LIMITED",
+        "ENQUEUE_UNAVAILABLE",
+        "OVERLOADED",
+    ];
+
     /// The contract's error code; also the `code` label of the request metrics.
     pub fn code(&self) -> &'static str {
         match self {
@@ -173,6 +194,8 @@ impl IntoResponse for ApiError {
 }
 
 impl Answer for ApiError {
+    const CODES: &'static [&'static str] = &ApiError::CODES;
+
     fn code(&self) -> &'static str {
         ApiError::code(self)
     }

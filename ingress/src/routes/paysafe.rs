@@ -56,9 +56,16 @@ impl IntoResponse for Accepted {
 }
 
 impl Answer for Accepted {
+    const CODES: &'static [&'static str] = &["ACCEPTED"];
+
     fn code(&self) -> &'static str {
         "ACCEPTED"
     }
+}
+
+/// The route's request counters, at zero (`respond::Answer::CODES` says why).
+pub fn export_counters_at_zero() {
+    super::respond::export_at_zero::<Accepted, ApiError>(ROUTE_NAME);
 }
 
 /// A webhook whose signature is proven and whose body is a Paysafe event.

@@ -15,6 +15,10 @@ use crate::metrics::{self, InFlight};
 
 /// An answer a route gives: an acceptance or a refusal, in the route's own form.
 pub trait Answer: IntoResponse {
+    /// Every code [`Answer::code`] can give: exported at zero from the start
+    /// ([`export_at_zero`]), so that the first refusal of a kind is an increase `rate()` sees.
+    const CODES: &'static [&'static str];
+
     /// The outcome code: the `code` label of the request metrics and of the log line.
     fn code(&self) -> &'static str;
 
@@ -22,6 +26,14 @@ pub trait Answer: IntoResponse {
     /// An acceptance is not.
     fn is_server_error(&self) -> bool {
         false
+    }
+}
+
+/// Exports `route`'s request counter at zero for every code its answers `A` and refusals `R`
+/// can give.
+pub fn export_at_zero<A: Answer, R: Answer>(route: &'static str) {
+    for code in A::CODES.iter().chain(R::CODES) {
+        metrics::request_at_zero(route, code);
     }
 }
 
@@ -43,6 +55,10 @@ where
         Ok(accepted) => accepted.code(),
         Err(refusal) => refusal.code(),
     };
+    debug_assert!(
+        A::CODES.contains(&code) || R::CODES.contains(&code),
+        "code {code} of route {route} not listed in its answers' CODES"
+    );
     metrics::record_request(route, code, started.elapsed());
     span.in_scope(|| match &result {
         Ok(_) => tracing::info!("accepted"),

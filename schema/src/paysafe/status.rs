@@ -80,6 +80,8 @@ pub enum TrackedKind {
 }
 
 impl TrackedKind {
+    pub const ALL: [TrackedKind; 2] = [Self::Payment, Self::StandaloneCredit];
+
     /// The wire name in a `paysafe.track` command: `payment` or `standalone_credit`.
     pub fn as_str(self) -> &'static str {
         match self {

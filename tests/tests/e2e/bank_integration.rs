@@ -317,8 +317,8 @@ fn bank_client(pki: &Path, certificate: &str) -> reqwest::Client {
 }
 
 /// The ingress as shipped, on `config`, with a throw-away topology; answers it with its public
-/// address once it is ready.
-async fn spawn_ingress(config: &Path, prefix: &str) -> (tokio::process::Child, String) {
+/// address and its ops address once it is ready.
+async fn spawn_ingress(config: &Path, prefix: &str) -> (tokio::process::Child, String, String) {
     let mut ingress =
         tokio::process::Command::new(binary("connector-ingress", "connector-ingress"))
             .args(["--config", config.to_str().unwrap()])
@@ -354,7 +354,11 @@ async fn spawn_ingress(config: &Path, prefix: &str) -> (tokio::process::Child, S
     })
     .await;
     assert!(ready, "the ingress is ready (connected to the broker)");
-    (ingress, format!("https://{listen}"))
+    (
+        ingress,
+        format!("https://{listen}"),
+        format!("http://{ops}"),
+    )
 }
 
 #[tokio::test]
@@ -403,7 +407,29 @@ certificate_sha256 = ["{}"]
     .unwrap();
     let prefix = format!("test-{}", uuid::Uuid::new_v4());
     let _cleanup = TopologyGuard::new(Topology::with_prefix(&prefix, QueueOptions::default()));
-    let (mut ingress, base_url) = spawn_ingress(&config, &prefix).await;
+    let (mut ingress, base_url, ops) = spawn_ingress(&config, &prefix).await;
+
+    // Before its first request, every route's counter of every code it can answer is there at
+    // zero, so that the first refusal of a kind is an increase `rate()` and the alerts see.
+    let metrics = reqwest::get(format!("{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        r#"connector_ingress_requests_total{route="corelink_status",code="SIGNATURE_INVALID"} 0"#,
+        r#"connector_ingress_requests_total{route="corelink_status_batch",code="ACCEPTED"} 0"#,
+        r#"connector_ingress_requests_total{route="paysafe_webhook",code="OVERLOADED"} 0"#,
+        r#"connector_ingress_requests_total{route="bnc_account_binding",code="4010000"} 0"#,
+        r#"connector_ingress_connections_refused_total{reason="max_connections"} 0"#,
+        "connector_ingress_broker_reconnects_total 0",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
 
     // 1. The bank's signing key; it hands over the public half.
     corelink_sign(&[

@@ -281,7 +281,13 @@ idle_interval_ms = 50
         metrics.contains(final_poll),
         "{final_poll} not in:\n{metrics}"
     );
-    assert!(!metrics.contains(r#"outcome="tls""#), "{metrics}");
+    // No TLS failure: its series, exported at zero from the start, stayed there.
+    let tls: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.contains(r#"outcome="tls""#))
+        .collect();
+    assert!(!tls.is_empty(), "{metrics}");
+    assert!(tls.iter().all(|line| line.ends_with(" 0")), "{tls:?}");
 
     stop(workers).await;
     sim.shutdown().await.unwrap();

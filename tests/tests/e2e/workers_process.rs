@@ -123,6 +123,46 @@ async fn the_workers_binary_turns_a_callback_into_a_ledger_event() {
 }
 
 #[tokio::test]
+async fn each_role_exports_its_counters_at_zero_before_their_first_event() {
+    let p = spawn_pipeline().await;
+    let (workers, ops) = spawn_workers(&p, &["apply", "relay", "lifecycle"], &[]).await;
+    let metrics = reqwest::get(format!("{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Nothing has happened yet: the first forged message, quarantine, relay failure or kept
+    // partition will be an increase from 0, which `increase()` and the alerts see.
+    for series in [
+        r#"connector_worker_messages_total{kind="corelink.status",outcome="quarantined"} 0"#,
+        r#"connector_worker_messages_total{kind="unknown",outcome="forged"} 0"#,
+        r#"connector_worker_forged_total{reason="seal_mismatch"} 0"#,
+        r#"connector_worker_quarantined_total{reason="FINAL_STATUS_CONFLICT"} 0"#,
+        "connector_worker_transient_retries_total 0",
+        "connector_paysafe_amount_mismatches_total 0",
+        r#"connector_relay_published_total{event_type="bnc.account.bound"} 0"#,
+        r#"connector_relay_failures_total{reason="nack"} 0"#,
+        "connector_relay_record_retries_total 0",
+        r#"connector_worker_partitions_kept_total{table="received_messages",reason="archive_failed"} 0"#,
+        r#"connector_worker_rows_purged_total{table="seen_nonces"} 0"#,
+        "connector_nonces_purged_total 0",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
+    // A role not running exports nothing of its own.
+    assert!(
+        !metrics.contains("connector_paysafe_polls_total"),
+        "{metrics}"
+    );
+    stop(workers).await;
+    p.teardown().await;
+}
+
+#[tokio::test]
 async fn the_lifecycle_role_reports_its_last_completed_cycle_on_the_wall_clock() {
     let p = spawn_pipeline().await;
     let started = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
@@ -221,6 +261,9 @@ async fn the_poller_role_follows_a_tracked_payment_and_reports_its_metrics() {
         r#"connector_paysafe_items{kind="payment",tracking="polling",status="PROCESSING"} 0"#,
         r#"connector_paysafe_oldest_polling_age_seconds{kind="payment"} 0"#,
         "connector_paysafe_poller_auth_failed 0",
+        // Exported at zero from the start (no such poll happened).
+        r#"connector_paysafe_polls_total{kind="standalone_credit",outcome="unauthorized"} 0"#,
+        r#"connector_paysafe_stale_total{kind="payment"} 0"#,
     ];
     let scrape = || async {
         http.get(format!("{ops}/metrics"))

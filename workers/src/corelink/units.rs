@@ -107,6 +107,11 @@ fn sharing_nothing(
         .collect()
 }
 
+/// One column of `units`, for an `UNNEST` parameter.
+fn column<'u, 'a, T>(units: &'u [Unit<'a>], value: impl Fn(&'u Unit<'a>) -> T) -> Vec<T> {
+    units.iter().map(value).collect()
+}
+
 fn applied(event: bool) -> Outcome {
     Outcome::Applied {
         items: 1,
@@ -197,31 +202,11 @@ async fn admissible<'a>(
 /// Claims every unit's nonce and every new key.
 async fn claim(conn: &mut PgConnection, units: &[Unit<'_>]) -> Result<(), ApplyError> {
     let claimed = sqlx::query(statements::CLAIM_NONCES)
-        .bind(
-            units
-                .iter()
-                .map(|u| u.n.client_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(units.iter().map(|u| u.n.nonce.as_str()).collect::<Vec<_>>())
-        .bind(
-            units
-                .iter()
-                .map(|u| u.n.fingerprint.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            units
-                .iter()
-                .map(|u| u.envelope.message_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            units
-                .iter()
-                .map(|u| u.n.request_timestamp)
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(units, |u| u.n.client_id.as_str()))
+        .bind(column(units, |u| u.n.nonce.as_str()))
+        .bind(column(units, |u| u.n.fingerprint.as_str()))
+        .bind(column(units, |u| u.envelope.message_id))
+        .bind(column(units, |u| u.n.request_timestamp))
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -306,30 +291,10 @@ async fn write_history_and_events(
         .bind(sqlx::query(statements::INSERT_UNITS_HISTORY))
         .bind(&previous)
         .bind(&effects)
-        .bind(
-            units
-                .iter()
-                .map(|u| u.envelope.message_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            units
-                .iter()
-                .map(|u| u.n.client_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            units
-                .iter()
-                .map(|u| u.n.idempotency_key.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            units
-                .iter()
-                .map(|u| u.envelope.received_at)
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(units, |u| u.envelope.message_id))
+        .bind(column(units, |u| u.n.client_id.as_str()))
+        .bind(column(units, |u| u.n.idempotency_key.as_str()))
+        .bind(column(units, |u| u.envelope.received_at))
         .execute(&mut *conn)
         .await?;
 
@@ -358,73 +323,23 @@ async fn record_messages(
     events: &[Option<LedgerEvent>],
 ) -> Result<(), ApplyError> {
     sqlx::query(audit::RECORD_RECEIVED_MANY)
-        .bind(
-            units
-                .iter()
-                .map(|u| u.envelope.message_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            units
-                .iter()
-                .map(|u| u.envelope.kind.routing_key())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            units
-                .iter()
-                .map(|u| u.n.client_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            units
-                .iter()
-                .map(|u| u.n.idempotency_key.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(units.iter().map(|u| u.n.nonce.as_str()).collect::<Vec<_>>())
-        .bind(
-            units
-                .iter()
-                .map(|u| u.n.body_sha256.as_str())
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(units, |u| u.envelope.message_id))
+        .bind(column(units, |u| u.envelope.kind.routing_key()))
+        .bind(column(units, |u| u.n.client_id.as_str()))
+        .bind(column(units, |u| u.n.idempotency_key.as_str()))
+        .bind(column(units, |u| u.n.nonce.as_str()))
+        .bind(column(units, |u| u.n.body_sha256.as_str()))
         .bind(
             events
                 .iter()
                 .map(|event| applied(event.is_some()).label())
                 .collect::<Vec<_>>(),
         )
-        .bind(
-            units
-                .iter()
-                .map(|u| u.envelope.received_at)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            units
-                .iter()
-                .map(|u| u.envelope.request_path.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            units
-                .iter()
-                .map(|u| headers_json(u.envelope))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            units
-                .iter()
-                .map(|u| u.envelope.body.as_ref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            units
-                .iter()
-                .map(|u| verification_json(u.envelope))
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(units, |u| u.envelope.received_at))
+        .bind(column(units, |u| u.envelope.request_path.as_deref()))
+        .bind(column(units, |u| headers_json(u.envelope)))
+        .bind(column(units, |u| u.envelope.body.as_ref()))
+        .bind(column(units, |u| verification_json(u.envelope)))
         .execute(&mut *conn)
         .await?;
     Ok(())

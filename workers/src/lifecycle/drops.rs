@@ -23,6 +23,13 @@ pub enum Kept {
 }
 
 impl Kept {
+    pub const ALL: [Kept; 4] = [
+        Self::UnpublishedEvents,
+        Self::NoArchive,
+        Self::LockTimeout,
+        Self::ArchiveFailed,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Self::UnpublishedEvents => "unpublished_events",

@@ -96,6 +96,24 @@ impl Lifecycle {
     }
 
     /// One cycle at `now`: `Processed` when it changed anything.
+    /// The role's counters, at zero (`metrics::at_zero` says why): partitions created,
+    /// dropped and kept (by reason) by table, rows and nonces purged.
+    pub fn export_counters_at_zero() {
+        for table in partitions::PartitionedTable::ALL {
+            let table = table.name();
+            metrics::at_zero(metrics::PARTITIONS_CREATED_TOTAL, &[("table", table)]);
+            metrics::at_zero(metrics::PARTITIONS_DROPPED_TOTAL, &[("table", table)]);
+            for reason in drops::Kept::ALL {
+                let labels = [("table", table), ("reason", reason.label())];
+                metrics::at_zero(metrics::PARTITIONS_KEPT_TOTAL, &labels);
+            }
+        }
+        for table in metrics::PURGED_TABLES {
+            metrics::at_zero(metrics::ROWS_PURGED_TOTAL, &[("table", table)]);
+        }
+        metrics::at_zero(metrics::NONCES_PURGED_TOTAL, &[]);
+    }
+
     pub async fn run_once(&self, now: OffsetDateTime) -> anyhow::Result<Step> {
         let report = self.cycle(now).await?;
         let changed =

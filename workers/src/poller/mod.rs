@@ -55,6 +55,19 @@ pub enum PollOutcome {
 }
 
 impl PollOutcome {
+    pub const ALL: [PollOutcome; 10] = [
+        Self::Pending,
+        Self::Final,
+        Self::RateLimited,
+        Self::ServerError,
+        Self::Timeout,
+        Self::Network,
+        Self::Tls,
+        Self::Unauthorized,
+        Self::NotFound,
+        Self::Unexpected,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -163,6 +176,19 @@ impl Poller {
         };
         tokio::join!(polls, record);
         Ok(Step::Processed)
+    }
+
+    /// The poller's counters, at zero (`metrics::at_zero` says why): polls by kind and
+    /// outcome, STALE items by kind, amount mismatches.
+    pub fn export_counters_at_zero() {
+        for kind in TrackedKind::ALL {
+            for outcome in PollOutcome::ALL {
+                let labels = [("kind", kind.as_str()), ("outcome", outcome.as_str())];
+                metrics::at_zero(metrics::PAYSAFE_POLLS_TOTAL, &labels);
+            }
+            metrics::at_zero(metrics::PAYSAFE_STALE_TOTAL, &[("kind", kind.as_str())]);
+        }
+        metrics::at_zero(metrics::PAYSAFE_AMOUNT_MISMATCHES_TOTAL, &[]);
     }
 
     /// Polls until `shutdown`, refreshing the tracking gauges as it goes.
