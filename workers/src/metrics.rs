@@ -6,8 +6,7 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use time::OffsetDateTime;
 
-/// Intake messages by `kind` and `outcome` (applied, duplicate, replay, ignored, quarantined,
-/// dead_lettered, forged, requeued).
+/// Intake messages by `kind` and `outcome` ([`MESSAGE_OUTCOMES`]).
 pub const MESSAGES_TOTAL: &str = "connector_worker_messages_total";
 /// Intake messages refused as forged, by `reason` ([`FORGED_REASONS`]): dead-lettered,
 /// nothing applied.
@@ -70,7 +69,7 @@ pub fn install() -> PrometheusHandle {
 }
 
 // Every value a counter's labels can take, so that each role exports its counters at zero from
-// its start ([`at_zero`], called by each role's `export_counters`): a series born at its first
+// its start ([`at_zero`], called for each role as it starts): a series born at its first
 // increment hides that increment from `increase()` and `rate()`, and a panel or an alert on it
 // misses the first forged message, STALE item or relay failure. The recording functions check
 // (in debug builds) that what they are given is listed here or in the role's own enums.
