@@ -21,6 +21,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::db;
+use crate::outcome::ApplyError;
 
 /// The first key of the two-key advisory locks taken here ("appl"); the single-`bigint`
 /// advisory locks of migrations and partition maintenance are a separate key space.
@@ -65,6 +66,35 @@ pub async fn begin(
         .await
         .map_err(|e| GroupFailure::database(&e))?;
     Ok(tx)
+}
+
+/// Ends a member's savepoint by `result`: committed on `Ok`; on a passing database error the
+/// group fails as a whole (a deadlock or a lost connection aborts more than the savepoint); on
+/// any other error rolled back (whatever the member wrote goes, the rest of the group stays) and
+/// the error handed back for the member's own outcome.
+pub async fn end_savepoint<T>(
+    savepoint: Transaction<'_, Postgres>,
+    result: Result<T, ApplyError>,
+) -> Result<Result<T, ApplyError>, GroupFailure> {
+    match result {
+        Ok(value) => {
+            savepoint
+                .commit()
+                .await
+                .map_err(|e| GroupFailure::database(&e))?;
+            Ok(Ok(value))
+        }
+        Err(ApplyError::Database(error)) if db::is_transient(&error) => {
+            Err(GroupFailure::database(&error))
+        }
+        Err(error) => {
+            savepoint
+                .rollback()
+                .await
+                .map_err(|e| GroupFailure::database(&e))?;
+            Ok(Err(error))
+        }
+    }
 }
 
 /// The keys a group will lock, gathered member by member.

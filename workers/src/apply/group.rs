@@ -175,29 +175,18 @@ async fn apply_units_together(
     }
     let envelopes: Vec<&IntakeEnvelope> = positions.iter().map(|&i| &members[i].envelope).collect();
     let mut savepoint = conn.begin().await.map_err(|e| GroupFailure::database(&e))?;
-    match corelink::units::apply_together(&mut savepoint, &envelopes).await {
+    let applied = corelink::units::apply_together(&mut savepoint, &envelopes).await;
+    match group_transaction::end_savepoint(savepoint, applied).await? {
         Ok(outcomes) => {
-            savepoint
-                .commit()
-                .await
-                .map_err(|e| GroupFailure::database(&e))?;
             for (position, outcome) in positions.into_iter().zip(outcomes) {
                 together[position] = outcome.map(|o| Done::of(Disposition::Ack(o.label())));
             }
-            Ok(together)
-        }
-        Err(ApplyError::Database(error)) if db::is_transient(&error) => {
-            Err(GroupFailure::database(&error))
         }
         Err(error) => {
-            savepoint
-                .rollback()
-                .await
-                .map_err(|e| GroupFailure::database(&e))?;
             tracing::warn!(%error, units = envelopes.len(), "units not applied together; applying them one by one");
-            Ok(together)
         }
     }
+    Ok(together)
 }
 
 /// One message inside the group's transaction, in savepoints of its own. `Err` only for what

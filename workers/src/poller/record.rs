@@ -21,7 +21,6 @@ use connector_schema::paysafe::{PaysafeStatus, PaysafeTransaction};
 
 use super::{Claimed, PollOutcome, attempts};
 use crate::config::PaysafeSettings;
-use crate::db;
 use crate::group_transaction::{self, GroupFailure, GroupKeys};
 use crate::outcome::ApplyError;
 use crate::paysafe::{Effect, FactSource, Observation, Observed, observe, poll_delay};
@@ -117,27 +116,9 @@ async fn one(
         .map(|()| Recorded::BackedOff)
         .map_err(ApplyError::from),
     };
-    match result {
-        Ok(recorded) => {
-            savepoint
-                .commit()
-                .await
-                .map_err(|e| GroupFailure::database(&e))?;
-            Ok(recorded)
-        }
-        // A deadlock or a lost connection aborts more than this item's savepoint.
-        Err(ApplyError::Database(error)) if db::is_transient(&error) => {
-            Err(GroupFailure::database(&error))
-        }
-        Err(error) => {
-            // Whatever it wrote goes; the rest of the group stays.
-            savepoint
-                .rollback()
-                .await
-                .map_err(|e| GroupFailure::database(&e))?;
-            Ok(Recorded::Failed(error.to_string()))
-        }
-    }
+    Ok(group_transaction::end_savepoint(savepoint, result)
+        .await?
+        .unwrap_or_else(|error| Recorded::Failed(error.to_string())))
 }
 
 /// Applies Paysafe's answer, unless the item stopped being polled meanwhile (a webhook made it
