@@ -101,6 +101,7 @@ impl Columns {
             event_types: &self.event_types,
             references: &self.references,
             bodies: &self.bodies,
+            // Unused: `insert` takes the message ids apart, one per event.
             message_id: None,
         }
     }

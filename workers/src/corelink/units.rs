@@ -108,8 +108,11 @@ fn sharing_nothing(
 }
 
 /// One column of `units`, for an `UNNEST` parameter.
-fn column<'u, 'a, T>(units: &'u [Unit<'a>], value: impl Fn(&'u Unit<'a>) -> T) -> Vec<T> {
-    units.iter().map(value).collect()
+fn column<'u, 'a: 'u, T>(
+    units: impl IntoIterator<Item = &'u Unit<'a>>,
+    value: impl Fn(&'u Unit<'a>) -> T,
+) -> Vec<T> {
+    units.into_iter().map(value).collect()
 }
 
 fn applied(event: bool) -> Outcome {
@@ -218,26 +221,14 @@ async fn claim(conn: &mut PgConnection, units: &[Unit<'_>]) -> Result<(), ApplyE
         return Ok(());
     }
     let bound = sqlx::query(statements::BIND_UNIT_KEYS)
-        .bind(
-            new.iter()
-                .map(|u| u.n.client_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            new.iter()
-                .map(|u| u.n.idempotency_key.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            new.iter()
-                .map(|u| u.order().reference.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            new.iter()
-                .map(|u| u.envelope.message_id)
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(new.iter().copied(), |u| u.n.client_id.as_str()))
+        .bind(column(new.iter().copied(), |u| {
+            u.n.idempotency_key.as_str()
+        }))
+        .bind(column(new.iter().copied(), |u| {
+            u.order().reference.as_str()
+        }))
+        .bind(column(new.iter().copied(), |u| u.envelope.message_id))
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -254,7 +245,7 @@ async fn write_orders(conn: &mut PgConnection, units: &[Unit<'_>]) -> Result<(),
     };
     let created = with(Effect::Created);
     if !created.is_empty() {
-        let clients: Vec<&str> = created.iter().map(|u| u.n.client_id.as_str()).collect();
+        let clients = column(created.iter().copied(), |u| u.n.client_id.as_str());
         let columns = OrderColumns::of(created.iter().map(|u| u.order()));
         let inserted = columns
             .bind(sqlx::query(statements::INSERT_ORDERS_OF_CLIENTS).bind(&clients))
