@@ -163,9 +163,7 @@ impl Application {
             metrics: {
                 let handle = metrics::install();
                 metrics::export_at_zero();
-                crate::routes::corelink::export_counters_at_zero();
-                crate::routes::paysafe::export_counters_at_zero();
-                crate::routes::bnc::export_counters_at_zero();
+                crate::routes::export_counters_at_zero();
                 handle
             },
             publisher_task,

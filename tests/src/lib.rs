@@ -256,6 +256,14 @@ impl TestApp {
         self.post(path, &signed.pairs(), body.to_owned()).await
     }
 
+    /// POSTs a correctly signed request, requires its 200, and takes the intake message it
+    /// became off the queue, so the test decides when and how often the workers see it.
+    pub async fn accepted_intake(&self, path: &str, body: &str, idempotency_key: &str) -> Delivery {
+        let response = self.post_signed(path, body, idempotency_key).await;
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        self.broker.take_intake().await.expect("the intake message")
+    }
+
     /// Asks the ingress to stop and waits for it, as SIGTERM would.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(shutdown) = self.shutdown.take() {
@@ -329,6 +337,16 @@ impl BrokerInspector {
 }
 
 /// A unit body for `reference`.
+/// The `/metrics` text of the ops listener at `ops` (`http://host:port`).
+pub async fn scrape_metrics(ops: &str) -> String {
+    reqwest::get(format!("{ops}/metrics"))
+        .await
+        .expect("the ops listener answers")
+        .text()
+        .await
+        .expect("a metrics page")
+}
+
 pub fn unit_body(reference: &str, status: &str) -> String {
     let reason = if status == "FAILED" {
         r#", "reasonCode": "BUS_INSUFFICIENT_FUNDS", "reasonMessage": "Insufficient balance""#

@@ -591,10 +591,10 @@ async fn watch_database(pool: PgPool, give_back: CancellationToken, shutdown: Ca
     }
 }
 
-/// The message's kind for metrics: its routing key, which is what decides its kind.
 /// The `kind` label of a message whose routing key is no known kind.
 const UNKNOWN_KIND: &str = "unknown";
 
+/// The message's kind for metrics: its routing key, which is what decides its kind.
 fn kind_label(delivery: &Delivery) -> &'static str {
     IntakeKind::from_routing_key(delivery.routing_key.as_str())
         .map_or(UNKNOWN_KIND, IntakeKind::routing_key)

@@ -13,3 +13,10 @@ pub mod error;
 pub mod headers;
 pub mod paysafe;
 pub mod respond;
+
+/// Every route's request counters, at zero from the start (`respond::Answer::CODES` says why).
+pub fn export_counters_at_zero() {
+    corelink::export_counters_at_zero();
+    paysafe::export_counters_at_zero();
+    bnc::export_counters_at_zero();
+}

@@ -20,17 +20,8 @@ const UNIT: &str = "/callbacks/orders/status";
 /// Posts a signed unit callback and takes its intake message off the queue, as the worker
 /// would receive it.
 async fn intake(p: &Pipeline, reference: &str, status: &str, key: &str) -> IntakeEnvelope {
-    let response = p
-        .app
-        .post_signed(UNIT, &unit_body(reference, status), key)
-        .await;
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    let delivery = p
-        .app
-        .broker
-        .take_intake()
-        .await
-        .expect("the intake message");
+    let body = unit_body(reference, status);
+    let delivery = p.app.accepted_intake(UNIT, &body, key).await;
     IntakeEnvelope::from_amqp(&delivery.properties, &delivery.data).unwrap()
 }
 

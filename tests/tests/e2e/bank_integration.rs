@@ -411,12 +411,7 @@ certificate_sha256 = ["{}"]
 
     // Before its first request, every route's counter of every code it can answer is there at
     // zero, so that the first refusal of a kind is an increase `rate()` and the alerts see.
-    let metrics = reqwest::get(format!("{ops}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = connector_e2e_tests::scrape_metrics(&ops).await;
     for series in [
         r#"connector_ingress_requests_total{route="corelink_status",code="SIGNATURE_INVALID"} 0"#,
         r#"connector_ingress_requests_total{route="corelink_status_batch",code="ACCEPTED"} 0"#,

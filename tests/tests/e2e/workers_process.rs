@@ -126,12 +126,7 @@ async fn the_workers_binary_turns_a_callback_into_a_ledger_event() {
 async fn each_role_exports_its_counters_at_zero_before_their_first_event() {
     let p = spawn_pipeline().await;
     let (workers, ops) = spawn_workers(&p, &["apply", "relay", "lifecycle"], &[]).await;
-    let metrics = reqwest::get(format!("{ops}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = connector_e2e_tests::scrape_metrics(&ops).await;
     // Nothing has happened yet: the first forged message, quarantine, relay failure or kept
     // partition will be an increase from 0, which `increase()` and the alerts see.
     for series in [

@@ -64,14 +64,7 @@ pub(super) async fn apply_orders(
     n: &Notification,
 ) -> Result<Outcome, ApplyError> {
     let references: Vec<&str> = n.orders.iter().map(|o| o.reference.as_str()).collect();
-    let current: HashMap<String, (String, String)> =
-        sqlx::query_as::<_, (String, String, String)>(statements::LOCK_ORDERS)
-            .bind(&references)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|(reference, client, status)| (reference, (client, status)))
-            .collect();
+    let current = lock_orders(tx, &references).await?;
 
     let mut effects = Vec::with_capacity(n.orders.len());
     let mut conflicts = Vec::new();
@@ -130,6 +123,23 @@ pub(super) async fn apply_orders(
         items: n.orders.len(),
         events: events.len(),
     })
+}
+
+/// Locks the existing orders among `references` (in reference order, `statements::LOCK_ORDERS`):
+/// each one's client and stored status.
+pub(super) async fn lock_orders(
+    conn: &mut PgConnection,
+    references: &[&str],
+) -> sqlx::Result<HashMap<String, (String, String)>> {
+    Ok(
+        sqlx::query_as::<_, (String, String, String)>(statements::LOCK_ORDERS)
+            .bind(references)
+            .fetch_all(conn)
+            .await?
+            .into_iter()
+            .map(|(reference, client, status)| (reference, (client, status)))
+            .collect(),
+    )
 }
 
 pub(super) fn parse_status(status: &str) -> Result<OrderStatus, ApplyError> {

@@ -23,7 +23,9 @@ use connector_schema::corelink::{OrderStatus, OrderStatusUpdate};
 use connector_schema::events::LedgerEvent;
 
 use crate::corelink::decode::{Notification, decode};
-use crate::corelink::orders::{Effect, OrderColumns, order_event, parse_status, transition};
+use crate::corelink::orders::{
+    Effect, OrderColumns, lock_orders, order_event, parse_status, transition,
+};
 use crate::corelink::statements;
 use crate::outcome::{ApplyError, Outcome};
 use crate::quarantine::{headers_json, verification_json};
@@ -165,19 +167,11 @@ async fn admissible<'a>(
     if fresh.is_empty() {
         return Ok(Vec::new());
     }
-    let mut references: Vec<&str> = fresh
+    let references: Vec<&str> = fresh
         .iter()
         .map(|(_, _, n, _)| n.orders[0].reference.as_str())
         .collect();
-    references.sort_unstable();
-    let current: HashMap<String, (String, String)> =
-        sqlx::query_as::<_, (String, String, String)>(statements::LOCK_ORDERS)
-            .bind(&references)
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|(reference, client, status)| (reference, (client, status)))
-            .collect();
+    let current = lock_orders(conn, &references).await?;
     Ok(fresh
         .into_iter()
         .filter_map(|(position, envelope, n, new_key)| {
