@@ -8,6 +8,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Requests by `route` and outcome `code` (`ACCEPTED` or the contract's error code).
 pub const REQUESTS_TOTAL: &str = "connector_ingress_requests_total";
+/// Refused requests by `route`, `sender` (the configured bank, BNC partner, or `paysafe`, that
+/// the request named; `unknown` when it named none we know: the label set stays bounded by the
+/// configuration, whatever callers send) and `code`: what the operator console's per-bank view
+/// shows, from Prometheus.
+pub const REFUSALS_BY_SENDER_TOTAL: &str = "connector_ingress_refusals_by_sender_total";
 /// Time from request arrival to response, by `route`.
 pub const REQUEST_DURATION_SECONDS: &str = "connector_ingress_request_duration_seconds";
 /// Time from publish to the broker's confirm.
@@ -35,6 +40,11 @@ pub fn install() -> PrometheusHandle {
 pub fn record_request(route: &'static str, code: &'static str, elapsed: Duration) {
     counter!(REQUESTS_TOTAL, "route" => route, "code" => code).increment(1);
     histogram!(REQUEST_DURATION_SECONDS, "route" => route).record(elapsed.as_secs_f64());
+}
+
+pub fn record_refusal_by_sender(route: &'static str, sender: String, code: &'static str) {
+    counter!(REFUSALS_BY_SENDER_TOTAL, "route" => route, "sender" => sender, "code" => code)
+        .increment(1);
 }
 
 /// `route`'s request counter for `code`, at zero (an existing one keeps its value).

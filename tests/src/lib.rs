@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cleanup;
+pub mod console;
 pub mod logs;
 pub mod pipeline;
 pub mod private_broker;

@@ -46,6 +46,8 @@ pub struct Settings {
     pub seal: SealSettings,
     /// The evidence archive of raw requests (`[evidence]`); off unless `directory` is set.
     pub evidence: crate::evidence::EvidenceSettings,
+    /// The operator console (off unless `console.listen` is set).
+    pub console: crate::console::ConsoleSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -305,7 +307,7 @@ impl Default for OpsSettings {
 }
 
 /// The top-level sections of this process's configuration.
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "mode",
     "database",
     "broker",
@@ -319,6 +321,7 @@ const SECTIONS: [&str; 13] = [
     "log",
     "seal",
     "evidence",
+    "console",
 ];
 
 impl Settings {
@@ -419,6 +422,7 @@ impl Settings {
             ));
         }
         self.retention.validate(self.nonces.retention_secs)?;
+        self.console.validate()?;
         self.topology
             .validate()
             .map_err(|(key, message)| ConfigError::new(format!("topology.{key}"), message))?;

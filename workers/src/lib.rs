@@ -8,6 +8,7 @@ pub mod audit;
 pub mod bnc;
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod corelink;
 pub mod db;
 pub mod evidence;

@@ -18,6 +18,7 @@ use connector_schema::seal::SealKeys;
 
 use crate::apply::ApplyWorker;
 use crate::config::Settings;
+use crate::console::{Console, ConsoleState};
 use crate::evidence::EvidenceArchiver;
 use crate::lifecycle::{BeforeDrop, Lifecycle};
 use crate::poller::Poller;
@@ -51,6 +52,8 @@ pub struct Workers {
     ops_listener: TcpListener,
     /// The seals the apply role accepts; `None` when this process does not apply.
     seal: Option<SealKeys>,
+    /// The operator console, when `console.listen` is set.
+    console: Option<Console>,
 }
 
 impl Workers {
@@ -63,13 +66,35 @@ impl Workers {
         let ops_listener = TcpListener::bind(settings.ops.listen)
             .await
             .with_context(|| format!("binding ops.listen {}", settings.ops.listen))?;
+        let console = match settings.console.listen {
+            None => None,
+            Some(listen) => {
+                // A release from the console re-checks the ingress's seal, as the CLI's does.
+                let state = ConsoleState::new(
+                    pool.clone(),
+                    settings.console.clone(),
+                    &settings.broker.url,
+                    settings.topology.topology(),
+                    settings.seal_keys()?,
+                )?;
+                Some(Console::bind(listen, state).await?)
+            }
+        };
         Ok(Self {
             settings,
             roles,
             pool,
             ops_listener,
             seal,
+            console,
         })
+    }
+
+    /// Where the operator console listens, if it runs.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console
+            .as_ref()
+            .and_then(|console| console.local_addr().ok())
     }
 
     pub fn ops_addr(&self) -> SocketAddr {
@@ -186,6 +211,14 @@ impl Workers {
         }
         if migrated {
             tracing::info!(roles = ?self.roles, "workers running");
+            if let Some(console) = self.console {
+                let stop = stop.clone();
+                roles.push(Box::pin(async move {
+                    if let Err(error) = console.run_until_stopped(stop).await {
+                        tracing::error!(error = %format!("{error:#}"), "the operator console stopped");
+                    }
+                }));
+            }
             roles.push(Box::pin(gauges::run(
                 self.pool.clone(),
                 GAUGES_INTERVAL,

@@ -30,7 +30,7 @@ use crate::auth::tls::ClientCertificate;
 use crate::routes::body;
 use crate::routes::error::ApiError;
 use crate::routes::headers::once;
-use crate::routes::respond::{Answer, respond};
+use crate::routes::respond::{Answer, Sender, respond};
 use crate::state::AppState;
 
 /// The `route` label of the metrics.
@@ -216,12 +216,21 @@ pub async fn handle(state: AppState, request: Request) -> Response {
         partner_reference_no = field::Empty,
         message_id = field::Empty,
     );
-    respond(ROUTE_NAME, span, accept(&state, request)).await
+    let sender = Sender::default();
+    respond(ROUTE_NAME, span, &sender, accept(&state, request, &sender)).await
 }
 
-async fn accept(state: &AppState, request: Request) -> Result<Accepted, Refusal> {
+async fn accept(state: &AppState, request: Request, sender: &Sender) -> Result<Accepted, Refusal> {
     let received_at = state.clock.now();
     let (parts, request_body) = request.into_parts();
+    if let Some(client_key) = parts
+        .headers
+        .get("x-client-key")
+        .and_then(|key| key.to_str().ok())
+        .filter(|key| state.bnc_partners.contains(key))
+    {
+        sender.named(client_key);
+    }
     // A header sent twice is ambiguous (which one was signed?): refused, like Corelink's.
     if let Some(twice) = SNAP_HEADERS
         .into_iter()

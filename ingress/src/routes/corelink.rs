@@ -22,7 +22,7 @@ use crate::auth::tls::ClientCertificate;
 use crate::routes::body;
 use crate::routes::error::ApiError;
 use crate::routes::headers::{required, single, token};
-use crate::routes::respond::{Answer, respond};
+use crate::routes::respond::{Answer, Sender, respond};
 use crate::state::AppState;
 
 /// A unit or a batch callback: what the route implies about the body.
@@ -217,10 +217,12 @@ pub async fn handle(state: AppState, callback: Callback, request: Request) -> Re
         message_id = field::Empty,
         orders = field::Empty,
     );
+    let sender = Sender::default();
     respond(
         callback.route_name(),
         span,
-        accept(&state, callback, request),
+        &sender,
+        accept(&state, callback, request, &sender),
     )
     .await
 }
@@ -229,6 +231,7 @@ async fn accept(
     state: &AppState,
     callback: Callback,
     request: Request,
+    sender: &Sender,
 ) -> Result<Accepted, ApiError> {
     let received_at = state.clock.now();
     let limit = state.max_body_bytes;
@@ -245,6 +248,9 @@ async fn accept(
     body::check_declared_length(&parts.headers, limit)?;
 
     let headers = CorelinkHeaders::from_headers(&parts.headers)?;
+    if state.keys.current().client(&headers.client_id).is_some() {
+        sender.named(&headers.client_id);
+    }
     let span = tracing::Span::current();
     span.record("client_id", headers.client_id.as_str());
     span.record("idempotency_key", headers.idempotency_key.as_str());

@@ -36,7 +36,7 @@ use crate::auth::tls::ClientCertificate;
 use crate::routes::body;
 use crate::routes::error::ApiError;
 use crate::routes::headers::{SentTwice, once};
-use crate::routes::respond::{Answer, respond};
+use crate::routes::respond::{Answer, Sender, respond};
 use crate::state::AppState;
 
 /// The `route` label of the metrics.
@@ -165,7 +165,10 @@ pub async fn handle(state: AppState, request: Request) -> Response {
         attempt_number = field::Empty,
         message_id = field::Empty,
     );
-    respond(ROUTE_NAME, span, accept(&state, request)).await
+    // One sender: whoever signs with a Paysafe key (or fails to) is counted as Paysafe.
+    let sender = Sender::default();
+    sender.named("paysafe");
+    respond(ROUTE_NAME, span, &sender, accept(&state, request)).await
 }
 
 async fn accept(state: &AppState, request: Request) -> Result<Accepted, ApiError> {

@@ -6,6 +6,7 @@
 
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::response::{IntoResponse, Response};
@@ -37,11 +38,30 @@ pub fn export_at_zero<A: Answer, R: Answer>(route: &'static str) {
     }
 }
 
+/// Whom a refusal is counted against: the configured bank or partner the request named, set by
+/// the route as soon as it has read the name and found it in its configuration. Unset, the
+/// refusal is `unknown`'s (a name we do not know is never a label: callers cannot grow the
+/// series).
+#[derive(Debug, Default)]
+pub struct Sender(OnceLock<String>);
+
+impl Sender {
+    pub fn named(&self, configured: &str) {
+        let _ = self.0.set(configured.to_owned());
+    }
+
+    fn label(&self) -> String {
+        self.0.get().cloned().unwrap_or_else(|| "unknown".into())
+    }
+}
+
 /// Runs `accept` (a route's work on one request) inside `span`, then counts, logs and answers
-/// its outcome. `route` is the `route` label of the metrics.
+/// its outcome. `route` is the `route` label of the metrics; a refusal is also counted against
+/// `sender`.
 pub async fn respond<A, R>(
     route: &'static str,
     span: Span,
+    sender: &Sender,
     accept: impl Future<Output = Result<A, R>>,
 ) -> Response
 where
@@ -60,6 +80,9 @@ where
         "code {code} of route {route} not listed in its answers' CODES"
     );
     metrics::record_request(route, code, started.elapsed());
+    if result.is_err() {
+        metrics::record_refusal_by_sender(route, sender.label(), code);
+    }
     span.in_scope(|| match &result {
         Ok(_) => tracing::info!("accepted"),
         Err(error) if error.is_server_error() => tracing::warn!(code, %error, "not accepted"),

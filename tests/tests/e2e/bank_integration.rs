@@ -498,6 +498,24 @@ certificate_sha256 = ["{}"]
         (status, answer["error"]["code"].as_str()),
         (403, Some("CLIENT_MISMATCH"))
     );
+    // A name no configuration knows: refused, and never a label of its own.
+    let headers = signed_headers(&keys.join("bank_y.private.jwk"), "EVIL_BANK", &body);
+    let (status, _) = post(&bank_y, &url, &headers, std::fs::read(&body).unwrap()).await;
+    assert_eq!(status, 401);
+
+    // Refusals by the bank the request named, as the console's per-bank view reads them.
+    let metrics = connector_e2e_tests::scrape_metrics(&ops).await;
+    assert!(
+        metrics.contains(
+            r#"connector_ingress_refusals_by_sender_total{route="corelink_status",sender="BANK_Y",code="CLIENT_MISMATCH"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"connector_ingress_refusals_by_sender_total{route="corelink_status",sender="unknown",code="#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("EVIL_BANK"), "{metrics}");
 
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let stopped = tokio::time::timeout(Duration::from_secs(30), ingress.wait())

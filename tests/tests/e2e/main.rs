@@ -14,6 +14,8 @@ mod body_limits;
 mod broker_alarms;
 mod broker_faults;
 mod broker_users;
+mod console;
+mod console_browser;
 mod corelink_ingress;
 mod data_lifecycle;
 mod database_outage;

@@ -125,7 +125,16 @@ async fn the_workers_binary_turns_a_callback_into_a_ledger_event() {
 #[tokio::test]
 async fn each_role_exports_its_counters_at_zero_before_their_first_event() {
     let p = spawn_pipeline().await;
-    let (workers, ops) = spawn_workers(&p, &["apply", "relay", "lifecycle"], &[]).await;
+    let archive = tempfile::tempdir().unwrap();
+    let (workers, ops) = spawn_workers(
+        &p,
+        &["apply", "relay", "lifecycle"],
+        &[(
+            "CONNECTOR_EVIDENCE__DIRECTORY",
+            archive.path().to_str().unwrap().to_owned(),
+        )],
+    )
+    .await;
     let metrics = connector_e2e_tests::scrape_metrics(&ops).await;
     // Nothing has happened yet: the first forged message, quarantine, relay failure or kept
     // partition will be an increase from 0, which `increase()` and the alerts see.
@@ -142,6 +151,9 @@ async fn each_role_exports_its_counters_at_zero_before_their_first_event() {
         r#"connector_worker_partitions_kept_total{table="received_messages",reason="archive_failed"} 0"#,
         r#"connector_worker_rows_purged_total{table="seen_nonces"} 0"#,
         "connector_nonces_purged_total 0",
+        // With an evidence archive: its first file is an increase too.
+        "connector_worker_archive_files_total 0",
+        "connector_worker_archive_bytes_total 0",
     ] {
         assert!(
             metrics.contains(series),

@@ -11,7 +11,10 @@ mod publish;
 mod quarantine;
 mod topology;
 
-pub use dead_letters::{DeadLetterQueue, dead_letters_list, dead_letters_replay};
+pub use dead_letters::{
+    DeadLetter, DeadLetterQueue, ReplayFilter, dead_letters_list, dead_letters_peek,
+    dead_letters_replay, dead_letters_replay_matching,
+};
 pub use order::order_timeline;
 pub use paysafe::{paysafe_show, paysafe_track};
 pub use publish::{confirm_channel, publish_confirmed};

@@ -8,6 +8,8 @@ use crate::quarantine::QuarantineReason;
 /// Messages by kind and outcome (a message of no known kind can only be refused), forged
 /// messages by reason, quarantined ones by reason, and what applying reveals.
 pub fn export_at_zero() {
+    // Not paused: the gauge is there from the start, so a panel shows the 0 before the 1.
+    metrics::apply_paused(false);
     for kind in IntakeKind::ALL {
         for outcome in MESSAGE_OUTCOMES {
             let labels = [("kind", kind.routing_key()), ("outcome", outcome)];

@@ -2,7 +2,7 @@
 //!
 //! `connector-workers run` (all roles) or `run --role apply --role relay`; `migrate`;
 //! `quarantine list|show|release|discard`; `dead-letters list|replay`; `order timeline REF`;
-//! `paysafe track|show`; `topology delete`. The commands themselves are in `admin`.
+//! `paysafe track|show`; `topology delete`; `console hash-password`. The commands themselves are in `admin`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -52,6 +52,16 @@ enum Command {
     /// Paysafe payments and standalone credits.
     #[command(subcommand)]
     Paysafe(PaysafeCommand),
+    /// The operator console's accounts.
+    #[command(subcommand)]
+    Console(ConsoleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConsoleCommand {
+    /// Read a password on stdin and print its argon2id hash, for `console.accounts`'s
+    /// `password_hash` (the password itself is never configured).
+    HashPassword,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +150,10 @@ enum OrderCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no configuration: an operator hashes a password before any file exists.
+    if let Command::Console(ConsoleCommand::HashPassword) = cli.command {
+        return finish(hash_password());
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(error) => {
@@ -148,7 +162,11 @@ async fn main() -> ExitCode {
         }
     };
     let _logs = telemetry::init(&settings.log);
-    match execute(cli.command, settings).await {
+    finish(execute(cli.command, settings).await)
+}
+
+fn finish(result: anyhow::Result<String>) -> ExitCode {
+    match result {
         Ok(output) => {
             let _ = std::io::stdout().write_all(output.as_bytes());
             ExitCode::SUCCESS
@@ -265,9 +283,23 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<String>
             let pool = db::pool(&settings.database)?;
             admin::paysafe_show(&pool, &id).await
         }
+        Command::Console(ConsoleCommand::HashPassword) => hash_password(),
         Command::Order(OrderCommand::Timeline { reference }) => {
             let pool = db::pool(&settings.database)?;
             admin::order_timeline(&pool, &reference).await
         }
     }
+}
+
+fn hash_password() -> anyhow::Result<String> {
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!("give the password on stdin");
+    }
+    Ok(format!(
+        "{}\n",
+        connector_workers::console::hash_password(password)?
+    ))
 }

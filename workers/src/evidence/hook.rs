@@ -17,7 +17,16 @@ pub struct EvidenceArchiver {
 }
 
 impl EvidenceArchiver {
+    /// Also exports the archive's counters at zero: a process that archives shows its series
+    /// from the start, so the first file written is an increase (dashboards, alerts).
     pub fn new(store: Arc<dyn ArchiveStore>) -> Self {
+        for counter in [
+            super::ARCHIVE_FILES_TOTAL,
+            super::ARCHIVE_ENTRIES_TOTAL,
+            super::ARCHIVE_BYTES_TOTAL,
+        ] {
+            metrics::counter!(counter).increment(0);
+        }
         Self { store }
     }
 }
