@@ -16,6 +16,9 @@ use crate::console::error::ConsoleError;
 use crate::console::page;
 use crate::console::session::{self, SESSION_COOKIE, SIGN_IN_COOKIE, SignedIn};
 
+/// Longer names are cut to this in the audit trail and the failure counts.
+const MAX_ACCOUNT_NAME: usize = 128;
+
 pub async fn form() -> Response {
     let token = session::random_token();
     let body = html! {
@@ -53,7 +56,9 @@ pub async fn submit(
     {
         return Err(ConsoleError::CsrfRejected);
     }
-    let signed_in = session::sign_in(&state, &form.account, &form.password).await;
+    // A name is recorded (audit, failure counts) as typed, up to a length no account exceeds.
+    let account: String = form.account.chars().take(MAX_ACCOUNT_NAME).collect();
+    let signed_in = session::sign_in(&state, &account, &form.password).await;
     let outcome = match &signed_in {
         Ok(_) => "ok".to_owned(),
         Err(error) => format!("refused: {error}"),
@@ -61,7 +66,7 @@ pub async fn submit(
     audit::record(
         &state.pool,
         Entry {
-            account: &form.account,
+            account: &account,
             role: signed_in.as_ref().ok().map(|(_, who)| who.role),
             action: "sign-in",
             target: None,

@@ -11,9 +11,8 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use connector_chaos::services::{is_root, kill_group, run, spawn_logged};
+use connector_chaos::services::{kill_group, run, spawn_logged};
 
-use crate::console::out;
 
 /// The shipped scrape configuration: the job names (and workers' `roles` labels) we keep.
 pub const SHIPPED_CONFIG: &str = "ops/prometheus/prometheus.yml";
@@ -27,56 +26,19 @@ pub struct Targets {
     pub rabbitmq: String,
 }
 
-/// `prometheus` on PATH, else Debian's package: `apt-get download` and only its binary
-/// extracted to /usr/local/bin, as ops/check-ops does for promtool. Not `apt-get install`: its
-/// maintainer script starts the packaged service on :9090 (and recommends a node exporter),
-/// neither of which this check may leave running.
+/// `prometheus` on PATH, else Debian's package's binary, installed by `ops/prometheus/install`
+/// (not the package: its maintainer script would start the packaged service on :9090).
 pub async fn ensure_installed() -> anyhow::Result<PathBuf> {
     if let Some(found) = which("prometheus") {
         return Ok(found);
     }
-    if !is_root() || which("apt-get").is_none() {
-        bail!(
-            "prometheus is not installed (Debian: apt-get install prometheus), and we cannot install it (not root with apt-get)"
-        );
-    }
-    out(
-        "ops-live: installing Prometheus from Debian's prometheus package (the binary only: no service)",
-    );
-    let deb = tempdir("ops-live-prometheus-deb")?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../prometheus/install");
     run(
-        Command::new("apt-get").args(["update", "-qq"]),
-        "apt-get update",
+        Command::new(&script).arg("prometheus"),
+        "ops/prometheus/install prometheus",
     )
     .await?;
-    run(
-        Command::new("apt-get")
-            .args(["download", "-qq", "prometheus"])
-            .current_dir(&deb),
-        "apt-get download prometheus",
-    )
-    .await?;
-    let package = std::fs::read_dir(&deb)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .context("apt-get download left no .deb")?;
-    let root = deb.join("root");
-    run(
-        Command::new("dpkg-deb").arg("-x").arg(&package).arg(&root),
-        "dpkg-deb -x",
-    )
-    .await?;
-    let target = PathBuf::from("/usr/local/bin/prometheus");
-    run(
-        Command::new("install")
-            .args(["-m", "0755"])
-            .arg(root.join("usr/bin/prometheus"))
-            .arg(&target),
-        "install prometheus",
-    )
-    .await?;
-    let _ = std::fs::remove_dir_all(&deb);
-    Ok(target)
+    which("prometheus").context("ops/prometheus/install left no prometheus on PATH")
 }
 
 fn which(program: &str) -> Option<PathBuf> {
@@ -85,15 +47,6 @@ fn which(program: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(program))
             .find(|p| p.is_file())
     })
-}
-
-fn tempdir(prefix: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 /// The scrape jobs of `shipped` that we generate, each checked to be there, so that a renamed
