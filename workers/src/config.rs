@@ -18,9 +18,11 @@ pub use connector_runtime::config::{ConfigError, Mode};
 use connector_runtime::config::{check_broker_user, check_https};
 pub use connector_runtime::telemetry::{LogFormat, LogSettings};
 
+mod console;
 mod paysafe_ca;
 mod retention;
 
+pub use console::{ConsoleAccount, ConsoleRole, ConsoleSettings};
 pub use retention::RetentionSettings;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -47,7 +49,7 @@ pub struct Settings {
     /// The evidence archive of raw requests (`[evidence]`); off unless `directory` is set.
     pub evidence: crate::evidence::EvidenceSettings,
     /// The operator console (off unless `console.listen` is set).
-    pub console: crate::console::ConsoleSettings,
+    pub console: ConsoleSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

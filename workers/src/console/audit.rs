@@ -5,7 +5,8 @@
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use crate::console::settings::ConsoleRole;
+use crate::config::ConsoleRole;
+use crate::console::session::SignedIn;
 
 /// One line of the trail, as written.
 #[derive(Debug)]
@@ -16,6 +17,26 @@ pub struct Entry<'a> {
     pub target: Option<&'a str>,
     pub comment: Option<&'a str>,
     pub outcome: &'a str,
+}
+
+impl<'a> Entry<'a> {
+    /// What a signed-in account did.
+    pub fn by(
+        who: &'a SignedIn,
+        action: &'a str,
+        target: Option<&'a str>,
+        comment: Option<&'a str>,
+        outcome: &'a str,
+    ) -> Self {
+        Self {
+            account: &who.account,
+            role: Some(who.role),
+            action,
+            target,
+            comment,
+            outcome,
+        }
+    }
 }
 
 pub async fn record(pool: &PgPool, entry: Entry<'_>) -> anyhow::Result<()> {

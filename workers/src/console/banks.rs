@@ -123,7 +123,7 @@ pub async fn overview(
             @for (kind, age, n) in &paysafe { tr { td { (kind) } td { (age) } td { (n) } } }
         }
     };
-    Ok(page::layout("Banks", Some(&who), body))
+    Ok(page::layout("Banks", &who, body))
 }
 
 /// One bank's refusals of one code on one route.

@@ -11,12 +11,12 @@ use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
 use crate::admin::{self, DeadLetterQueue, ReplayFilter};
+use crate::config::ConsoleRole;
 use crate::console::ConsoleState;
 use crate::console::audit::{self, Entry};
 use crate::console::error::ConsoleError;
 use crate::console::page;
 use crate::console::session::SignedIn;
-use crate::console::settings::ConsoleRole;
 
 /// Shown per page; a queue holding more says so.
 const SHOWN: usize = 100;
@@ -99,11 +99,7 @@ pub async fn list(
             }
         }
     };
-    Ok(page::layout(
-        &format!("Dead letters: {name}"),
-        Some(&who),
-        body,
-    ))
+    Ok(page::layout(&format!("Dead letters: {name}"), &who, body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,20 +182,13 @@ pub async fn replay(
     };
     audit::record(
         &state.pool,
-        Entry {
-            account: &who.account,
-            role: Some(who.role),
-            action: "replay",
-            target: Some(&target),
-            comment: Some(comment),
-            outcome: &outcome,
-        },
+        Entry::by(&who, "replay", Some(&target), Some(comment), &outcome),
     )
     .await?;
     let report = replayed?;
     Ok(page::layout(
         "Dead letters replayed",
-        Some(&who),
+        &who,
         html! {
             div.flash.ok id="flash" { pre { (report) } }
             p { a href={ "/dead-letters?queue=" (queue_name(which)) } { "Back to the queue" } }

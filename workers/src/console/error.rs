@@ -68,7 +68,7 @@ impl IntoResponse for ConsoleError {
         };
         (
             status,
-            page::layout(status.canonical_reason().unwrap_or("Error"), None, body),
+            page::anonymous(status.canonical_reason().unwrap_or("Error"), body),
         )
             .into_response()
     }

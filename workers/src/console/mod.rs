@@ -21,7 +21,6 @@ mod quarantine;
 mod requests;
 mod search;
 mod session;
-mod settings;
 mod sign_in;
 
 use std::net::SocketAddr;
@@ -38,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 use connector_schema::Topology;
 use connector_schema::seal::SealKeys;
 
+pub use crate::config::{ConsoleAccount, ConsoleRole, ConsoleSettings};
 pub use session::hash_password;
-pub use settings::{ConsoleAccount, ConsoleRole, ConsoleSettings};
 
 /// What every console request may use.
 #[derive(Debug, Clone)]
@@ -167,7 +166,7 @@ async fn audit_page(
     let rows = audit::recent(&state.pool, None, 500).await?;
     Ok(page::layout(
         "Audit",
-        Some(&who),
+        &who,
         maud::html! {
             p.muted { "Every sign-in and action through the console, newest first (latest 500)." }
             table id="audit" {

@@ -6,8 +6,6 @@ use time::OffsetDateTime;
 
 use connector_schema::envelope::rfc3339;
 
-use crate::console::session::SignedIn;
-
 /// Readable on a laptop screen without any front-end build.
 const STYLE: &str = r#"
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #1d232b; background: #f6f7f9; }
@@ -33,8 +31,40 @@ button { cursor: pointer; }
 .muted { color: #67707c; }
 "#;
 
-/// A whole page: navigation, who is signed in (and a sign-out form), then `body`.
-pub fn layout(title: &str, who: Option<&SignedIn>, body: Markup) -> Markup {
+/// Who a signed-in page is for: the account its header names, and the session's CSRF token its
+/// forms carry. (A trait, so that pages need not know how sessions are kept.)
+pub trait Viewer {
+    fn account(&self) -> &str;
+    fn role(&self) -> &'static str;
+    fn csrf_token(&self) -> &str;
+}
+
+/// A signed-in page: navigation, who is signed in (and a sign-out form), then `body`.
+pub fn layout(title: &str, who: &impl Viewer, body: Markup) -> Markup {
+    let header = html! {
+        a href="/quarantine" { "Quarantine" }
+        a href="/requests" { "Requests" }
+        a href="/dead-letters" { "Dead letters" }
+        a href="/search" { "Search" }
+        a href="/banks" { "Banks" }
+        a href="/audit" { "Audit" }
+        span.who {
+            (who.account()) " (" (who.role()) ") "
+            form method="post" action="/logout" {
+                (csrf_field(who))
+                button type="submit" id="sign-out" { "Sign out" }
+            }
+        }
+    };
+    document(title, header, body)
+}
+
+/// A page without a session: the sign-in form, an error.
+pub fn anonymous(title: &str, body: Markup) -> Markup {
+    document(title, html! {}, body)
+}
+
+fn document(title: &str, header: Markup, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -45,24 +75,7 @@ pub fn layout(title: &str, who: Option<&SignedIn>, body: Markup) -> Markup {
                 style { (PreEscaped(STYLE)) }
             }
             body {
-                header {
-                    strong { "connector console" }
-                    @if let Some(who) = who {
-                        a href="/quarantine" { "Quarantine" }
-                        a href="/requests" { "Requests" }
-                        a href="/dead-letters" { "Dead letters" }
-                        a href="/search" { "Search" }
-                        a href="/banks" { "Banks" }
-                        a href="/audit" { "Audit" }
-                        span.who {
-                            (who.account) " (" (who.role.as_str()) ") "
-                            form method="post" action="/logout" {
-                                (csrf_field(who))
-                                button type="submit" id="sign-out" { "Sign out" }
-                            }
-                        }
-                    }
-                }
+                header { strong { "connector console" } (header) }
                 main {
                     h1 { (title) }
                     (body)
@@ -73,8 +86,8 @@ pub fn layout(title: &str, who: Option<&SignedIn>, body: Markup) -> Markup {
 }
 
 /// The hidden field every form of a session carries; actions without it are refused.
-pub fn csrf_field(who: &SignedIn) -> Markup {
-    html! { input type="hidden" name="csrf" value=(who.csrf_token); }
+pub fn csrf_field(who: &impl Viewer) -> Markup {
+    html! { input type="hidden" name="csrf" value=(who.csrf_token()); }
 }
 
 pub fn at(at: OffsetDateTime) -> String {

@@ -14,13 +14,13 @@ use uuid::Uuid;
 use connector_schema::IntakeKind;
 
 use crate::admin;
+use crate::config::ConsoleRole;
 use crate::console::ConsoleState;
 use crate::console::audit::{self, Entry};
 use crate::console::error::ConsoleError;
 use crate::console::page;
 use crate::console::requests::{self, Action};
 use crate::console::session::SignedIn;
-use crate::console::settings::ConsoleRole;
 use crate::quarantine::QuarantineReason;
 
 /// The sources an operator filters by: the first part of the intake kind.
@@ -141,7 +141,7 @@ pub async fn list(
             }
         }
     };
-    Ok(page::layout("Quarantine", Some(&who), body))
+    Ok(page::layout("Quarantine", &who, body))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,7 +214,7 @@ pub async fn show(
     };
     Ok(page::layout(
         &format!("Quarantined message {message_id}"),
-        Some(&who),
+        &who,
         body,
     ))
 }
@@ -306,14 +306,13 @@ async fn act(
     if let Err(refusal) = checked {
         audit::record(
             &state.pool,
-            Entry {
-                account: &who.account,
-                role: Some(who.role),
-                action: action.as_str(),
-                target: Some(&target),
-                comment: Some(comment),
-                outcome: &format!("refused: {refusal}"),
-            },
+            Entry::by(
+                &who,
+                action.as_str(),
+                Some(&target),
+                Some(comment),
+                &format!("refused: {refusal}"),
+            ),
         )
         .await?;
         return Err(refusal);

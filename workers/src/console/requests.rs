@@ -12,12 +12,12 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::admin;
+use crate::config::ConsoleRole;
 use crate::console::ConsoleState;
 use crate::console::audit::{self, Entry};
 use crate::console::error::ConsoleError;
 use crate::console::page;
 use crate::console::session::SignedIn;
-use crate::console::settings::ConsoleRole;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -134,14 +134,13 @@ pub async fn open(
     };
     audit::record(
         &state.pool,
-        Entry {
-            account: &who.account,
-            role: Some(who.role),
-            action: &format!("request-{}", action.as_str()),
-            target: Some(&target),
-            comment: Some(comment),
-            outcome: &outcome,
-        },
+        Entry::by(
+            who,
+            &format!("request-{}", action.as_str()),
+            Some(&target),
+            Some(comment),
+            &outcome,
+        ),
     )
     .await?;
     result
@@ -174,14 +173,13 @@ pub async fn carry_out(
     };
     audit::record(
         &state.pool,
-        Entry {
-            account: &who.account,
-            role: Some(who.role),
-            action: action.as_str(),
-            target: Some(&message_id.to_string()),
-            comment: Some(&note),
-            outcome: &outcome,
-        },
+        Entry::by(
+            who,
+            action.as_str(),
+            Some(&message_id.to_string()),
+            Some(&note),
+            &outcome,
+        ),
     )
     .await?;
     done.map(drop)
@@ -240,14 +238,13 @@ pub async fn confirm(
     if let Some(refusal) = refusal {
         audit::record(
             &state.pool,
-            Entry {
-                account: &who.account,
-                role: Some(who.role),
-                action: &format!("confirm-{}", request.action),
-                target: Some(&target),
-                comment: Some(comment),
-                outcome: &format!("refused: {refusal}"),
-            },
+            Entry::by(
+                &who,
+                &format!("confirm-{}", request.action),
+                Some(&target),
+                Some(comment),
+                &format!("refused: {refusal}"),
+            ),
         )
         .await?;
         return Err(refusal);
@@ -319,14 +316,13 @@ pub async fn withdraw(
     })?;
     audit::record(
         &state.pool,
-        Entry {
-            account: &who.account,
-            role: Some(who.role),
-            action: "withdraw",
-            target: Some(&message_id.to_string()),
-            comment: None,
-            outcome: &format!("request {id} withdrawn"),
-        },
+        Entry::by(
+            &who,
+            "withdraw",
+            Some(&message_id.to_string()),
+            None,
+            &format!("request {id} withdrawn"),
+        ),
     )
     .await?;
     Ok(Redirect::to(&format!(
@@ -363,5 +359,5 @@ pub async fn list(
             }
         }
     };
-    Ok(page::layout("Requests", Some(&who), body))
+    Ok(page::layout("Requests", &who, body))
 }

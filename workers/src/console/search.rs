@@ -53,7 +53,7 @@ pub async fn search(
             pre.timeline { (item.timeline) }
         }
     };
-    Ok(page::layout("Search", Some(&who), body))
+    Ok(page::layout("Search", &who, body))
 }
 
 async fn find(state: &ConsoleState, q: &str) -> anyhow::Result<Vec<Found>> {

@@ -19,9 +19,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
+use crate::config::{ConsoleAccount, ConsoleRole};
 use crate::console::ConsoleState;
 use crate::console::error::ConsoleError;
-use crate::console::settings::{ConsoleAccount, ConsoleRole};
+use crate::console::page;
 
 /// `__Host-`: the browser accepts it only if `Secure`, for this host, path `/`.
 pub const SESSION_COOKIE: &str = "__Host-console-session";
@@ -62,6 +63,20 @@ impl SignedIn {
         } else {
             Err(ConsoleError::CsrfRejected)
         }
+    }
+}
+
+impl page::Viewer for SignedIn {
+    fn account(&self) -> &str {
+        &self.account
+    }
+
+    fn role(&self) -> &'static str {
+        self.role.as_str()
+    }
+
+    fn csrf_token(&self) -> &str {
+        &self.csrf_token
     }
 }
 

@@ -31,7 +31,7 @@ pub async fn form() -> Response {
     };
     (
         [(SET_COOKIE, session::sign_in_cookie(&token))],
-        page::layout("Sign in", None, body),
+        page::anonymous("Sign in", body),
     )
         .into_response()
 }
@@ -103,18 +103,7 @@ pub async fn sign_out(
 ) -> Result<Response, ConsoleError> {
     who.check_csrf(&form.csrf)?;
     session::sign_out(&state, &who).await?;
-    audit::record(
-        &state.pool,
-        Entry {
-            account: &who.account,
-            role: Some(who.role),
-            action: "sign-out",
-            target: None,
-            comment: None,
-            outcome: "ok",
-        },
-    )
-    .await?;
+    audit::record(&state.pool, Entry::by(&who, "sign-out", None, None, "ok")).await?;
     Ok((
         [(SET_COOKIE, session::cleared_cookie(SESSION_COOKIE))],
         Redirect::to("/login"),

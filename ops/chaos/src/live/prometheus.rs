@@ -13,7 +13,6 @@ use tokio::process::{Child, Command};
 
 use connector_chaos::services::{kill_group, run, spawn_logged};
 
-
 /// The shipped scrape configuration: the job names (and workers' `roles` labels) we keep.
 pub const SHIPPED_CONFIG: &str = "ops/prometheus/prometheus.yml";
 
