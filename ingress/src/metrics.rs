@@ -47,6 +47,11 @@ pub fn record_refusal_by_sender(route: &'static str, sender: String, code: &'sta
         .increment(1);
 }
 
+pub fn refusal_by_sender_at_zero(route: &'static str, sender: &str, code: &'static str) {
+    counter!(REFUSALS_BY_SENDER_TOTAL, "route" => route, "sender" => sender.to_owned(), "code" => code)
+        .increment(0);
+}
+
 /// `route`'s request counter for `code`, at zero (an existing one keeps its value).
 pub fn request_at_zero(route: &'static str, code: &'static str) {
     counter!(REQUESTS_TOTAL, "route" => route, "code" => code).increment(0);

@@ -163,7 +163,7 @@ impl Application {
             metrics: {
                 let handle = metrics::install();
                 metrics::export_at_zero();
-                crate::routes::export_counters_at_zero();
+                crate::routes::export_counters_at_zero(&settings);
                 handle
             },
             publisher_task,

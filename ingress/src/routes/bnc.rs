@@ -202,9 +202,16 @@ fn snap_answer(response: &SnapResponse) -> Response {
     (status, Json(response)).into_response()
 }
 
-/// The route's request counters, at zero (`respond::Answer::CODES` says why).
-pub fn export_counters_at_zero() {
-    super::respond::export_at_zero::<Accepted, Refusal>(ROUTE_NAME);
+/// The route's request counters, at zero (`respond::Answer::CODES` says why), with the
+/// refusals of every partner of `settings`.
+pub fn export_counters_at_zero(settings: &crate::config::Settings) {
+    let partners: Vec<&str> = settings
+        .bnc
+        .partners
+        .iter()
+        .map(|p| p.client_key.as_str())
+        .collect();
+    super::respond::export_at_zero::<Accepted, Refusal>(ROUTE_NAME, &partners);
 }
 
 /// The handler of the route: [`accept`], answered through [`respond`].

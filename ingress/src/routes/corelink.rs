@@ -84,10 +84,17 @@ impl Answer for Accepted {
     }
 }
 
-/// Both Corelink routes' request counters, at zero (`respond::Answer::CODES` says why).
-pub fn export_counters_at_zero() {
+/// Both Corelink routes' request counters, at zero (`respond::Answer::CODES` says why), with
+/// the refusals of every bank of `settings`.
+pub fn export_counters_at_zero(settings: &crate::config::Settings) {
+    let banks: Vec<&str> = settings
+        .corelink
+        .clients
+        .iter()
+        .map(|c| c.id.as_str())
+        .collect();
     for callback in [Callback::Unit, Callback::Batch] {
-        super::respond::export_at_zero::<Accepted, ApiError>(callback.route_name());
+        super::respond::export_at_zero::<Accepted, ApiError>(callback.route_name(), &banks);
     }
 }
 

@@ -14,9 +14,11 @@ pub mod headers;
 pub mod paysafe;
 pub mod respond;
 
-/// Every route's request counters, at zero from the start (`respond::Answer::CODES` says why).
-pub fn export_counters_at_zero() {
-    corelink::export_counters_at_zero();
+/// Every route's request counters, at zero from the start (`respond::Answer::CODES` says why),
+/// and the refusals of each bank and partner of `settings` (one added later by a key reload
+/// has its series from its first refusal).
+pub fn export_counters_at_zero(settings: &crate::config::Settings) {
+    corelink::export_counters_at_zero(settings);
     paysafe::export_counters_at_zero();
-    bnc::export_counters_at_zero();
+    bnc::export_counters_at_zero(settings);
 }

@@ -65,7 +65,7 @@ impl Answer for Accepted {
 
 /// The route's request counters, at zero (`respond::Answer::CODES` says why).
 pub fn export_counters_at_zero() {
-    super::respond::export_at_zero::<Accepted, ApiError>(ROUTE_NAME);
+    super::respond::export_at_zero::<Accepted, ApiError>(ROUTE_NAME, &["paysafe"]);
 }
 
 /// A webhook whose signature is proven and whose body is a Paysafe event.

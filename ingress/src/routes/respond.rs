@@ -31,10 +31,16 @@ pub trait Answer: IntoResponse {
 }
 
 /// Exports `route`'s request counter at zero for every code its answers `A` and refusals `R`
-/// can give.
-pub fn export_at_zero<A: Answer, R: Answer>(route: &'static str) {
+/// can give, and its refusals of each of `senders` (the configured ones, and `unknown`) for
+/// every refusal code: a bank's first refusal is then an increase too.
+pub fn export_at_zero<A: Answer, R: Answer>(route: &'static str, senders: &[&str]) {
     for code in A::CODES.iter().chain(R::CODES) {
         metrics::request_at_zero(route, code);
+    }
+    for sender in senders.iter().copied().chain(["unknown"]) {
+        for code in R::CODES {
+            metrics::refusal_by_sender_at_zero(route, sender, code);
+        }
     }
 }
 

@@ -418,6 +418,9 @@ certificate_sha256 = ["{}"]
         r#"connector_ingress_requests_total{route="paysafe_webhook",code="OVERLOADED"} 0"#,
         r#"connector_ingress_requests_total{route="bnc_account_binding",code="4010000"} 0"#,
         r#"connector_ingress_connections_refused_total{reason="max_connections"} 0"#,
+        // Each configured bank's refusals, and unknown senders', for the per-bank view.
+        r#"connector_ingress_refusals_by_sender_total{route="corelink_status",sender="BANK_X",code="SIGNATURE_INVALID"} 0"#,
+        r#"connector_ingress_refusals_by_sender_total{route="corelink_status_batch",sender="unknown",code="UNKNOWN_CLIENT"} 0"#,
         "connector_ingress_broker_reconnects_total 0",
     ] {
         assert!(
@@ -511,9 +514,17 @@ certificate_sha256 = ["{}"]
         ),
         "{metrics}"
     );
+    let unknown_clients = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                r#"connector_ingress_refusals_by_sender_total{route="corelink_status",sender="unknown",code="UNKNOWN_CLIENT"} "#,
+            )
+        })
+        .and_then(|value| value.parse::<f64>().ok());
     assert!(
-        metrics.contains(r#"connector_ingress_refusals_by_sender_total{route="corelink_status",sender="unknown",code="#),
-        "{metrics}"
+        unknown_clients.is_some_and(|n| n >= 1.0),
+        "EVIL_BANK's refusal counted as unknown's: {unknown_clients:?}"
     );
     assert!(!metrics.contains("EVIL_BANK"), "{metrics}");
 
