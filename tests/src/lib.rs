@@ -349,14 +349,7 @@ pub async fn scrape_metrics(ops: &str) -> String {
 }
 
 pub fn unit_body(reference: &str, status: &str) -> String {
-    let reason = if status == "FAILED" {
-        r#", "reasonCode": "BUS_INSUFFICIENT_FUNDS", "reasonMessage": "Insufficient balance""#
-    } else {
-        ""
-    };
-    format!(
-        r#"{{"reference": "{reference}", "bank_reference": "BNK-{reference}", "status": "{status}"{reason}, "processed_at": "2025-11-19T07:09:30Z"}}"#
-    )
+    connector_chaos::bodies::order_json(reference, status)
 }
 
 /// A batch body of `references`, all SUCCESS, with `batch_id`.

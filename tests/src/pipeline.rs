@@ -1,7 +1,7 @@
 //! The whole pipeline for end-to-end tests: a real ingress, a per-test PostgreSQL database,
 //! and the apply worker and relay, stepped with `run_once` so tests decide when each runs.
 
-use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use sqlx::PgPool;
@@ -244,6 +244,42 @@ impl Pipeline {
             self.depth(queue).await == depth
         })
         .await
+    }
+
+    /// Posts a SUCCESS for `reference` (key `<reference>-k`), takes its accepted, sealed intake
+    /// message and rejects it: RabbitMQ dead-letters it, with its x-death record, as it does a
+    /// message the workers gave up on. Its message id.
+    pub async fn dead_letter_accepted(&self, reference: &str) -> String {
+        let body = crate::unit_body(reference, "SUCCESS");
+        let response = self
+            .app
+            .post_signed("/callbacks/orders/status", &body, &format!("{reference}-k"))
+            .await;
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        let channel = self.app.broker.connection().create_channel().await.unwrap();
+        let delivery = channel
+            .basic_get(
+                self.app.topology.intake_queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .unwrap()
+            .expect("the accepted callback's intake message")
+            .delivery;
+        let id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .to_string();
+        delivery
+            .nack(BasicNackOptions {
+                requeue: false,
+                multiple: false,
+            })
+            .await
+            .unwrap();
+        id
     }
 
     /// (reason, message id) of every quarantined message.

@@ -3,7 +3,6 @@
 //! refusals, four eyes, dead-letter replay by filter, search, the per-bank view, and the audit
 //! trail of all of it. (`console_browser` drives the same pages from Chromium.)
 
-use lapin::options::{BasicGetOptions, BasicNackOptions};
 use reqwest::StatusCode;
 use uuid::Uuid;
 
@@ -432,46 +431,11 @@ async fn with_four_eyes_a_release_waits_for_another_approver() {
     p.teardown().await;
 }
 
-/// An accepted, sealed callback for `reference`, rejected off the intake queue: RabbitMQ
-/// dead-letters it (with its x-death record) as it does a message the workers gave up on.
-async fn dead_letter(p: &Pipeline, reference: &str) -> String {
-    post(
-        p,
-        &unit_body(reference, "SUCCESS"),
-        &format!("{reference}-k"),
-    )
-    .await;
-    let channel = p.app.broker.connection().create_channel().await.unwrap();
-    let delivery = channel
-        .basic_get(
-            p.app.topology.intake_queue.as_str().into(),
-            BasicGetOptions { no_ack: false },
-        )
-        .await
-        .unwrap()
-        .expect("the accepted callback's intake message")
-        .delivery;
-    let id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .unwrap()
-        .to_string();
-    delivery
-        .nack(BasicNackOptions {
-            requeue: false,
-            multiple: false,
-        })
-        .await
-        .unwrap();
-    id
-}
-
 #[tokio::test]
 async fn dead_letters_are_inspected_and_replayed_by_filter() {
     let p = spawn_pipeline().await;
-    let first = dead_letter(&p, "PAY-DL1").await;
-    dead_letter(&p, "PAY-DL2").await;
+    let first = p.dead_letter_accepted("PAY-DL1").await;
+    p.dead_letter_accepted("PAY-DL2").await;
     let dlq = p.app.topology.intake_dead_letter_queue.clone();
     assert!(p.depth_reaches(&dlq, 2).await);
     let console = spawn_console(&p, false).await;

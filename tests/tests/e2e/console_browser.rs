@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use lapin::options::{BasicGetOptions, BasicNackOptions};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -528,34 +527,7 @@ async fn the_console_works_in_a_real_browser() {
 
     // A dead letter: an accepted, sealed callback rejected off the intake queue, which RabbitMQ
     // dead-letters (with its x-death record) as it does a message the workers gave up on.
-    post(&p, "PAY-D", "SUCCESS", "PAY-D-k").await;
-    let taken = p
-        .app
-        .broker
-        .channel
-        .basic_get(
-            p.app.topology.intake_queue.as_str().into(),
-            BasicGetOptions { no_ack: false },
-        )
-        .await
-        .unwrap()
-        .expect("PAY-D's intake message")
-        .delivery;
-    let dead = taken
-        .properties
-        .message_id()
-        .as_ref()
-        .expect("a message id")
-        .to_string();
-    assert!(
-        taken
-            .nack(BasicNackOptions {
-                requeue: false,
-                multiple: false,
-            })
-            .await
-            .unwrap()
-    );
+    let dead = p.dead_letter_accepted("PAY-D").await;
     assert!(
         p.depth_reaches(&p.app.topology.intake_dead_letter_queue, 1)
             .await

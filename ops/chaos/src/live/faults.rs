@@ -149,7 +149,7 @@ impl Load {
                     }
                 } else {
                     let reference = traffic.reference("L");
-                    let body = crate::traffic::unit_body(&reference, "SUCCESS");
+                    let body = connector_chaos::bodies::order_json(&reference, "SUCCESS");
                     // 200 or 503, whatever the broker's state: the alerts judge.
                     let _ = traffic
                         .corelink(
@@ -392,7 +392,7 @@ impl Driver {
             }
             Fault::Conflict => {
                 let reference = traffic.reference("X");
-                let body = |status| crate::traffic::unit_body(&reference, status);
+                let body = |status| connector_chaos::bodies::order_json(&reference, status);
                 for (status, key) in [("SUCCESS", "s"), ("FAILED", "f")] {
                     traffic
                         .expect(

@@ -15,6 +15,7 @@ use reqwest::StatusCode;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use connector_chaos::bodies::order_json;
 use connector_ingress::auth::signing::{RequestSigner, random_nonce};
 use connector_ingress::auth::snap::sign as snap_sign;
 use connector_schema::bnc::{headers as names, string_to_sign};
@@ -138,7 +139,7 @@ impl Traffic {
         self.expect(
             UNIT,
             reference,
-            &unit_body(reference, status),
+            &order_json(reference, status),
             Send::Valid,
             StatusCode::OK,
         )
@@ -163,7 +164,7 @@ impl Traffic {
     /// callback with a bad signature.
     pub async fn refused(&self) -> anyhow::Result<()> {
         let reference = self.reference("R");
-        let body = unit_body(&reference, "SUCCESS");
+        let body = order_json(&reference, "SUCCESS");
         for (how, expected) in [
             (Send::BadSignature, StatusCode::UNAUTHORIZED),
             (Send::Stale, StatusCode::UNAUTHORIZED),
@@ -257,19 +258,4 @@ pub async fn publish_to_intake(
     }
     let _ = channel.close(200, "done".into()).await;
     Ok(())
-}
-
-pub fn order_json(reference: &str, status: &str) -> String {
-    let reason = if status == "FAILED" {
-        r#", "reasonCode": "BUS_INSUFFICIENT_FUNDS", "reasonMessage": "Insufficient balance""#
-    } else {
-        ""
-    };
-    format!(
-        r#"{{"reference": "{reference}", "bank_reference": "BNK-{reference}", "status": "{status}"{reason}, "processed_at": "2025-11-19T07:09:30Z"}}"#
-    )
-}
-
-pub fn unit_body(reference: &str, status: &str) -> String {
-    order_json(reference, status)
 }
