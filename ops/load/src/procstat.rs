@@ -20,16 +20,35 @@ pub enum Selector {
     /// These pids (those that still exist).
     Pids(Vec<u32>),
     /// Every process whose `comm` (the executable name, cut to 15 bytes) equals this.
-    #[allow(dead_code)] // pipeline-bench's, for PostgreSQL
     Comm(String),
     /// The process with this `comm` that listens on this TCP port (say, the broker rather
     /// than a `rabbitmqctl` that happens to run), or every process with it if none is found.
     Listening(String, u16),
     /// This process.
     Current,
+    /// Threads of this process whose name starts with this (a runtime's `thread_name`).
+    Threads(&'static str),
+    /// Threads of this process whose name starts with none of these.
+    OtherThreads(&'static [&'static str]),
 }
 
 impl Selector {
+    /// CPU ticks by pid (by thread id for the thread selectors).
+    fn ticks(&self) -> HashMap<u32, u64> {
+        let threads = matches!(self, Self::Threads(_) | Self::OtherThreads(_));
+        self.pids()
+            .into_iter()
+            .filter_map(|id| {
+                let ticks = if threads {
+                    thread_ticks(id)
+                } else {
+                    process_ticks(id)
+                };
+                ticks.map(|ticks| (id, ticks))
+            })
+            .collect()
+    }
+
     fn pids(&self) -> Vec<u32> {
         match self {
             Self::Pids(pids) => pids.clone(),
@@ -45,8 +64,28 @@ impl Selector {
                 if owners.is_empty() { all } else { owners }
             }
             Self::Current => vec![std::process::id()],
+            Self::Threads(prefix) => own_threads(|name| name.starts_with(prefix)),
+            Self::OtherThreads(prefixes) => {
+                own_threads(|name| !prefixes.iter().any(|p| name.starts_with(p)))
+            }
         }
     }
+}
+
+/// Ids of this process's threads whose name (`comm`) satisfies `keep`.
+fn own_threads(keep: impl Fn(&str) -> bool) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut tids: Vec<u32> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                .is_ok_and(|comm| keep(comm.trim_end()))
+        })
+        .collect();
+    tids.sort_unstable();
+    tids
 }
 
 /// A labelled group of processes to account for.
@@ -77,17 +116,7 @@ pub struct Snapshot {
 
 /// Takes a snapshot of `groups` (in order) and of the machine.
 pub fn snapshot(groups: &[Group]) -> Snapshot {
-    let groups = groups
-        .iter()
-        .map(|group| {
-            group
-                .selector
-                .pids()
-                .into_iter()
-                .filter_map(|pid| process_ticks(pid).map(|ticks| (pid, ticks)))
-                .collect()
-        })
-        .collect();
+    let groups = groups.iter().map(|group| group.selector.ticks()).collect();
     Snapshot {
         at: Instant::now(),
         machine: machine_ticks().unwrap_or((0, 0)),
@@ -216,6 +245,13 @@ impl Breakdown {
 /// `utime + stime` of a process, in ticks; `None` if it does not exist (any more).
 pub fn process_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_ticks(&stat)
+}
+
+/// `utime + stime` of one thread of this process (`/proc/<tid>/stat` would be the whole
+/// process's).
+fn thread_ticks(tid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
     parse_stat_ticks(&stat)
 }
 

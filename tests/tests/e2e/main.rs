@@ -26,6 +26,7 @@ mod key_rotation;
 mod lifecycle_heartbeat;
 mod log_pipes;
 mod mtls;
+mod outbox_claims;
 mod paysafe_amounts;
 mod paysafe_https;
 mod paysafe_poll_groups;

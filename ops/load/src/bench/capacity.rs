@@ -13,10 +13,31 @@ use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
+use crate::bench::apply::{POSTGRES, RABBITMQ};
 use crate::bench::env::Env;
 use crate::bench::pipeline::{
-    self, Answer, Callback, Leftovers, Running, WARMUP_REQUESTS, micros, sign_all, wait_for_events,
+    self, Answer, Callback, INGRESS_THREADS, Leftovers, Running, WARMUP_REQUESTS, WORKERS_THREADS,
+    micros, sign_all, wait_for_events,
 };
+use crate::procstat::{self, Breakdown, Group, Selector};
+
+/// The CPU breakdown's groups: the ingress's and the workers' runtimes and the bench's own
+/// threads (its HTTP clients and the ledger consumer) apart, then PostgreSQL and RabbitMQ.
+fn cpu_groups() -> [Group; 5] {
+    [
+        Group::new("ingress", Selector::Threads(INGRESS_THREADS)),
+        Group::new(
+            "workers (apply + relay)",
+            Selector::Threads(WORKERS_THREADS),
+        ),
+        Group::new(
+            "bench clients and ledger consumer",
+            Selector::OtherThreads(&[INGRESS_THREADS, WORKERS_THREADS]),
+        ),
+        Group::new(POSTGRES, Selector::Comm("postgres".into())),
+        Group::new(RABBITMQ, Selector::Listening("beam.smp".into(), 5672)),
+    ]
+}
 
 /// The command line's `--concurrency`, `--capacity-seconds` and `--capacity-requests`.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +70,8 @@ pub struct CapacityRun {
     /// Send → 200 under this load, µs.
     pub http_us: Histogram<u64>,
     pub leftovers: Leftovers,
+    /// Where the machine's CPU went from the first send to the last ledger event.
+    pub cpu: Option<Breakdown>,
 }
 
 impl CapacityRun {
@@ -117,6 +140,8 @@ async fn drive(running: &Running<'_>, plan: Plan) -> anyhow::Result<CapacityRun>
         "pipeline-bench: capacity: {} clients, closed loop for {} s, then until drained ...",
         plan.concurrency, plan.seconds
     );
+    let groups = cpu_groups();
+    let cpu_before = procstat::snapshot(&groups);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(plan.seconds);
     let (answers, exhausted) =
@@ -128,6 +153,8 @@ async fn drive(running: &Running<'_>, plan: Plan) -> anyhow::Result<CapacityRun>
         .map(|a| a.reference.clone())
         .collect();
     let last_event = wait_for_events(&running.arrivals, &accepted, env).await?;
+    // Up to one poll (20 ms) after the last event: nothing but idling happens in it.
+    let cpu = Breakdown::between(&groups, &cpu_before, &procstat::snapshot(&groups));
 
     let mut first_arrival: HashMap<String, Instant> = HashMap::with_capacity(accepted.len());
     let mut duplicates = 0;
@@ -163,6 +190,7 @@ async fn drive(running: &Running<'_>, plan: Plan) -> anyhow::Result<CapacityRun>
         unexpected,
         http_us,
         leftovers: Leftovers::default(),
+        cpu: Some(cpu),
     })
 }
 
@@ -228,6 +256,7 @@ mod tests {
             unexpected: 0,
             http_us: Histogram::new(3).expect("histogram"),
             leftovers: Leftovers::default(),
+            cpu: None,
         }
     }
 

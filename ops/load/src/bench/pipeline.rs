@@ -44,6 +44,48 @@ pub const WARMUP_REQUESTS: usize = 50;
 /// Startup (broker connection, readiness) must finish within this.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Thread names of the ingress's and the workers' runtimes: each runs on a runtime of its own,
+/// as in production, where they are separate processes, so that the CPU each uses can be read
+/// per thread (`procstat::Selector::Threads`) while the bench's clients run on the main one.
+pub const INGRESS_THREADS: &str = "ingress";
+pub const WORKERS_THREADS: &str = "workers";
+
+/// A multi-threaded runtime for one component, shut down in the background when dropped: a
+/// runtime may not be dropped (blocking) inside the bench's own async context.
+struct ComponentRuntime(Option<tokio::runtime::Runtime>);
+
+impl ComponentRuntime {
+    fn new(thread_name: &'static str) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name(thread_name)
+            .enable_all()
+            .build()
+            .with_context(|| format!("building the {thread_name} runtime"))?;
+        Ok(Self(Some(runtime)))
+    }
+
+    /// Runs `future` on this runtime, so that everything it spawns and every socket it opens
+    /// belongs to it.
+    fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.0 {
+            Some(runtime) => runtime.spawn(future),
+            None => unreachable!("taken only when dropped"),
+        }
+    }
+}
+
+impl Drop for ComponentRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// One callback signed before the clock starts, so that signing never competes with the
 /// timed path.
 #[derive(Debug)]
@@ -136,9 +178,27 @@ async fn in_pipeline<T>(
     let consumer = consume_ledger(env, &topology, arrivals.clone(), stop_consumer.clone()).await?;
 
     let stop = env.stop.child_token();
-    let ingress = start_ingress(env, topology_settings, &public, stop.clone()).await;
+    let ingress_runtime = ComponentRuntime::new(INGRESS_THREADS)?;
+    let workers_runtime = ComponentRuntime::new(WORKERS_THREADS)?;
+    let ingress = start_ingress(
+        &ingress_runtime,
+        env,
+        topology_settings,
+        &public,
+        stop.clone(),
+    )
+    .await;
     let workers = match &ingress {
-        Ok(_) => start_workers(env, database, topology_settings, stop.clone()).await,
+        Ok(_) => {
+            start_workers(
+                &workers_runtime,
+                env,
+                database,
+                topology_settings,
+                stop.clone(),
+            )
+            .await
+        }
         Err(_) => Err(anyhow::anyhow!("not started")),
     };
     let result = match (&ingress, &workers) {
@@ -353,6 +413,7 @@ async fn consume_ledger(
 /// The ingress on ephemeral loopback ports, the bench bank registered with a fresh key.
 /// Returns its base URL and its task.
 async fn start_ingress(
+    runtime: &ComponentRuntime,
     env: &Env,
     topology: &TopologySettings,
     public_key: &josekit::jwk::Jwk,
@@ -381,12 +442,14 @@ async fn start_ingress(
         certificate_sha256: Vec::new(),
     }];
     // The keys are read while building; the file is not needed afterwards.
-    let built = Application::build(settings).await;
+    let built = runtime.spawn(Application::build(settings)).await;
     let _ = std::fs::remove_file(&key_file);
-    let application = built.context("building the ingress")?;
+    let application = built
+        .context("the ingress's runtime")?
+        .context("building the ingress")?;
     let base_url = format!("http://{}", application.public_addr());
     let publisher = application.publisher();
-    let task = tokio::spawn(application.run_until_stopped(stop.cancelled_owned()));
+    let task = runtime.spawn(application.run_until_stopped(stop.cancelled_owned()));
     if tokio::time::timeout(READY_TIMEOUT, publisher.wait_until_connected())
         .await
         .is_err()
@@ -398,6 +461,7 @@ async fn start_ingress(
 
 /// The apply and relay roles on `database`, waited for until `/readyz` says ready.
 async fn start_workers(
+    runtime: &ComponentRuntime,
     env: &Env,
     database: &BenchDatabase,
     topology: &TopologySettings,
@@ -413,9 +477,12 @@ async fn start_workers(
     settings.ops.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     settings.seal = crate::bench::env::seal_settings();
     settings.validate()?;
-    let workers = Workers::build(settings, vec![Role::Apply, Role::Relay]).await?;
+    let workers = runtime
+        .spawn(Workers::build(settings, vec![Role::Apply, Role::Relay]))
+        .await
+        .context("the workers' runtime")??;
     let readyz = format!("http://{}/readyz", workers.ops_addr());
-    let task = tokio::spawn(workers.run_until_stopped(stop.cancelled_owned()));
+    let task = runtime.spawn(workers.run_until_stopped(stop.cancelled_owned()));
     let client = reqwest::Client::new();
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {

@@ -329,6 +329,15 @@ pub fn capacity_report(run: &CapacityRun, warmup: usize) -> String {
         &["latency ms", "p50", "p90", "p99", "max", "samples"],
         vec![percentiles("send -> 200 (ingress)", &run.http_us)],
     ));
+    if let Some(cpu) = &run.cpu {
+        let _ = writeln!(
+            out,
+            "  CPU from the first send to the last ledger event ({:.1} s, {} cores), per callback through:",
+            cpu.elapsed.as_secs_f64(),
+            cpu.cores
+        );
+        out.push_str(&cpu.table(run.matched as u64, "callback"));
+    }
     let l = &run.leftovers;
     let _ = writeln!(
         out,

@@ -23,6 +23,11 @@ use connector_load::bench::report::{self, MachineFacts};
 use connector_load::bench::sql_baseline::BaselineRun;
 use connector_load::bench::{apply, capacity, latency, pipeline, sql_baseline, workload};
 
+/// The allocator of the deployed binaries (`connector-ingress`, `connector-workers`), so that
+/// the components this bench runs in its process are measured as they run in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Command-line options: which parts to run and how hard; the defaults are the measurement
 /// the README reports.
 #[derive(Debug, Parser)]

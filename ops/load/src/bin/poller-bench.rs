@@ -29,6 +29,11 @@ use connector_workers::config::{DatabaseSettings, PaysafeSettings};
 use connector_workers::poller::Poller;
 use paysafe_sim::{ItemScript, SimConfig, SimHandle, Step as SimStep};
 
+/// The allocator of the deployed binaries (`connector-ingress`, `connector-workers`), so that
+/// the components this bench runs in its process are measured as they run in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     version,
