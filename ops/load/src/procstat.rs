@@ -454,6 +454,46 @@ mod tests {
         );
     }
 
+    /// Spins until the calling thread has used `ticks` of CPU.
+    fn burn(ticks: u64) {
+        let own = || parse_stat_ticks(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+        let until = own().unwrap() + ticks;
+        let mut x = 0_u64;
+        while own().unwrap() < until {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+    }
+
+    #[test]
+    fn counts_a_named_thread_apart_from_the_others() {
+        // The process has used at least 40 ticks elsewhere before the named thread starts.
+        burn(40);
+        let (burnt, wait) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let burner = std::thread::Builder::new()
+            .name("procstat-burn".into())
+            .spawn(move || {
+                burn(20);
+                burnt.send(()).unwrap();
+                stopped.recv().ok();
+            })
+            .unwrap();
+        wait.recv().unwrap();
+        let named = Selector::Threads("procstat-burn").ticks();
+        let others = Selector::OtherThreads(&["procstat-burn"]).ticks();
+        stop.send(()).unwrap();
+        burner.join().unwrap();
+
+        assert_eq!(named.len(), 1, "{named:?}");
+        let (tid, ticks) = named.into_iter().next().unwrap();
+        // Its own time, not the whole process's (which `/proc/<tid>/stat` would give).
+        assert!((20..40).contains(&ticks), "{ticks} ticks");
+        assert!(!others.contains_key(&tid));
+        assert!(others.contains_key(&std::process::id()), "{others:?}");
+    }
+
     #[test]
     fn reads_resident_memory() {
         let status = "Name:\tx\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
