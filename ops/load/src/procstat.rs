@@ -212,7 +212,7 @@ impl Breakdown {
                     .collect::<Vec<_>>()
                     .join(",")
             } else {
-                format!("{} processes", pids.len())
+                format!("{} pids", pids.len())
             };
             rows.push(vec![
                 format!("{label} ({pids})"),

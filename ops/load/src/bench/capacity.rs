@@ -21,9 +21,14 @@ use crate::bench::pipeline::{
 };
 use crate::procstat::{self, Breakdown, Group, Selector};
 
-/// The CPU breakdown's groups: the ingress's and the workers' runtimes and the bench's own
-/// threads (its HTTP clients and the ledger consumer) apart, then PostgreSQL and RabbitMQ.
-fn cpu_groups() -> [Group; 5] {
+/// The name of the thread lapin runs for each AMQP connection (its I/O loop), whichever
+/// runtime opened it: the ingress's, the workers' and the ledger consumer's share this row.
+const AMQP_IO_THREADS: &str = "lapin-io-loop";
+
+/// The CPU breakdown's groups: the ingress's and the workers' runtimes, the AMQP connections'
+/// I/O threads and the bench's own threads (its HTTP clients and the ledger consumer) apart,
+/// then PostgreSQL and RabbitMQ.
+fn cpu_groups() -> [Group; 6] {
     [
         Group::new("ingress", Selector::Threads(INGRESS_THREADS)),
         Group::new(
@@ -31,8 +36,12 @@ fn cpu_groups() -> [Group; 5] {
             Selector::Threads(WORKERS_THREADS),
         ),
         Group::new(
+            "AMQP I/O threads (ingress, workers, ledger consumer)",
+            Selector::Threads(AMQP_IO_THREADS),
+        ),
+        Group::new(
             "bench clients and ledger consumer",
-            Selector::OtherThreads(&[INGRESS_THREADS, WORKERS_THREADS]),
+            Selector::OtherThreads(&[INGRESS_THREADS, WORKERS_THREADS, AMQP_IO_THREADS]),
         ),
         Group::new(POSTGRES, Selector::Comm("postgres".into())),
         Group::new(RABBITMQ, Selector::Listening("beam.smp".into(), 5672)),
