@@ -74,18 +74,24 @@ impl Selector {
 
 /// Ids of this process's threads whose name (`comm`) satisfies `keep`.
 fn own_threads(keep: impl Fn(&str) -> bool) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc/self/task") else {
+    ids_named("/proc/self/task", keep)
+}
+
+/// The numeric entries of `dir` (pids in `/proc`, thread ids in a task folder) whose `comm`
+/// satisfies `keep`, sorted.
+fn ids_named(dir: &str, keep: impl Fn(&str) -> bool) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut tids: Vec<u32> = entries
+    let mut ids: Vec<u32> = entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|tid| {
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+        .filter(|id| {
+            std::fs::read_to_string(format!("{dir}/{id}/comm"))
                 .is_ok_and(|comm| keep(comm.trim_end()))
         })
         .collect();
-    tids.sort_unstable();
-    tids
+    ids.sort_unstable();
+    ids
 }
 
 /// A labelled group of processes to account for.
@@ -287,18 +293,7 @@ fn parse_machine_ticks(line: &str) -> Option<(u64, u64)> {
 
 /// Every pid whose `/proc/<pid>/comm` is `name`.
 pub fn pids_by_comm(name: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids: Vec<u32> = entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.trim_end() == name)
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
+    ids_named("/proc", |comm| comm == name)
 }
 
 /// Inodes of the sockets listening on TCP `port` (IPv4 and IPv6), from `/proc/net/tcp*`.
