@@ -67,8 +67,10 @@ const GROUP_ATTEMPTS: usize = 3;
 /// PostgreSQL's CPU per message (ops/BENCHMARKS.md, "Where the apply's time goes"). What
 /// `force_custom_plan` guards against, a generic plan first built while `orders` was small that
 /// keeps scanning the whole table as it grows, cannot happen here: with sequential scans off,
-/// and every statement of the apply path looking rows up by key, a generic plan reads `orders`
-/// through its primary key whatever the table's size when it was built (e2e `apply_plans`).
+/// and every statement of the apply path looking rows up by key in a form that cannot be
+/// hashed or materialized (`statements::UNITS_SEEN` says how), a generic plan reads `orders`,
+/// `seen_nonces` and `idempotency_keys` through their primary keys whatever their size when it
+/// was built (e2e `apply_plans`).
 pub const GROUP_SETTINGS: &str = "SET LOCAL plan_cache_mode = auto; SET LOCAL enable_seqscan = off";
 
 /// What to tell the broker about a delivery.

@@ -51,13 +51,21 @@ pub const INSERT_HISTORY: &str =
 
 /// The unit notifications of a group applied together (`corelink::units`): for each (client,
 /// nonce, key), in order, whether the nonce was seen and what the key is bound to.
-pub const UNITS_SEEN: &str = "SELECT EXISTS (SELECT FROM seen_nonces s
-                       WHERE s.client_id = u.client_id AND s.nonce = u.nonce),
+///
+/// Both lookups are per-row probes by primary key in any plan, generic or not: a scalar
+/// subquery is never hashed, and `OFFSET 0` keeps the lateral one from being flattened into a
+/// join. Written as `EXISTS` and a plain `LEFT JOIN`, a generic plan built while the tables
+/// were small read the whole of `seen_nonces` (a hashed subplan) and of `idempotency_keys`
+/// (materialized, filtered once per unit) at every execution, so a group cost more with every
+/// nonce remembered (e2e `apply_plans`).
+pub const UNITS_SEEN: &str = "SELECT COALESCE((SELECT true FROM seen_nonces s
+                          WHERE s.client_id = u.client_id AND s.nonce = u.nonce), false),
                 k.scope, k.reference
          FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
               AS u(client_id, nonce, idempotency_key, position)
-         LEFT JOIN idempotency_keys k
-              ON k.client_id = u.client_id AND k.idempotency_key = u.idempotency_key
+         LEFT JOIN LATERAL (SELECT k.scope, k.reference FROM idempotency_keys k
+              WHERE k.client_id = u.client_id AND k.idempotency_key = u.idempotency_key
+              OFFSET 0) k ON true
          ORDER BY u.position";
 
 /// Claims the nonces of the units applied together.
