@@ -2,13 +2,17 @@
 //! on a fresh database and topology, fed signed unit callbacks over HTTP at a fixed rate (open
 //! loop: a slow answer does not slow the sender). For each accepted callback the latency is the
 //! time from the client receiving its 200 to the ledger event of that order arriving on the
-//! ledger queue: what a bank's "accepted" costs until the ledger knows.
+//! ledger queue: what a bank's "accepted" costs until the ledger knows. That time is split where
+//! the callback's group transaction began (its outbox row's `created_at`): before, the wait in
+//! the intake queue and for a group; after, the group's transaction, the relay's wake-up,
+//! claim and publish, and the delivery.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
+use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
@@ -43,6 +47,10 @@ pub struct LatencyRun {
     pub unexpected: usize,
     /// 200 → ledger event, µs.
     pub end_to_end_us: Histogram<u64>,
+    /// 200 → the callback's group transaction began, µs (0 when it began first).
+    pub to_group_us: Histogram<u64>,
+    /// The group transaction began → ledger event, µs.
+    pub group_to_event_us: Histogram<u64>,
     /// Send → 200 (the ingress's own latency), µs.
     pub http_us: Histogram<u64>,
     pub leftovers: Leftovers,
@@ -82,6 +90,7 @@ async fn drive(running: &Running<'_>, plan: Plan) -> anyhow::Result<LatencyRun> 
     let warmup = sign_all(running, &format!("E2E-WARM-{run_tag}"), WARMUP_REQUESTS)?;
     let measured = sign_all(running, &format!("E2E-{run_tag}"), count)?;
     let warm_refs: HashSet<String> = warmup.iter().map(|c| c.reference.clone()).collect();
+    let clock = Clock::now();
 
     let (warm_answers, _) = send_at_rate(client, warmup, plan.rate, env).await?;
     pipeline::check_warm_up(running, &warm_answers, &warm_refs).await?;
@@ -97,6 +106,7 @@ async fn drive(running: &Running<'_>, plan: Plan) -> anyhow::Result<LatencyRun> 
         .map(|a| a.reference.clone())
         .collect();
     wait_for_events(&running.arrivals, &accepted, env).await?;
+    let group_began = group_transactions_began(running, &format!("E2E-{run_tag}-")).await?;
 
     let arrived = running.arrived()?;
     let mut first_arrival: HashMap<&str, Instant> = HashMap::with_capacity(arrived.len());
@@ -111,6 +121,8 @@ async fn drive(running: &Running<'_>, plan: Plan) -> anyhow::Result<LatencyRun> 
     }
 
     let mut end_to_end_us = pipeline::latency_histogram()?;
+    let mut to_group_us = pipeline::latency_histogram()?;
+    let mut group_to_event_us = pipeline::latency_histogram()?;
     let mut http_us = pipeline::latency_histogram()?;
     let mut refused = BTreeMap::new();
     let mut matched = 0;
@@ -127,6 +139,12 @@ async fn drive(running: &Running<'_>, plan: Plan) -> anyhow::Result<LatencyRun> 
                 before_answer += 1;
             }
             end_to_end_us.saturating_record(micros(at.saturating_duration_since(answer.answered)));
+            if let Some(began) = group_began.get(answer.reference.as_str()) {
+                let began = clock.instant_of(*began);
+                to_group_us
+                    .saturating_record(micros(began.saturating_duration_since(answer.answered)));
+                group_to_event_us.saturating_record(micros(at.saturating_duration_since(began)));
+            }
         }
     }
     Ok(LatencyRun {
@@ -140,9 +158,59 @@ async fn drive(running: &Running<'_>, plan: Plan) -> anyhow::Result<LatencyRun> 
         duplicates,
         unexpected,
         end_to_end_us,
+        to_group_us,
+        group_to_event_us,
         http_us,
         leftovers: Leftovers::default(),
     })
+}
+
+/// When each measured callback's group transaction began (its outbox row's `created_at`, the
+/// database's clock), by reference, in seconds since the epoch.
+async fn group_transactions_began(
+    running: &Running<'_>,
+    prefix: &str,
+) -> anyhow::Result<HashMap<String, f64>> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&running.database.url)
+        .await
+        .context("connecting to the bench database")?;
+    let rows: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT reference, extract(epoch FROM created_at)::float8 FROM ledger_outbox
+         WHERE starts_with(reference, $1)",
+    )
+    .bind(prefix)
+    .fetch_all(&pool)
+    .await
+    .context("reading when the outbox rows were written")?;
+    pool.close().await;
+    Ok(rows.into_iter().collect())
+}
+
+/// This process's monotonic clock against the wall clock the database stamps rows with (one
+/// machine: the same clock, read twice).
+struct Clock {
+    instant: Instant,
+    since_epoch: f64,
+}
+
+impl Clock {
+    fn now() -> Self {
+        Self {
+            instant: Instant::now(),
+            since_epoch: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        }
+    }
+
+    /// The instant at `since_epoch` seconds (the clock's own instant when before it).
+    fn instant_of(&self, since_epoch: f64) -> Instant {
+        let after = (since_epoch - self.since_epoch).max(0.0);
+        self.instant + Duration::from_secs_f64(after)
+    }
 }
 
 /// Sends one callback every 1/`rate` s (catching up after a late tick, so the average rate

@@ -123,6 +123,8 @@ pub struct Leftovers {
 #[derive(Debug)]
 pub struct Running<'a> {
     pub env: &'a Env,
+    /// The run's own database, for reading what the workers recorded.
+    pub database: &'a BenchDatabase,
     pub signer: RequestSigner,
     pub base_url: String,
     pub arrivals: Arrivals,
@@ -205,6 +207,7 @@ async fn in_pipeline<T>(
         (Ok((base_url, _)), Ok(_)) => {
             let running = Running {
                 env,
+                database,
                 signer,
                 base_url: base_url.clone(),
                 arrivals,

@@ -266,6 +266,8 @@ pub fn latency_report(run: &LatencyRun, warmup: usize) -> String {
         &["latency ms", "p50", "p90", "p99", "max", "samples"],
         vec![
             percentiles("200 -> ledger event", &run.end_to_end_us),
+            percentiles("  200 -> group begins", &run.to_group_us),
+            percentiles("  group -> ledger event", &run.group_to_event_us),
             percentiles("send -> 200 (ingress)", &run.http_us),
         ],
     ));
