@@ -9,7 +9,6 @@ use anyhow::{Context as _, bail, ensure};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Confirmation};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
@@ -133,9 +132,8 @@ async fn measure(
         "preloaded {expected} messages but the intake queue holds {depth}"
     );
 
-    let monitor = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&database.url)
+    let monitor = database
+        .connection()
         .await
         .context("connecting the monitor")?;
     let concurrency = settings.concurrency.max(1);

@@ -58,6 +58,16 @@ pub struct BenchDatabase {
     pub url: String,
 }
 
+impl BenchDatabase {
+    /// One connection to it, for the bench's own reads beside the pipeline's pools.
+    pub async fn connection(&self) -> sqlx::Result<PgPool> {
+        PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.url)
+            .await
+    }
+}
+
 /// What the bench knows about the servers, printed above the figures because they depend on
 /// it (where the servers run, whether commits are flushed).
 #[derive(Debug)]

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
-use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
@@ -171,9 +170,9 @@ async fn group_transactions_began(
     running: &Running<'_>,
     prefix: &str,
 ) -> anyhow::Result<HashMap<String, f64>> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&running.database.url)
+    let pool = running
+        .database
+        .connection()
         .await
         .context("connecting to the bench database")?;
     let rows: Vec<(String, f64)> = sqlx::query_as(

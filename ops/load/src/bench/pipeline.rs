@@ -13,7 +13,6 @@ use futures_util::StreamExt as _;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use sqlx::postgres::PgPoolOptions;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -517,10 +516,7 @@ async fn leftovers(
     database: &BenchDatabase,
     topology: &Topology,
 ) -> anyhow::Result<Leftovers> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&database.url)
-        .await?;
+    let pool = database.connection().await?;
     // The relay marks rows published just after the broker confirmed them, so the last
     // events can arrive a moment before their rows say so.
     let deadline = Instant::now() + Duration::from_secs(5);
