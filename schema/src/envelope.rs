@@ -110,6 +110,13 @@ impl IntakeEnvelope {
 
     /// Persistent AMQP properties carrying everything but the body.
     pub fn amqp_properties(&self) -> BasicProperties {
+        self.amqp_properties_with(self.amqp_headers())
+    }
+
+    /// The header table of [`Self::amqp_properties`], for a caller that adds to it (the seal):
+    /// lapin's properties only hand out a shared reference, and copying a built table costs a
+    /// clone of every entry per message.
+    pub fn amqp_headers(&self) -> FieldTable {
         let mut http_headers = FieldTable::default();
         for (name, value) in &self.headers {
             http_headers.insert(
@@ -133,7 +140,11 @@ impl IntakeEnvelope {
         if let Some(facts) = &self.verification {
             headers.insert(verification::HEADER.into(), facts.to_amqp());
         }
+        headers
+    }
 
+    /// [`Self::amqp_properties`] carrying `headers`.
+    pub fn amqp_properties_with(&self, headers: FieldTable) -> BasicProperties {
         let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_message_id(self.message_id.to_string().into())

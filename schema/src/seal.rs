@@ -185,7 +185,7 @@ impl SealKeys {
 
     /// `envelope`'s AMQP properties with its seal.
     pub fn sealed_properties(&self, envelope: &IntakeEnvelope) -> BasicProperties {
-        with_seal(envelope.amqp_properties(), &self.seal(envelope))
+        properties_with_seal(envelope, &self.seal(envelope))
     }
 
     /// Checks `seal` (as carried) against `envelope`, in constant time.
@@ -223,12 +223,12 @@ pub fn of(properties: &BasicProperties) -> Option<String> {
     }
 }
 
-/// `properties` carrying `seal`: how a message re-published by an admin command keeps the seal
-/// the ingress made (never a new one).
-pub fn with_seal(properties: BasicProperties, seal: &str) -> BasicProperties {
-    let mut headers = properties.headers().clone().unwrap_or_default();
+/// `envelope`'s AMQP properties carrying `seal`: also how a message re-published by an admin
+/// command keeps the seal the ingress made (never a new one).
+pub fn properties_with_seal(envelope: &IntakeEnvelope, seal: &str) -> BasicProperties {
+    let mut headers = envelope.amqp_headers();
     headers.insert(HEADER.into(), AMQPValue::LongString(LongString::from(seal)));
-    properties.with_headers(headers)
+    envelope.amqp_properties_with(headers)
 }
 
 fn mac(secret: &[u8], envelope: &IntakeEnvelope) -> Vec<u8> {

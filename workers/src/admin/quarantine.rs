@@ -181,7 +181,7 @@ pub async fn quarantine_release(
         verification,
     };
     let properties = match &m.seal {
-        Some(carried) => seal::with_seal(envelope.amqp_properties(), carried),
+        Some(carried) => seal::properties_with_seal(&envelope, carried),
         None => envelope.amqp_properties(),
     };
     if seal::required(kind) {
