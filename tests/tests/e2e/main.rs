@@ -33,6 +33,7 @@ mod paysafe_poll_groups;
 mod paysafe_tracking;
 mod paysafe_tracking_outage;
 mod paysafe_webhooks;
+mod pooled_connections;
 mod production_mode;
 mod quarantine_review;
 mod slow_clients;
