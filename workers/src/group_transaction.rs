@@ -186,7 +186,7 @@ impl GroupKeys {
             .map(drop)
     }
 
-    fn sorted(mut self) -> Vec<i32> {
+    pub(crate) fn sorted(mut self) -> Vec<i32> {
         self.hashes.sort_unstable();
         self.hashes.dedup();
         self.hashes

@@ -107,18 +107,19 @@ async fn apply_in_savepoints(
     paysafe: &PaysafeSettings,
     members: &[&Admitted],
 ) -> Result<Vec<Done>, GroupFailure> {
-    let keys: Vec<GroupKeys> = members.iter().map(|m| keys_of(&m.envelope)).collect();
+    let (keys, reads): (Vec<GroupKeys>, Vec<Option<corelink::Read>>) =
+        members.iter().map(|m| keys_of(&m.envelope)).unzip();
     let mut tx = begin(pool, &keys).await?;
     let together = apply_units_together(&mut tx, members, &keys).await?;
     let mut done = Vec::with_capacity(members.len());
-    for (admitted, together) in members.iter().zip(together) {
+    for ((admitted, together), read) in members.iter().zip(together).zip(&reads) {
         if let Some(applied) = together {
             done.push(applied);
             continue;
         }
         let span = span(&admitted.envelope);
         done.push(
-            apply_one(&mut tx, paysafe, admitted)
+            apply_one(&mut tx, paysafe, admitted, read.as_ref())
                 .instrument(span)
                 .await?,
         );
@@ -137,20 +138,24 @@ async fn begin(
     group_transaction::begin(pool, begin, GroupKeys::merged(keys)).await
 }
 
-/// Every key `envelope` can write under.
-fn keys_of(envelope: &IntakeEnvelope) -> GroupKeys {
+/// Every key `envelope` can write under; a Corelink message comes with what was read for them,
+/// for its apply to reuse.
+fn keys_of(envelope: &IntakeEnvelope) -> (GroupKeys, Option<corelink::Read>) {
     let mut keys = GroupKeys::default();
     keys.message(envelope.message_id);
+    let mut read = None;
     match envelope.kind {
         IntakeKind::CorelinkStatus | IntakeKind::CorelinkStatusBatch => {
-            corelink::lock_keys(envelope, &mut keys);
+            let corelink = corelink::Read::of(envelope);
+            corelink.lock_keys(envelope, &mut keys);
+            read = Some(corelink);
         }
         IntakeKind::BncAccountBinding => bnc::lock_keys(envelope, &mut keys),
         IntakeKind::PaysafeWebhook | IntakeKind::PaysafeTrack => {
             paysafe::lock_keys(envelope, &mut keys);
         }
     }
-    keys
+    (keys, read)
 }
 
 /// The Corelink unit notifications of the group that share no key with another member,
@@ -195,12 +200,13 @@ async fn apply_one(
     conn: &mut PgConnection,
     paysafe: &PaysafeSettings,
     admitted: &Admitted,
+    read: Option<&corelink::Read>,
 ) -> Result<Done, GroupFailure> {
     let envelope = &admitted.envelope;
     let mut contention = 0;
     let error = loop {
         let mut savepoint = conn.begin().await.map_err(|e| GroupFailure::database(&e))?;
-        match dispatch(&mut savepoint, envelope, paysafe).await {
+        match dispatch(&mut savepoint, envelope, read, paysafe).await {
             Ok((outcome, amount_mismatch)) => {
                 savepoint
                     .commit()
@@ -281,11 +287,16 @@ async fn hold(
 async fn dispatch(
     conn: &mut PgConnection,
     envelope: &IntakeEnvelope,
+    read: Option<&corelink::Read>,
     paysafe: &PaysafeSettings,
 ) -> Result<(Outcome, bool), ApplyError> {
     match envelope.kind {
         IntakeKind::CorelinkStatus | IntakeKind::CorelinkStatusBatch => {
-            Ok((corelink::apply(conn, envelope).await?, false))
+            let applied = match read {
+                Some(read) => corelink::apply_read(conn, envelope, read).await?,
+                None => corelink::apply(conn, envelope).await?,
+            };
+            Ok((applied, false))
         }
         IntakeKind::BncAccountBinding => Ok((bnc::apply(conn, envelope).await?, false)),
         IntakeKind::PaysafeWebhook | IntakeKind::PaysafeTrack => {
