@@ -110,7 +110,7 @@ async fn apply_in_savepoints(
     let (keys, reads): (Vec<GroupKeys>, Vec<Option<corelink::Read>>) =
         members.iter().map(|m| keys_of(&m.envelope)).unzip();
     let mut tx = begin(pool, &keys).await?;
-    let together = apply_units_together(&mut tx, members, &keys).await?;
+    let together = apply_units_together(&mut tx, members, &keys, &reads).await?;
     let mut done = Vec::with_capacity(members.len());
     for ((admitted, together), read) in members.iter().zip(together).zip(&reads) {
         if let Some(applied) = together {
@@ -166,21 +166,26 @@ async fn apply_units_together(
     conn: &mut PgConnection,
     members: &[&Admitted],
     keys: &[GroupKeys],
+    reads: &[Option<corelink::Read>],
 ) -> Result<Vec<Option<Done>>, GroupFailure> {
     let mut together: Vec<Option<Done>> = members.iter().map(|_| None).collect();
-    let positions: Vec<usize> = GroupKeys::alone(keys)
-        .into_iter()
-        .enumerate()
-        .filter(|&(i, alone)| alone && members[i].envelope.kind == IntakeKind::CorelinkStatus)
-        .map(|(i, _)| i)
-        .collect();
+    let (positions, units): (Vec<usize>, Vec<(&IntakeEnvelope, &corelink::Read)>) =
+        GroupKeys::alone(keys)
+            .into_iter()
+            .zip(reads)
+            .enumerate()
+            .filter_map(|(i, (alone, read))| {
+                let envelope = &members[i].envelope;
+                let unit = alone && envelope.kind == IntakeKind::CorelinkStatus;
+                Some((i, (envelope, read.as_ref().filter(|_| unit)?)))
+            })
+            .unzip();
     // One alone gains nothing over its own savepoint.
     if positions.len() < 2 {
         return Ok(together);
     }
-    let envelopes: Vec<&IntakeEnvelope> = positions.iter().map(|&i| &members[i].envelope).collect();
     let mut savepoint = conn.begin().await.map_err(|e| GroupFailure::database(&e))?;
-    let applied = corelink::units::apply_together(&mut savepoint, &envelopes).await;
+    let applied = corelink::units::apply_read_together(&mut savepoint, &units).await;
     match group_transaction::end_savepoint(savepoint, applied).await? {
         Ok(outcomes) => {
             for (position, outcome) in positions.into_iter().zip(outcomes) {
@@ -188,7 +193,7 @@ async fn apply_units_together(
             }
         }
         Err(error) => {
-            tracing::warn!(%error, units = envelopes.len(), "units not applied together; applying them one by one");
+            tracing::warn!(%error, units = units.len(), "units not applied together; applying them one by one");
         }
     }
     Ok(together)

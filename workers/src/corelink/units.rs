@@ -22,7 +22,8 @@ use connector_schema::IntakeEnvelope;
 use connector_schema::corelink::{OrderStatus, OrderStatusUpdate};
 use connector_schema::events::LedgerEvent;
 
-use crate::corelink::decode::{Notification, decode};
+use crate::corelink::Read;
+use crate::corelink::decode::Notification;
 use crate::corelink::orders::{
     Effect, OrderColumns, lock_orders, order_event, parse_status, transition,
 };
@@ -35,7 +36,7 @@ use crate::{audit, outbox};
 struct Unit<'a> {
     position: usize,
     envelope: &'a IntakeEnvelope,
-    n: Notification,
+    n: &'a Notification,
     /// Whether its idempotency key is new (else bound to its own order already).
     new_key: bool,
     previous: Option<OrderStatus>,
@@ -56,12 +57,22 @@ pub async fn apply_together(
     conn: &mut PgConnection,
     envelopes: &[&IntakeEnvelope],
 ) -> Result<Vec<Option<Outcome>>, ApplyError> {
-    let mut outcomes = vec![None; envelopes.len()];
-    let decoded: Vec<(usize, &IntakeEnvelope, Notification)> = envelopes
+    let reads: Vec<Read> = envelopes.iter().map(|e| Read::of(e)).collect();
+    let members: Vec<(&IntakeEnvelope, &Read)> = envelopes.iter().copied().zip(&reads).collect();
+    apply_read_together(conn, &members).await
+}
+
+/// [`apply_together`], each message read already.
+pub async fn apply_read_together(
+    conn: &mut PgConnection,
+    members: &[(&IntakeEnvelope, &Read)],
+) -> Result<Vec<Option<Outcome>>, ApplyError> {
+    let mut outcomes = vec![None; members.len()];
+    let decoded: Vec<(usize, &IntakeEnvelope, &Notification)> = members
         .iter()
         .enumerate()
-        .filter_map(|(position, envelope)| {
-            let n = decode(envelope).ok()?;
+        .filter_map(|(position, (envelope, read))| {
+            let n = read.0.as_ref().ok()?;
             (n.batch.is_none() && n.orders.len() == 1).then_some((position, *envelope, n))
         })
         .collect();
@@ -81,9 +92,9 @@ pub async fn apply_together(
 
 /// Those of `decoded` whose order, nonce and key no other one has: the caller's promise,
 /// checked, since two writes of one row in one statement would not fail but merge.
-fn sharing_nothing(
-    decoded: Vec<(usize, &IntakeEnvelope, Notification)>,
-) -> Vec<(usize, &IntakeEnvelope, Notification)> {
+fn sharing_nothing<'a>(
+    decoded: Vec<(usize, &'a IntakeEnvelope, &'a Notification)>,
+) -> Vec<(usize, &'a IntakeEnvelope, &'a Notification)> {
     fn keys(n: &Notification) -> [(&str, &str, &str); 3] {
         let client = n.client_id.as_str();
         [
@@ -128,7 +139,7 @@ fn applied(event: bool) -> Outcome {
 /// locked), then the transition table.
 async fn admissible<'a>(
     conn: &mut PgConnection,
-    decoded: Vec<(usize, &'a IntakeEnvelope, Notification)>,
+    decoded: Vec<(usize, &'a IntakeEnvelope, &'a Notification)>,
 ) -> Result<Vec<Unit<'a>>, ApplyError> {
     if decoded.is_empty() {
         return Ok(Vec::new());
@@ -148,7 +159,7 @@ async fn admissible<'a>(
         .bind(&keys)
         .fetch_all(&mut *conn)
         .await?;
-    let fresh: Vec<(usize, &IntakeEnvelope, Notification, bool)> = decoded
+    let fresh: Vec<(usize, &IntakeEnvelope, &Notification, bool)> = decoded
         .into_iter()
         .zip(seen)
         .filter_map(
@@ -289,7 +300,7 @@ async fn write_history_and_events(
         .map(|u| {
             let reached = matches!(u.effect, Effect::Created | Effect::Applied)
                 && u.order().status.is_final();
-            reached.then(|| order_event(u.order(), &u.n, recorded_at))
+            reached.then(|| order_event(u.order(), u.n, recorded_at))
         })
         .collect();
     let caused: Vec<(&LedgerEvent, Option<Uuid>)> = units
