@@ -146,9 +146,9 @@ fn keys_of(envelope: &IntakeEnvelope) -> (GroupKeys, Option<corelink::Read>) {
     let mut read = None;
     match envelope.kind {
         IntakeKind::CorelinkStatus | IntakeKind::CorelinkStatusBatch => {
-            let corelink = corelink::Read::of(envelope);
-            corelink.lock_keys(envelope, &mut keys);
-            read = Some(corelink);
+            let message = corelink::Read::of(envelope);
+            message.lock_keys(envelope, &mut keys);
+            read = Some(message);
         }
         IntakeKind::BncAccountBinding => bnc::lock_keys(envelope, &mut keys),
         IntakeKind::PaysafeWebhook | IntakeKind::PaysafeTrack => {

@@ -30,9 +30,9 @@ use crate::quarantine::QuarantineReason;
 #[doc(hidden)]
 pub use crate::corelink::orders::{Effect, transition};
 
-/// A Corelink message read once for its group: the group's lock takes its keys from it and
-/// [`apply_read`] applies it, instead of each parsing the body (a batch of 100 orders was
-/// parsed twice, the first time for its references only).
+/// A Corelink message read once for its group: the group's lock, the units applied together
+/// and [`apply_read`] all take it from here, instead of each parsing the body (a batch of 100
+/// orders was parsed twice, the first time for its references only).
 #[derive(Debug)]
 pub struct Read(Result<Notification, String>);
 
