@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use connector_e2e_tests::eventually;
 use connector_e2e_tests::pipeline::TestDatabase;
 use connector_workers::config::DatabaseSettings;
 use connector_workers::db;
@@ -18,6 +19,13 @@ fn one_connection(db: &TestDatabase, idle: Duration) -> sqlx::PgPool {
         ..TestDatabase::settings_for(&db.url)
     };
     db::pool_testing_after(&settings, idle).unwrap()
+}
+
+/// Waits until `pool`'s one connection is back and idle: sqlx tests a connection as it comes
+/// back, in a task of its own, and a kill during that test would close it there instead.
+async fn back_in(pool: &sqlx::PgPool) {
+    let back = eventually(Duration::from_secs(10), || async { pool.num_idle() == 1 }).await;
+    assert!(back, "the connection went back to the pool");
 }
 
 /// Kills the backend `pid` from another connection, as a restart or a failover would.
@@ -35,6 +43,7 @@ async fn a_connection_killed_while_idle_is_replaced_before_it_is_handed_out() {
     let db = TestDatabase::create().await;
     let pool = one_connection(&db, db::TESTED_AFTER_IDLE);
     let first: i32 = sqlx::query_scalar(BACKEND).fetch_one(&pool).await.unwrap();
+    back_in(&pool).await;
     tokio::time::sleep(db::TESTED_AFTER_IDLE + Duration::from_millis(200)).await;
     kill(&db, first).await;
 
@@ -53,8 +62,7 @@ async fn a_connection_killed_within_the_window_fails_one_statement_then_the_pool
     // A window no test outlasts: the killed connection is handed out untested.
     let pool = one_connection(&db, Duration::from_secs(3600));
     let first: i32 = sqlx::query_scalar(BACKEND).fetch_one(&pool).await.unwrap();
-    // Back in the pool (sqlx tests a connection as it comes back, in a task of its own).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    back_in(&pool).await;
     kill(&db, first).await;
 
     let failed = sqlx::query_scalar::<_, i32>(BACKEND).fetch_one(&pool).await;
