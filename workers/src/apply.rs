@@ -258,10 +258,16 @@ impl ApplyWorker {
         metrics::group(deliveries.len());
         let dispositions = self.process(&deliveries).await;
         // One ack per delivery: several groups are in flight on the channel, so a `multiple`
-        // ack could settle another group's deliveries before their commit.
-        for (delivery, disposition) in deliveries.iter().zip(&dispositions) {
-            self.settle(delivery, disposition, started).await?;
-        }
+        // ack could settle another group's deliveries before their commit. All of them are
+        // queued before any is waited for (`queued_in_order`).
+        let settled = broker::queued_in_order(
+            deliveries
+                .iter()
+                .zip(&dispositions)
+                .map(|(delivery, disposition)| self.settle(delivery, disposition, started)),
+        )
+        .await;
+        settled.into_iter().collect::<lapin::Result<()>>()?;
         Ok(dispositions)
     }
 

@@ -98,23 +98,26 @@ impl Relay {
         let claim_ends = claimed_at + lease.saturating_sub(CLAIM_MARGIN);
 
         let started = Instant::now();
-        // Publish them all first (in id order, pipelined), then collect the confirms.
-        let mut pending = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let publish = channel
-                .basic_publish(
-                    self.topology.ledger_exchange.as_str().into(),
-                    row.event_type.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    row.body.as_bytes(),
-                    LedgerEvent::amqp_properties(row.event_id, &row.event_type),
-                )
-                .await;
-            pending.push((row.id, &row.event_type, publish));
-        }
+        // Publish them all first, in id order, every one queued before any write is waited for
+        // (`broker::queued_in_order`); then collect the confirms in the same order.
+        let publishes = broker::queued_in_order(rows.iter().map(|row| {
+            channel.basic_publish(
+                self.topology.ledger_exchange.as_str().into(),
+                row.event_type.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                row.body.as_bytes(),
+                LedgerEvent::amqp_properties(row.event_id, &row.event_type),
+            )
+        }))
+        .await;
+        let pending: Vec<_> = rows
+            .iter()
+            .zip(publishes)
+            .map(|(row, publish)| (row.id, &row.event_type, publish))
+            .collect();
         let timeout = Duration::from_millis(self.settings.confirm_timeout_ms);
         // One deadline for the whole batch: a stalled broker costs one timeout, not one each.
         let confirms_due = tokio::time::Instant::now() + timeout;

@@ -10,8 +10,6 @@ use time::format_description::well_known::Rfc3339;
 use connector_schema::corelink::{self, OrderStatusUpdate, headers};
 use connector_schema::{IntakeEnvelope, IntakeKind};
 
-use crate::outcome::ApplyError;
-
 /// A decoded Corelink request, ready to apply.
 #[derive(Debug)]
 pub(super) struct Notification {
@@ -34,22 +32,23 @@ pub(super) struct Batch {
     pub(super) digest: String,
 }
 
-pub(super) fn decode(envelope: &IntakeEnvelope) -> Result<Notification, ApplyError> {
+/// Reads `envelope`, or says why it cannot be read (the reason it is dead-lettered with).
+pub(super) fn decode(envelope: &IntakeEnvelope) -> Result<Notification, String> {
     let header = |name: &str| {
         envelope
             .header(name)
             .map(str::to_owned)
-            .ok_or_else(|| ApplyError::Invalid(format!("header {name} is missing")))
+            .ok_or_else(|| format!("header {name} is missing"))
     };
     let client_id = envelope
         .client_id
         .clone()
-        .ok_or_else(|| ApplyError::Invalid("no client id".into()))?;
+        .ok_or_else(|| "no client id".to_owned())?;
     let idempotency_key = header(headers::IDEMPOTENCY_KEY)?;
     let nonce = header(headers::NONCE)?;
     let timestamp = header(headers::TIMESTAMP)?;
-    let request_timestamp = OffsetDateTime::parse(&timestamp, &Rfc3339)
-        .map_err(|e| ApplyError::Invalid(format!("X-Timestamp: {e}")))?;
+    let request_timestamp =
+        OffsetDateTime::parse(&timestamp, &Rfc3339).map_err(|e| format!("X-Timestamp: {e}"))?;
     let body_sha256 = corelink::body_sha256(&envelope.body);
     let path = envelope.request_path.clone().unwrap_or_default();
     let fingerprint = hex_sha256(
@@ -58,7 +57,7 @@ pub(super) fn decode(envelope: &IntakeEnvelope) -> Result<Notification, ApplyErr
             .as_bytes(),
     );
 
-    let invalid = |e: connector_schema::validation::BodyError| ApplyError::Invalid(e.to_string());
+    let invalid = |e: connector_schema::validation::BodyError| e.to_string();
     let (batch, orders) = match envelope.kind {
         IntakeKind::CorelinkStatus => (
             None,
@@ -81,10 +80,7 @@ pub(super) fn decode(envelope: &IntakeEnvelope) -> Result<Notification, ApplyErr
             )
         }
         other => {
-            return Err(ApplyError::Invalid(format!(
-                "{} is not a Corelink message",
-                other.routing_key()
-            )));
+            return Err(format!("{} is not a Corelink message", other.routing_key()));
         }
     };
     Ok(Notification {

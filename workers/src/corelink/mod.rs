@@ -38,10 +38,7 @@ pub struct Read(Result<Notification, String>);
 
 impl Read {
     pub fn of(envelope: &IntakeEnvelope) -> Self {
-        Self(decode(envelope).map_err(|error| match error {
-            ApplyError::Invalid(reason) => reason,
-            other => other.to_string(),
-        }))
+        Self(decode(envelope))
     }
 
     /// What [`apply_read`] can write under, for a group's lock (see `crate::group_transaction`).
