@@ -145,8 +145,10 @@ impl Default for ApplySettings {
 pub struct RelaySettings {
     /// Outbox rows claimed and published at a time. A relay's cycle (claim, publish, wait for
     /// the confirms, mark) takes a few round trips and a broker fsync whatever its size, so this
-    /// bounds one relay's rate: at 100 it was the slowest stage of the pipeline (the outbox
-    /// grew by about 1 100 rows/s while the apply ran at full speed, ops/BENCHMARKS.md).
+    /// bounds one relay's rate; but an event committed during a cycle waits for it to end, so a
+    /// larger batch also lengthens the wait near saturation (ops/BENCHMARKS.md, the seventh
+    /// step: 500 instead of 100 raised both the capacity and the latency). More relays, not
+    /// larger batches, when the outbox grows.
     pub batch_size: i64,
     /// Polling fallback when no NOTIFY arrives.
     pub poll_interval_ms: u64,
@@ -161,7 +163,7 @@ pub struct RelaySettings {
 impl Default for RelaySettings {
     fn default() -> Self {
         Self {
-            batch_size: 500,
+            batch_size: 100,
             poll_interval_ms: 1_000,
             confirm_timeout_ms: 5_000,
             claim_lease_secs: 30,
