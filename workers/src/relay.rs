@@ -113,11 +113,6 @@ impl Relay {
             )
         }))
         .await;
-        let pending: Vec<_> = rows
-            .iter()
-            .zip(publishes)
-            .map(|(row, publish)| (row.id, &row.event_type, publish))
-            .collect();
         let timeout = Duration::from_millis(self.settings.confirm_timeout_ms);
         // One deadline for the whole batch: a stalled broker costs one timeout, not one each.
         let confirms_due = tokio::time::Instant::now() + timeout;
@@ -126,7 +121,8 @@ impl Relay {
         // Off after a failed mark: the database is away, and each attempt would wait for it.
         let mut marking = true;
         let mut failures = Vec::new();
-        for (id, event_type, publish) in pending {
+        for (row, publish) in rows.iter().zip(publishes) {
+            let (id, event_type) = (row.id, &row.event_type);
             let failure = |reason, detail: String| Failure { id, reason, detail };
             let confirm = match publish {
                 Ok(confirm) => tokio::time::timeout_at(confirms_due, confirm),

@@ -509,6 +509,34 @@ async fn two_relays_side_by_side_publish_each_event_once() {
 }
 
 #[tokio::test]
+async fn a_relay_publishes_a_claim_in_the_order_its_events_were_written() {
+    let p = spawn_pipeline().await;
+    let references: Vec<String> = (0..40).map(|i| format!("PAY-RO{i:02}")).collect();
+    let refs: Vec<&str> = references.iter().map(String::as_str).collect();
+    post(&p, BATCH, &batch_body("B-RO", &refs), "B-RO").await;
+    p.apply_all().await;
+    let written: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM ledger_outbox ORDER BY id")
+        .fetch_all(&p.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(written.len(), 40);
+
+    // One claim of 40, every publish queued before any write is waited for.
+    p.relay_all().await;
+    let published: Vec<_> = p
+        .ledger_events()
+        .await
+        .into_iter()
+        .map(|(event, _, _)| event.event_id)
+        .collect();
+    assert_eq!(
+        published, written,
+        "the ledger queue holds them in outbox order"
+    );
+    p.teardown().await;
+}
+
+#[tokio::test]
 async fn a_ledger_event_no_consumer_takes_is_dead_lettered_and_can_be_replayed() {
     let p = spawn_pipeline().await;
     post(&p, UNIT, &unit_body("PAY-L1", "SUCCESS"), "PAY-L1").await;
